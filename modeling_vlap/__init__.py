@@ -1,0 +1,26 @@
+"""VLAP as a Hugging Face model package.
+
+The modules of this folder are exactly what ships to the Hub as remote code (they import only torch, transformers and
+each other). Importing the package registers them with the Auto classes, so `save_pretrained` writes a folder that
+`AutoModel` / `AutoProcessor` / `pipeline("image-to-text")` load with `trust_remote_code=True`.
+"""
+
+from .configuration_vlap import VLAPConfig
+from .modeling_vlap import VLAPForConditionalGeneration, VLAPOutput, VLAPPreTrainedModel
+from .optimal_transport import sinkhorn_knopp
+from .pipeline_vlap import VLAPImageToTextPipeline
+from .processing_vlap import VLAPProcessor
+
+VLAPConfig.register_for_auto_class()
+VLAPForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+VLAPProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = [
+    "VLAPConfig",
+    "VLAPForConditionalGeneration",
+    "VLAPImageToTextPipeline",
+    "VLAPOutput",
+    "VLAPPreTrainedModel",
+    "VLAPProcessor",
+    "sinkhorn_knopp",
+]

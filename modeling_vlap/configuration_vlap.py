@@ -1,0 +1,76 @@
+"""VLAP configuration (remote code: imports only transformers)."""
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+# The pipeline that `pipeline("image-to-text", model=<saved folder>, trust_remote_code=True)` resolves to.
+IMAGE_TO_TEXT_PIPELINE = {
+    "image-to-text": {"impl": "pipeline_vlap.VLAPImageToTextPipeline", "pt": ["AutoModel"], "type": "multimodal"}
+}
+
+
+class VLAPConfig(PreTrainedConfig):
+    r"""
+    Configuration of a VLAP model: a frozen vision model and a frozen LLM joined by one trainable linear bridge.
+
+    Args:
+        vision_config (`PreTrainedConfig` or `dict`): any vision model AutoModel can build (CLIP vision by default).
+        text_config (`PreTrainedConfig` or `dict`): a T5-style encoder-decoder or any causal LM (T5 by default).
+        projection_dim (`int`, *optional*): width of the bridge output. Derived from the LLM's input embeddings
+            when left `None`; when given it must equal that width (the official code hard-codes 512).
+        num_visual_tokens (`int`, *optional*): pool the visual tokens to this many before the bridge. `None`
+            keeps every token (CLIP: CLS + patches). Feature-map backbones ([B, C, H, W]) need a square number.
+        prompt (`str`): text placed after the visual prefix when captioning ("A picture of").
+        assignment_loss_weight (`float`): weight of L_map in L_cap + weight * L_map (0 gives caption-only training).
+        sinkhorn_epsilon (`float`), sinkhorn_iterations (`int`): entropic OT regularisation and iterations.
+        assignment_temperature (`float`): temperature of the swapped-prediction softmax.
+        prior_temperature (`float`): temperature of the word prior softmax(frequency / T) fitted by a trainer.
+    """
+
+    model_type = "vlap"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model"),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="t5"),
+    }
+
+    vision_config: PreTrainedConfig | dict | None = None
+    text_config: PreTrainedConfig | dict | None = None
+    projection_dim: int | None = None
+    num_visual_tokens: int | None = None
+    prompt: str = "A picture of"
+    assignment_loss_weight: float = 0.1
+    sinkhorn_epsilon: float = 0.01
+    sinkhorn_iterations: int = 3
+    assignment_temperature: float = 0.01
+    prior_temperature: float = 0.25
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if getattr(self, "custom_pipelines", None) is None:
+            self.custom_pipelines = IMAGE_TO_TEXT_PIPELINE
+        positive = {
+            "sinkhorn_epsilon": self.sinkhorn_epsilon,
+            "sinkhorn_iterations": self.sinkhorn_iterations,
+            "assignment_temperature": self.assignment_temperature,
+            "prior_temperature": self.prior_temperature,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"VLAPConfig.{name} must be > 0, got {value}")
+        if self.assignment_loss_weight < 0:
+            raise ValueError(f"VLAPConfig.assignment_loss_weight must be >= 0, got {self.assignment_loss_weight}")
+        if self.num_visual_tokens is not None and self.num_visual_tokens < 1:
+            raise ValueError(f"VLAPConfig.num_visual_tokens must be >= 1 or None, got {self.num_visual_tokens}")
+
+    @property
+    def vision_hidden_size(self) -> int:
+        """Width of one visual token: `hidden_size`, or the last stage of a multi-stage CNN (`hidden_sizes`)."""
+        for name in ("hidden_size", "hidden_dim"):
+            if isinstance(getattr(self.vision_config, name, None), int):
+                return getattr(self.vision_config, name)
+        if getattr(self.vision_config, "hidden_sizes", None):
+            return self.vision_config.hidden_sizes[-1]
+        raise ValueError(f"cannot tell the output width of vision model type {self.vision_config.model_type!r}")
+
+
+__all__ = ["VLAPConfig"]

@@ -1,0 +1,362 @@
+"""VLAP: a frozen vision model and a frozen LLM bridged by one linear layer trained with assignment prediction.
+
+Park, Lee & Sohn, "Bridging Vision and Language Spaces with Assignment Prediction", ICLR 2024.
+Remote code: imports only torch, transformers and its sibling modules.
+"""
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    GenerationMixin,
+    PreTrainedModel,
+)
+from transformers.utils import ModelOutput, logging
+
+from .configuration_vlap import VLAPConfig
+from .optimal_transport import sinkhorn_knopp
+from .pipeline_vlap import VLAPImageToTextPipeline  # noqa: F401  (imported so save_pretrained ships the pipeline file)
+
+
+@dataclass
+class VLAPOutput(ModelOutput):
+    """
+    Args:
+        loss: `caption_loss + assignment_loss_weight * assignment_loss` (when computed).
+        caption_loss: the frozen LLM's next-token loss on the caption given [visual prefix; prompt].
+        assignment_loss: swapped prediction of the Sinkhorn assignments (L_map).
+        logits: `[B, T, V]` LLM logits (T5: over the caption; decoder-only: over prefix, prompt and caption).
+        image_codes, text_codes: `[B, V]` cosine similarities of the pooled image / caption to every word embedding.
+    """
+
+    loss: torch.FloatTensor | None = None
+    caption_loss: torch.FloatTensor | None = None
+    assignment_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    image_codes: torch.FloatTensor | None = None
+    text_codes: torch.FloatTensor | None = None
+
+
+def pack_padding(attention_mask: torch.Tensor, *tensors: torch.Tensor, padding_side: str):
+    """Move every row's padding to one side, keeping its real tokens in order; drop all-padding columns.
+
+    `attention_mask` is `[B, T]`; each of `tensors` is `[B, T]` or `[B, T, D]`. Returns the packed mask followed by
+    the packed tensors. Concatenating [prefix; prompt; caption] leaves padding between segments; a causal LM must
+    see one contiguous run of real tokens (left-padded for generation, right-padded for training).
+    """
+    mask = attention_mask.long()
+    key = mask if padding_side == "left" else 1 - mask
+    order = torch.argsort(key, dim=1, stable=True)
+    width = int(mask.sum(dim=1).max())
+    keep = slice(mask.shape[1] - width, None) if padding_side == "left" else slice(0, width)
+
+    def gather(tensor):
+        index = order if tensor.dim() == 2 else order.unsqueeze(-1).expand_as(tensor)
+        return torch.gather(tensor, 1, index)[:, keep]
+
+    return (gather(attention_mask), *(gather(t) for t in tensors))
+
+
+def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`[B, T, D]`, `[B, T]` -> `[B, D]` mean over the real tokens."""
+    weights = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+class VLAPPreTrainedModel(PreTrainedModel):
+    config_class = VLAPConfig
+    base_model_prefix = "vlap"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = False
+    _supports_sdpa = True
+
+
+class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
+    """Frozen vision model -> trainable `nn.Linear` -> prefix of a frozen LLM (T5 or any causal LM)."""
+
+    def __init__(self, config: VLAPConfig, vision_model: PreTrainedModel | None = None, language_model=None):
+        super().__init__(config)
+        if vision_model is None:
+            vision_model = AutoModel.from_config(config.vision_config)
+        if language_model is None:
+            auto_class = AutoModelForSeq2SeqLM if config.text_config.is_encoder_decoder else AutoModelForCausalLM
+            language_model = auto_class.from_config(config.text_config)
+        self.vision_model = vision_model
+        self.language_model = language_model
+        # One config object per backbone, shared with the composite config so saving stays consistent.
+        config.vision_config = self.vision_model.config
+        config.text_config = self.language_model.config
+
+        embeddings = self.language_model.get_input_embeddings()
+        if config.projection_dim is None:
+            config.projection_dim = embeddings.embedding_dim
+        elif config.projection_dim != embeddings.embedding_dim:
+            raise ValueError(
+                f"VLAPConfig.projection_dim={config.projection_dim} does not match the input word-embedding width "
+                f"{embeddings.embedding_dim} of the {config.text_config.model_type!r} LLM; leave it None to derive it"
+            )
+        self.bridge = nn.Linear(config.vision_hidden_size, config.projection_dim)
+        # Word marginal of the Sinkhorn assignment; uniform until `fit_word_prior` sees caption statistics.
+        vocab_size = embeddings.num_embeddings
+        self.register_buffer("word_prior", torch.full((vocab_size,), 1.0 / vocab_size))
+
+        self.vision_model.requires_grad_(False)
+        self.language_model.requires_grad_(False)
+        self.post_init()
+        self.generation_config = copy.deepcopy(self.language_model.generation_config)
+        if self.generation_config.pad_token_id is None:
+            self.generation_config.pad_token_id = self.generation_config.eos_token_id
+
+    @classmethod
+    def from_vision_text_pretrained(
+        cls,
+        vision_model_name_or_path: str,
+        text_model_name_or_path: str,
+        vision_kwargs: dict | None = None,
+        text_kwargs: dict | None = None,
+        **config_kwargs,
+    ) -> "VLAPForConditionalGeneration":
+        """Bridge two pretrained checkpoints (Hub ids or local folders) with a freshly initialised linear layer.
+
+        The vision side may be a vision model or a dual encoder such as CLIP, whose vision tower is taken. The text
+        side is an encoder-decoder (T5) or any causal LM. `config_kwargs` set VLAPConfig fields.
+        """
+        vision_kwargs, text_kwargs = dict(vision_kwargs or {}), dict(text_kwargs or {})
+        vision_config = AutoConfig.from_pretrained(vision_model_name_or_path, **vision_kwargs)
+        tower_config = getattr(vision_config, "vision_config", None)
+        verbosity = logging.get_verbosity()
+        if tower_config is not None:  # a dual encoder (CLIP, SigLIP): keep its vision tower, quietly skip the rest
+            vision_config = tower_config
+            logging.set_verbosity_error()
+        try:
+            vision_model = AutoModel.from_pretrained(vision_model_name_or_path, config=vision_config, **vision_kwargs)
+        finally:
+            logging.set_verbosity(verbosity)
+        text_config = AutoConfig.from_pretrained(text_model_name_or_path, **text_kwargs)
+        auto_class = AutoModelForSeq2SeqLM if text_config.is_encoder_decoder else AutoModelForCausalLM
+        language_model = auto_class.from_pretrained(text_model_name_or_path, **text_kwargs)
+        # Sub-configs as dicts: VLAPConfig must not reset attributes (attention implementation) of the live models.
+        config = VLAPConfig(
+            vision_config=vision_model.config.to_dict(), text_config=language_model.config.to_dict(), **config_kwargs
+        )
+        model = cls(config, vision_model=vision_model, language_model=language_model)
+        return model.to(language_model.dtype)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """As PreTrainedModel's; a registered model is also reachable through AutoModel (auto_map holds one class)."""
+        if self._auto_class is not None:
+            auto_model = {"AutoModel": f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"}
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **auto_model}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def train(self, mode: bool = True):
+        """Only the bridge trains: the frozen backbones stay in eval mode (no dropout, no BatchNorm updates)."""
+        super().train(mode)
+        self.vision_model.eval()
+        self.language_model.eval()
+        return self
+
+    @property
+    def is_encoder_decoder_llm(self) -> bool:
+        return bool(self.config.text_config.is_encoder_decoder)
+
+    @property
+    def word_embeddings(self) -> torch.Tensor:
+        """`[V, D]` input word-embedding matrix of the LLM."""
+        return self.language_model.get_input_embeddings().weight
+
+    # ----------------------------------------------------------------------------------------------- vision side
+    @torch.no_grad()
+    def get_vision_hidden_states(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Frozen vision output: `[B, N, H]` tokens, or `[B, H, h, w]` for feature-map backbones (cacheable)."""
+        return self.vision_model(pixel_values=pixel_values).last_hidden_state
+
+    def _visual_tokens(self, vision_hidden_states: torch.Tensor) -> torch.Tensor:
+        """Flatten a feature map into tokens and pool to `config.num_visual_tokens`: -> `[B, K, H]`."""
+        k = self.config.num_visual_tokens
+        if vision_hidden_states.dim() == 4:
+            if k is not None:
+                side = math.isqrt(k)
+                if side * side != k:
+                    raise ValueError(f"num_visual_tokens={k} must be a square number for a feature-map vision model")
+                vision_hidden_states = F.adaptive_avg_pool2d(vision_hidden_states, side)
+            return vision_hidden_states.flatten(2).transpose(1, 2)
+        if k is not None and k != vision_hidden_states.shape[1]:
+            return F.adaptive_avg_pool1d(vision_hidden_states.transpose(1, 2), k).transpose(1, 2)
+        return vision_hidden_states
+
+    def get_image_prefix(self, pixel_values=None, vision_hidden_states=None) -> torch.Tensor:
+        """Mapped visual tokens, the LLM prefix: `[B, K, D]` in the LLM's input-embedding space."""
+        if vision_hidden_states is None:
+            if pixel_values is None:
+                raise ValueError("pass pixel_values (images) or precomputed vision_hidden_states")
+            vision_hidden_states = self.get_vision_hidden_states(pixel_values)
+        tokens = self._visual_tokens(vision_hidden_states).to(self.bridge.weight.dtype)
+        return self.bridge(tokens).to(self.word_embeddings.dtype)
+
+    def get_image_features(self, pixel_values=None, vision_hidden_states=None) -> torch.Tensor:
+        """L2-normalised mean of the mapped visual tokens: `[B, D]`, comparable with `get_text_features`."""
+        prefix = self.get_image_prefix(pixel_values, vision_hidden_states)
+        return F.normalize(prefix.float().mean(dim=1), dim=-1)
+
+    # ------------------------------------------------------------------------------------------------- text side
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """L2-normalised masked mean of the frozen LLM's states of a caption: `[B, D]` (T5: encoder output)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if self.is_encoder_decoder_llm:
+            encoder = self.language_model.get_encoder()
+            hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        else:
+            hidden = self.language_model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return F.normalize(_masked_mean(hidden.float(), attention_mask), dim=-1)
+
+    def word_codes(self, features: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of `[B, D]` features to every word embedding: `[B, V]` float32."""
+        words = F.normalize(self.word_embeddings.float(), dim=-1)
+        return F.normalize(features.float(), dim=-1) @ words.T
+
+    @torch.no_grad()
+    def fit_word_prior(self, token_counts: torch.Tensor) -> torch.Tensor:
+        """Set the Sinkhorn word marginal from caption token counts `[V]`: softmax(frequency / prior_temperature).
+
+        Frequencies are counts divided by the largest count (in [0, 1]), so the most frequent word carries
+        exp(1 / T) = e^4 (T = 0.25) times the weight of an unseen one.
+        """
+        counts = torch.as_tensor(token_counts, dtype=torch.float64)
+        if counts.shape != self.word_prior.shape or (counts < 0).any() or counts.sum() <= 0:
+            raise ValueError(
+                f"token_counts must be {tuple(self.word_prior.shape)} non-negative counts with a positive total"
+            )
+        prior = torch.softmax(counts / counts.max() / self.config.prior_temperature, dim=0)
+        self.word_prior.copy_(prior.to(self.word_prior.dtype))
+        return self.word_prior
+
+    @torch.no_grad()
+    def image_to_words(self, pixel_values=None, top_k: int = 10, vision_hidden_states=None):
+        """Read each image as words: the top-k of its predicted assignment softmax(image code / temperature).
+
+        This is the distribution the swapped prediction trains to match the caption's Sinkhorn assignment; the
+        Sinkhorn plan itself needs a batch (for one image it collapses to the word prior).
+        Returns `(weights, token_ids)`, each `[B, top_k]`; decode ids with the processor's tokenizer.
+        """
+        codes = self.word_codes(self.get_image_features(pixel_values, vision_hidden_states))
+        probabilities = torch.softmax(codes / self.config.assignment_temperature, dim=-1)
+        return probabilities.topk(top_k, dim=-1)
+
+    def assignment_loss(self, image_codes: torch.Tensor, text_codes: torch.Tensor) -> torch.Tensor:
+        """Swapped prediction: softmax(image code / tau) predicts the caption's assignment and vice versa."""
+        sinkhorn_args = (self.word_prior, self.config.sinkhorn_epsilon, self.config.sinkhorn_iterations)
+        text_assignment = sinkhorn_knopp(text_codes.detach(), *sinkhorn_args)
+        image_assignment = sinkhorn_knopp(image_codes.detach(), *sinkhorn_args)
+        tau = self.config.assignment_temperature
+        image_predicts_text = -(text_assignment * F.log_softmax(image_codes / tau, dim=-1)).sum(-1).mean()
+        text_predicts_image = -(image_assignment * F.log_softmax(text_codes / tau, dim=-1)).sum(-1).mean()
+        return (image_predicts_text + text_predicts_image) / 2
+
+    # ------------------------------------------------------------------------------------------ LLM input assembly
+    def _prefix_and_prompt(self, prefix, prompt_input_ids, prompt_attention_mask):
+        """[prefix; prompt] embeddings and mask, unpacked: `[B, K + P, D]`, `[B, K + P]`."""
+        prefix_mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
+        if prompt_input_ids is None or prompt_input_ids.shape[1] == 0:
+            return prefix, prefix_mask
+        if prompt_attention_mask is None:
+            prompt_attention_mask = torch.ones_like(prompt_input_ids)
+        prompt_embeds = self.language_model.get_input_embeddings()(prompt_input_ids)
+        embeds = torch.cat([prefix, prompt_embeds], dim=1)
+        return embeds, torch.cat([prefix_mask, prompt_attention_mask.long()], dim=1)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        prompt_input_ids: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        vision_hidden_states: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+    ) -> VLAPOutput:
+        r"""
+        Args:
+            pixel_values: `[B, 3, H, W]` images (or pass `vision_hidden_states`, the cached frozen vision output).
+            input_ids, attention_mask: `[B, T]` captions, tokenised by the processor (no BOS, EOS appended).
+            prompt_input_ids, prompt_attention_mask: `[B, P]` text after the visual prefix ("A picture of").
+            return_loss: compute `loss`, `caption_loss` and `assignment_loss` (default: when captions are given).
+        """
+        if input_ids is None:
+            raise ValueError("forward() needs captions (input_ids); to caption images call generate()")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return_loss = True if return_loss is None else return_loss
+        prefix = self.get_image_prefix(pixel_values, vision_hidden_states)
+        if prefix.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"got {prefix.shape[0]} images but {input_ids.shape[0]} captions")
+        embeds, mask = self._prefix_and_prompt(prefix, prompt_input_ids, prompt_attention_mask)
+        labels = input_ids.masked_fill(attention_mask == 0, -100)
+
+        if self.is_encoder_decoder_llm:
+            mask, embeds = pack_padding(mask, embeds, padding_side="right")
+            outputs = self.language_model(inputs_embeds=embeds, attention_mask=mask, labels=labels)
+        else:
+            caption_embeds = self.language_model.get_input_embeddings()(input_ids)
+            context_labels = torch.full(mask.shape, -100, dtype=labels.dtype, device=labels.device)
+            mask, embeds, labels = pack_padding(
+                torch.cat([mask, attention_mask.long()], dim=1),
+                torch.cat([embeds, caption_embeds], dim=1),
+                torch.cat([context_labels, labels], dim=1),
+                padding_side="right",
+            )
+            outputs = self.language_model(inputs_embeds=embeds, attention_mask=mask, labels=labels)
+        if not return_loss:
+            return VLAPOutput(logits=outputs.logits)
+
+        image_codes = self.word_codes(prefix.float().mean(dim=1))
+        with torch.no_grad():  # the LLM is frozen: the caption side carries no gradient
+            text_codes = self.word_codes(self.get_text_features(input_ids, attention_mask))
+        assignment_loss = self.assignment_loss(image_codes, text_codes)
+        loss = outputs.loss + self.config.assignment_loss_weight * assignment_loss
+        return VLAPOutput(
+            loss=loss,
+            caption_loss=outputs.loss,
+            assignment_loss=assignment_loss,
+            logits=outputs.logits,
+            image_codes=image_codes,
+            text_codes=text_codes,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        prompt_input_ids: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        vision_hidden_states: torch.Tensor | None = None,
+        generation_config=None,
+        **kwargs,
+    ) -> torch.LongTensor:
+        """Caption (or answer, with a question as prompt) each image: `[B, new_tokens]` ids of the text only.
+
+        Generation parameters come from `generation_config` (default: this model's), updated by `kwargs`.
+        A decoder-only LLM sees each row left-padded: [pad ...; prefix; prompt], never padding in between.
+        """
+        generation_config = copy.deepcopy(generation_config if generation_config is not None else self.generation_config)
+        model_kwargs = generation_config.update(**kwargs)
+        prefix = self.get_image_prefix(pixel_values, vision_hidden_states)
+        embeds, mask = self._prefix_and_prompt(prefix, prompt_input_ids, prompt_attention_mask)
+        side = "right" if self.is_encoder_decoder_llm else "left"
+        mask, embeds = pack_padding(mask, embeds, padding_side=side)
+        return self.language_model.generate(
+            inputs_embeds=embeds, attention_mask=mask, generation_config=generation_config, **model_kwargs
+        )
+
+
+__all__ = ["VLAPPreTrainedModel", "VLAPForConditionalGeneration", "VLAPOutput"]

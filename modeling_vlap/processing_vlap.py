@@ -1,0 +1,151 @@
+"""VLAP processor: the vision model's image processor + the LLM's tokenizer (remote code: transformers only)."""
+
+import os
+from collections.abc import Sequence
+
+from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
+from transformers.utils import is_vision_available
+
+if is_vision_available():
+    from PIL import Image, UnidentifiedImageError
+
+
+def _to_rgb(image: "Image.Image") -> "Image.Image":
+    """Any PIL mode (RGBA, LA, L, P, CMYK, I;16, ...) -> RGB; transparency is composited onto white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def _load_image(item, index: int) -> "Image.Image":
+    """A PIL image, a path to one, or a uint8 numpy array -> RGB PIL image; anything else is a ValueError."""
+    if isinstance(item, (str, os.PathLike)):
+        try:
+            with Image.open(item) as opened:
+                opened.load()
+                return _to_rgb(opened)
+        except (OSError, UnidentifiedImageError) as error:
+            raise ValueError(f"images[{index}] ({os.fspath(item)!r}) is not a readable image: {error}") from None
+    if isinstance(item, Image.Image):
+        return _to_rgb(item)
+    if type(item).__module__ == "numpy" and getattr(item, "dtype", None) == "uint8" and item.ndim in (2, 3):
+        return _to_rgb(Image.fromarray(item))
+    raise ValueError(
+        f"images[{index}] is a {type(item).__name__}; expected a PIL image, a path to an image file or a uint8 "
+        "numpy array of shape (H, W) or (H, W, C)"
+    )
+
+
+class VLAPProcessor(ProcessorMixin):
+    r"""
+    Turns images, captions and prompts into VLAP model inputs.
+
+    - `images` -> `pixel_values` (the vision model's image processor, after conversion to RGB).
+    - `text` (captions) -> `input_ids`, `attention_mask`: no BOS, EOS appended, right-padded.
+    - with images, `prompt` (default `self.prompt`, "A picture of"; a string or one per image, e.g. a VQA question)
+      -> `prompt_input_ids`, `prompt_attention_mask`: the text placed right after the visual prefix.
+
+    Args:
+        image_processor: the vision model's image processor.
+        tokenizer: the LLM's tokenizer (a pad token is set to EOS when it has none).
+        prompt (`str`): the default prompt after the visual prefix.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, prompt: str = "A picture of", **kwargs):
+        self.prompt = prompt
+        super().__init__(image_processor, tokenizer, **kwargs)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    @classmethod
+    def from_vision_text_pretrained(
+        cls, vision_model_name_or_path: str, text_model_name_or_path: str, prompt: str = "A picture of", **kwargs
+    ) -> "VLAPProcessor":
+        """Combine the image processor of a vision checkpoint with the tokenizer of an LLM checkpoint."""
+        image_processor = AutoImageProcessor.from_pretrained(vision_model_name_or_path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(text_model_name_or_path, **kwargs)
+        return cls(image_processor=image_processor, tokenizer=tokenizer, prompt=prompt)
+
+    def __call__(
+        self,
+        images=None,
+        text: str | Sequence[str] | None = None,
+        prompt: str | Sequence[str] | None = None,
+        max_length: int | None = None,
+        return_tensors: str | None = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """
+        Args:
+            images: one image or a list (PIL images, paths, uint8 numpy arrays).
+            text: one caption or a list, one per image when both are given.
+            prompt: text after the visual prefix, a string for all images or one per image (default `self.prompt`).
+            max_length: truncate captions to this many tokens (EOS included).
+        """
+        if images is None and text is None:
+            raise ValueError("pass images, text (captions) or both")
+        data = {}
+        num_images = None
+        if images is not None:
+            if isinstance(images, (str, os.PathLike)) or not isinstance(images, Sequence):
+                images = [images]
+            if len(images) == 0:
+                raise ValueError("images is an empty list: pass at least one image")
+            images = [_load_image(item, index) for index, item in enumerate(images)]
+            num_images = len(images)
+            data.update(self.image_processor(images, return_tensors=return_tensors, **kwargs))
+            prompts = self._prompts(prompt, num_images)
+            prompt_ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+            padded = self._pad(prompt_ids)
+            data["prompt_input_ids"], data["prompt_attention_mask"] = padded["input_ids"], padded["attention_mask"]
+        elif prompt is not None:
+            raise ValueError("a prompt goes after an image's visual prefix: pass images with it")
+        if text is not None:
+            captions = [text] if isinstance(text, str) else list(text)
+            if not captions:
+                raise ValueError("text is an empty list: pass at least one caption")
+            for index, caption in enumerate(captions):
+                if not isinstance(caption, str) or not caption.strip():
+                    raise ValueError(f"text[{index}] is {caption!r}; every caption must be a non-empty string")
+            if num_images is not None and len(captions) != num_images:
+                raise ValueError(f"got {num_images} images but {len(captions)} captions")
+            caption_ids = self.tokenizer(captions, add_special_tokens=False)["input_ids"]
+            if max_length is not None:
+                caption_ids = [ids[: max_length - 1] for ids in caption_ids]
+            data.update(self._pad([ids + [self.tokenizer.eos_token_id] for ids in caption_ids]))
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _prompts(self, prompt, num_images: int) -> list[str]:
+        if prompt is None:
+            prompt = self.prompt
+        if isinstance(prompt, str):
+            return [prompt] * num_images
+        prompts = list(prompt)
+        if len(prompts) != num_images:
+            raise ValueError(f"got {num_images} images but {len(prompts)} prompts")
+        return prompts
+
+    def _pad(self, ids: list[list[int]]) -> dict:
+        """Right-pad token id lists into `input_ids` and `attention_mask` (the model moves padding as it needs)."""
+        width = max(len(row) for row in ids)
+        pad_id = self.tokenizer.pad_token_id
+        return {
+            "input_ids": [row + [pad_id] * (width - len(row)) for row in ids],
+            "attention_mask": [[1] * len(row) + [0] * (width - len(row)) for row in ids],
+        }
+
+    def decode_words(self, token_ids) -> list[list[str]]:
+        """`[B, k]` token ids (e.g. from `model.image_to_words`) -> the words they spell, one list per image."""
+        return [[self.tokenizer.decode([int(i)]).strip() for i in row] for row in token_ids]
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["pixel_values", "input_ids", "attention_mask", "prompt_input_ids", "prompt_attention_mask"]
+
+
+__all__ = ["VLAPProcessor"]

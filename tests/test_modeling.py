@@ -1,0 +1,199 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPVisionModel
+
+from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration, VLAPProcessor
+from modeling_vlap.modeling_vlap import pack_padding
+
+LLMS = ["t5", "opt", "llama"]
+CAPTIONS = ["a red circle", "a blue square on a plain background", "a green star", "a white cross"]
+
+
+def images(n: int, size=(40, 48)) -> list[Image.Image]:
+    return [
+        Image.fromarray(np.random.RandomState(i).randint(0, 255, (*size, 3), dtype=np.uint8)) for i in range(n)
+    ]
+
+
+def build(backbones, llm: str, **config_kwargs):
+    torch.manual_seed(0)
+    model = VLAPForConditionalGeneration.from_vision_text_pretrained(
+        str(backbones["clip"]), str(backbones[llm]), **config_kwargs
+    )
+    processor = VLAPProcessor.from_vision_text_pretrained(str(backbones["clip"]), str(backbones[llm]))
+    return model, processor
+
+
+def test_pack_padding_moves_padding_and_keeps_token_order():
+    mask = torch.tensor([[1, 0, 1, 1, 0], [1, 1, 0, 0, 0]])
+    values = torch.tensor([[1, -1, 2, 3, -1], [4, 5, -1, -1, -1]])  # -1 marks padding
+    left_mask, left = pack_padding(mask, values, padding_side="left")
+    assert left.tolist() == [[1, 2, 3], [-1, 4, 5]] and left_mask.tolist() == [[1, 1, 1], [0, 1, 1]]
+    right_mask, right = pack_padding(mask, values, padding_side="right")
+    assert right.tolist() == [[1, 2, 3], [4, 5, -1]] and right_mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+
+
+@pytest.mark.parametrize("llm", LLMS)
+def test_bridge_dims_come_from_the_configs(backbones, llm):
+    model, _ = build(backbones, llm)
+    embedding = model.language_model.get_input_embeddings()
+    assert model.bridge.in_features == model.vision_model.config.hidden_size
+    assert model.bridge.out_features == embedding.embedding_dim == model.config.projection_dim
+    assert model.word_prior.shape == (embedding.num_embeddings,)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"bridge.weight", "bridge.bias"}
+    assert model.num_parameters(only_trainable=True) == model.bridge.weight.numel() + model.bridge.bias.numel()
+
+
+def test_pretrained_backbone_weights_are_kept(backbones):
+    model, _ = build(backbones, "llama")
+    reference = CLIPVisionModel.from_pretrained(backbones["clip"])  # the tower of the full CLIP checkpoint
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(model.vision_model.state_dict()[name], tensor), name
+    from transformers import AutoModelForCausalLM
+
+    llm = AutoModelForCausalLM.from_pretrained(backbones["llama"])
+    for name, tensor in llm.state_dict().items():
+        assert torch.equal(model.language_model.state_dict()[name], tensor), name
+
+
+@pytest.mark.parametrize("llm", LLMS)
+def test_training_lowers_the_loss_and_touches_only_the_bridge(backbones, llm):
+    model, processor = build(backbones, llm)
+    model.train()
+    assert not model.vision_model.training and not model.language_model.training
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("bridge.")}
+    batch = processor(images=images(4), text=CAPTIONS)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses, caption_losses = [], []
+    for _ in range(30):
+        out = model(**batch, return_loss=True)
+        optimizer.zero_grad()
+        out.loss.backward()
+        for name, parameter in model.named_parameters():
+            assert (parameter.grad is not None) == name.startswith("bridge."), name
+        optimizer.step()
+        losses.append(out.loss.item())
+        caption_losses.append(out.caption_loss.item())
+    assert losses[-1] < 0.85 * losses[0], losses
+    assert caption_losses[-1] < caption_losses[0], caption_losses
+    torch.testing.assert_close(out.loss, out.caption_loss + 0.1 * out.assignment_loss)
+    for name, tensor in model.state_dict().items():
+        if not name.startswith("bridge."):
+            assert torch.equal(tensor, frozen[name]), f"{name} changed"
+
+
+def _plain_sinkhorn(scores, prior, epsilon, iterations):
+    q = torch.exp((scores.double() - scores.double().max()) / epsilon)
+    for _ in range(iterations):
+        q = q / q.sum(dim=0, keepdim=True) * prior.double() * scores.shape[0]
+        q = q / q.sum(dim=1, keepdim=True)
+    return q
+
+
+def test_assignment_loss_matches_an_independent_computation(backbones):
+    model, processor = build(backbones, "opt")
+    batch = processor(images=images(4), text=CAPTIONS)
+    model.fit_word_prior(torch.arange(model.word_prior.numel()) % 7)
+    with torch.no_grad():
+        out = model(**batch)
+        # Codes from scratch: cosine of pooled representations with every word embedding.
+        words = torch.nn.functional.normalize(model.language_model.get_input_embeddings().weight.double(), dim=-1)
+        prefix = model.bridge(model.vision_model(pixel_values=batch["pixel_values"]).last_hidden_state)
+        image_codes = torch.nn.functional.normalize(prefix.double().mean(1), dim=-1) @ words.T
+        states = model.language_model.model.decoder(batch["input_ids"], batch["attention_mask"]).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).double()
+        text_codes = torch.nn.functional.normalize((states.double() * mask).sum(1) / mask.sum(1), dim=-1) @ words.T
+    torch.testing.assert_close(out.image_codes.double(), image_codes, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.text_codes.double(), text_codes, atol=1e-5, rtol=0)
+    q_text = _plain_sinkhorn(text_codes, model.word_prior, 0.01, 3)
+    q_image = _plain_sinkhorn(image_codes, model.word_prior, 0.01, 3)
+    expected = -0.5 * (
+        (q_text * torch.log_softmax(image_codes / 0.01, -1)).sum(-1).mean()
+        + (q_image * torch.log_softmax(text_codes / 0.01, -1)).sum(-1).mean()
+    )
+    torch.testing.assert_close(out.assignment_loss.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_fit_word_prior_is_a_tempered_softmax_of_frequencies(backbones):
+    model, _ = build(backbones, "llama")
+    counts = torch.randint(0, 50, model.word_prior.shape)
+    model.fit_word_prior(counts)
+    frequencies = counts.double().numpy() / counts.max().item()
+    expected = np.exp(frequencies / 0.25) / np.exp(frequencies / 0.25).sum()
+    np.testing.assert_allclose(model.word_prior.numpy(), expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="token_counts"):
+        model.fit_word_prior(torch.zeros(3))
+
+
+@pytest.mark.parametrize("llm", LLMS)
+def test_batched_generate_equals_one_by_one(backbones, llm):
+    model, processor = build(backbones, llm)
+    model.eval()
+    pictures = images(3)
+    prompts = ["A picture of", "Question: what colour is the shape? Answer:", ""]
+    settings = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    batched = model.generate(**processor(images=pictures, prompt=prompts), **settings)
+    for i in range(3):
+        single = model.generate(**processor(images=[pictures[i]], prompt=prompts[i]), **settings)
+        assert batched[i].tolist() == single[0].tolist(), f"row {i} ({prompts[i]!r})"
+
+
+def test_generation_config_reaches_the_llm(backbones):
+    model, processor = build(backbones, "llama")
+    model.eval()
+    model.generation_config.max_new_tokens = 25
+    model.generation_config.min_new_tokens = 25
+    ids = model.generate(**processor(images=images(1)))
+    assert ids.shape[1] == 25  # not the LLM's default max_length of 20
+    assert model.generate(**processor(images=images(1)), max_new_tokens=3, min_new_tokens=3).shape[1] == 3
+
+
+def test_visual_token_pooling(backbones):
+    model, processor = build(backbones, "t5", num_visual_tokens=4)
+    prefix = model.get_image_prefix(processor(images=images(2))["pixel_values"])
+    assert prefix.shape == (2, 4, model.config.projection_dim)
+    feature_map = torch.randn(2, model.config.vision_hidden_size, 6, 6)  # a CNN's [B, C, h, w] output
+    assert model.get_image_prefix(vision_hidden_states=feature_map).shape == (2, 4, model.config.projection_dim)
+    model.config.num_visual_tokens = 5
+    with pytest.raises(ValueError, match="square"):
+        model.get_image_prefix(vision_hidden_states=feature_map)
+
+
+def test_features_and_words(backbones):
+    model, processor = build(backbones, "llama")
+    image_features = model.get_image_features(processor(images=images(3))["pixel_values"])
+    text = processor(text=CAPTIONS)
+    text_features = model.get_text_features(text["input_ids"], text["attention_mask"])
+    assert image_features.shape == (3, model.config.projection_dim)
+    assert text_features.shape == (4, model.config.projection_dim)
+    torch.testing.assert_close(image_features.norm(dim=-1), torch.ones(3))
+    torch.testing.assert_close(text_features.norm(dim=-1), torch.ones(4))
+    weights, ids = model.image_to_words(processor(images=images(2))["pixel_values"], top_k=5)
+    assert weights.shape == ids.shape == (2, 5) and (weights[:, :-1] >= weights[:, 1:]).all()
+    words = processor.decode_words(ids)
+    assert len(words) == 2 and all(isinstance(w, str) for row in words for w in row)
+
+
+def test_mismatched_projection_dim_is_rejected(backbones):
+    with pytest.raises(ValueError, match="projection_dim=512 does not match .* width 32"):
+        build(backbones, "t5", projection_dim=512)
+
+
+def test_bad_config_values_are_rejected():
+    with pytest.raises(ValueError, match="sinkhorn_epsilon"):
+        VLAPConfig(sinkhorn_epsilon=0)
+    with pytest.raises(ValueError, match="num_visual_tokens"):
+        VLAPConfig(num_visual_tokens=0)
+
+
+def test_forward_needs_captions_and_matching_counts(backbones):
+    model, processor = build(backbones, "t5")
+    with pytest.raises(ValueError, match="needs captions"):
+        model(**processor(images=images(2)))
+    batch = processor(images=images(2))
+    batch.update(processor(text=CAPTIONS[:3]))
+    with pytest.raises(ValueError, match="2 images but 3 captions"):
+        model(**batch)

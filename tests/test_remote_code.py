@@ -1,0 +1,84 @@
+"""save_pretrained -> a fresh process, offline, where this repository cannot be imported -> same outputs."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from test_modeling import build
+
+GENERATION = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
+
+LOAD_IN_FRESH_PROCESS = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class NoRepoImports(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("modeling_vlap", "vlap"):
+                raise ImportError(f"{name} must come from the saved folder, not from the repository")
+
+    sys.meta_path.insert(0, NoRepoImports())
+    from PIL import Image
+    from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor, pipeline
+
+    folder, image_path, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    image = Image.open(image_path)
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    assert type(AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)) is type(model)
+    ids = model.generate(**processor(images=[image]), **settings)
+    captioner = pipeline("image-to-text", model=folder, trust_remote_code=True)
+    print(json.dumps({
+        "model_class": type(model).__name__,
+        "processor_class": type(processor).__name__,
+        "ids": ids.tolist(),
+        "caption": captioner(image, **settings)[0]["generated_text"],
+        "answer": captioner(image, prompt="Question: what colour is the shape? Answer:", **settings)[0]["generated_text"],
+        "image_features": model.get_image_features(processor(images=[image])["pixel_values"]).tolist(),
+    }))
+    """
+)
+
+
+@pytest.mark.parametrize("llm", ["t5", "llama"])
+def test_saved_folder_loads_offline_in_a_fresh_process(backbones, llm, tmp_path):
+    model, processor = build(backbones, llm)
+    model.eval()
+    folder, image_path = tmp_path / "vlap", tmp_path / "photo.png"
+    Image.fromarray(np.random.RandomState(3).randint(0, 255, (40, 48, 3), dtype=np.uint8)).save(image_path)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    saved = {p.name for p in folder.iterdir()}
+    assert {"modeling_vlap.py", "configuration_vlap.py", "optimal_transport.py", "pipeline_vlap.py",
+            "processing_vlap.py", "model.safetensors", "config.json"} <= saved  # fmt: skip
+    assert not any(name.endswith((".bin", ".pt", ".pth")) for name in saved)
+
+    image = Image.open(image_path)
+    ids = model.generate(**processor(images=[image]), **GENERATION)
+    question = "Question: what colour is the shape? Answer:"
+    answer_ids = model.generate(**processor(images=[image], prompt=question), **GENERATION)
+    features = model.get_image_features(processor(images=[image])["pixel_values"])
+
+    script = tmp_path / "load.py"
+    script.write_text(LOAD_IN_FRESH_PROCESS)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": ""}
+    result = subprocess.run(
+        [sys.executable, str(script), str(folder), str(image_path), json.dumps(GENERATION)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (loaded["model_class"], loaded["processor_class"]) == ("VLAPForConditionalGeneration", "VLAPProcessor")
+    assert loaded["ids"] == ids.tolist()
+    assert loaded["caption"] == processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
+    assert loaded["answer"] == processor.batch_decode(answer_ids, skip_special_tokens=True)[0].strip()
+    torch.testing.assert_close(torch.tensor(loaded["image_features"]), features)
+    noise = [line for line in result.stderr.splitlines() if "warn" in line.lower() or "traceback" in line.lower()]
+    assert not noise, result.stderr

@@ -1,0 +1,126 @@
+"""Tiny backbones built offline from configs, with tokenizers trained in milliseconds.
+
+`save_tiny_backbones(dir)` writes Hub-shaped folders (weights, config, tokenizer / image processor), so tests exercise
+the real `from_pretrained` loading code with local paths.
+"""
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    OPTConfig,
+    OPTForCausalLM,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+
+COLOURS = ["red", "green", "blue", "yellow", "black", "white", "purple", "orange", "gray", "brown"]
+SHAPES = ["circle", "square", "triangle", "rectangle", "star", "cross"]
+CORPUS = [f"a {c} {s} on a plain background" for c in COLOURS for s in SHAPES] + [
+    "A picture of",
+    "Question: what colour is the shape? Answer:",
+    "Question: is there a circle? Answer: yes no",
+]
+IMAGE_SIZE = 32
+
+
+def bpe_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level BPE (GPT-2/OPT/Llama-like) with <s>, </s>, <pad>, <unk>."""
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+def unigram_tokenizer() -> PreTrainedTokenizerFast:
+    """SentencePiece-style Unigram with Metaspace (T5-like): <pad>=0, </s>=1, <unk>=2."""
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=200, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+
+
+def clip_vision_config() -> CLIPVisionConfig:
+    return CLIPVisionConfig(
+        hidden_size=24, intermediate_size=48, num_attention_heads=2, num_hidden_layers=2,
+        image_size=IMAGE_SIZE, patch_size=8, projection_dim=16,
+    )  # fmt: skip
+
+
+def image_processor() -> CLIPImageProcessorPil:
+    return CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+
+
+def language_model(kind: str, tokenizer: PreTrainedTokenizerFast):
+    """A tiny random T5, OPT or Llama whose vocabulary is the tokenizer's.
+
+    Initialised wider than the library default, so that the random LLM's predictions depend on its input and a
+    bridge can lower the caption loss (at std 0.02 every prefix gives near-uniform logits).
+    """
+    vocab = len(tokenizer)
+    special = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if kind == "t5":
+        config = T5Config(
+            vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+            decoder_start_token_id=tokenizer.pad_token_id, **special,
+        )  # fmt: skip
+        return T5ForConditionalGeneration(config)
+    if kind == "opt":
+        config = OPTConfig(
+            vocab_size=vocab, hidden_size=32, word_embed_proj_dim=16, ffn_dim=64, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=128, bos_token_id=tokenizer.bos_token_id,
+            init_std=0.2, **special,
+        )  # fmt: skip
+        return OPTForCausalLM(config)
+    if kind == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True, initializer_range=0.2,
+            bos_token_id=tokenizer.bos_token_id, **special,
+        )  # fmt: skip
+        return LlamaForCausalLM(config)
+    raise ValueError(kind)
+
+
+def save_tiny_backbones(root: Path, seed: int = 0) -> dict[str, Path]:
+    """Save a tiny CLIP (full dual encoder, as on the Hub), CLIP vision model, T5, OPT and Llama under `root`."""
+    torch.manual_seed(seed)
+    paths = {}
+    paths["clip"] = root / "clip"
+    full_clip = CLIPConfig(
+        vision_config=clip_vision_config().to_dict(),
+        text_config={"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2, "num_hidden_layers": 1,
+                     "vocab_size": 64, "max_position_embeddings": 16, "bos_token_id": 1, "eos_token_id": 2,
+                     "pad_token_id": 0},
+        projection_dim=16,
+    )  # fmt: skip
+    CLIPModel(full_clip).save_pretrained(paths["clip"])
+    image_processor().save_pretrained(paths["clip"])
+    paths["clip_vision"] = root / "clip_vision"
+    CLIPVisionModel(clip_vision_config()).save_pretrained(paths["clip_vision"])
+    image_processor().save_pretrained(paths["clip_vision"])
+    for kind, tokenizer in (("t5", unigram_tokenizer()), ("opt", bpe_tokenizer()), ("llama", bpe_tokenizer())):
+        paths[kind] = root / kind
+        language_model(kind, tokenizer).save_pretrained(paths[kind])
+        tokenizer.save_pretrained(paths[kind])
+    return paths

@@ -99,10 +99,7 @@ class VLAPProcessor(ProcessorMixin):
             images = [_load_image(item, index) for index, item in enumerate(images)]
             num_images = len(images)
             data.update(self.image_processor(images, return_tensors=return_tensors, **kwargs))
-            prompts = self._prompts(prompt, num_images)
-            prompt_ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
-            padded = self._pad(prompt_ids)
-            data["prompt_input_ids"], data["prompt_attention_mask"] = padded["input_ids"], padded["attention_mask"]
+            data.update(self.prompt_inputs(num_images, prompt, return_tensors=None))
         elif prompt is not None:
             raise ValueError("a prompt goes after an image's visual prefix: pass images with it")
         if text is not None:
@@ -120,15 +117,19 @@ class VLAPProcessor(ProcessorMixin):
             data.update(self._pad([ids + [self.tokenizer.eos_token_id] for ids in caption_ids]))
         return BatchFeature(data=data, tensor_type=return_tensors)
 
-    def _prompts(self, prompt, num_images: int) -> list[str]:
+    def prompt_inputs(self, num_images: int, prompt=None, return_tensors: str | None = "pt") -> BatchFeature:
+        """`prompt_input_ids` / `prompt_attention_mask` for `num_images` images (also for cached vision features).
+
+        `prompt`: None (use `self.prompt`), one string for all images, or one string per image.
+        """
         if prompt is None:
             prompt = self.prompt
-        if isinstance(prompt, str):
-            return [prompt] * num_images
-        prompts = list(prompt)
+        prompts = [prompt] * num_images if isinstance(prompt, str) else list(prompt)
         if len(prompts) != num_images:
             raise ValueError(f"got {num_images} images but {len(prompts)} prompts")
-        return prompts
+        padded = self._pad(self.tokenizer(prompts, add_special_tokens=False)["input_ids"])
+        data = {"prompt_input_ids": padded["input_ids"], "prompt_attention_mask": padded["attention_mask"]}
+        return BatchFeature(data=data, tensor_type=return_tensors)
 
     def _pad(self, ids: list[list[int]]) -> dict:
         """Right-pad token id lists into `input_ids` and `attention_mask` (the model moves padding as it needs)."""

@@ -124,3 +124,33 @@ def save_tiny_backbones(root: Path, seed: int = 0) -> dict[str, Path]:
         language_model(kind, tokenizer).save_pretrained(paths[kind])
         tokenizer.save_pretrained(paths[kind])
     return paths
+
+
+def shape_image(colour: str, shape: str, size: int = 32) -> "Image.Image":
+    """A coloured shape on white, like easy-vqa: enough signal for a tiny bridge to learn from."""
+    from PIL import Image, ImageColor, ImageDraw
+
+    image = Image.new("RGB", (size, size), "white")
+    draw, fill, box = ImageDraw.Draw(image), ImageColor.getrgb(colour), (6, 6, size - 6, size - 6)
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(size // 2, 6), (6, size - 6), (size - 6, size - 6)], fill=fill)
+    else:
+        draw.rectangle(box, fill=fill)
+    return image
+
+
+def write_caption_folder(root: Path, num_images: int = 24) -> Path:
+    """An image folder with metadata.jsonl (file_name, caption: two captions per image), the imagefolder layout."""
+    import json
+
+    root.mkdir(parents=True, exist_ok=True)
+    shapes = ["circle", "square", "triangle"]
+    with open(root / "metadata.jsonl", "w") as metadata:
+        for i in range(num_images):
+            colour, shape = COLOURS[i % 5], shapes[(i // 5) % 3]
+            shape_image(colour, shape).save(root / f"{i:04d}.png")
+            captions = [f"a {colour} {shape}", f"a {colour} {shape} on a plain background"]
+            metadata.write(json.dumps({"file_name": f"{i:04d}.png", "caption": captions}) + "\n")
+    return root

@@ -1,0 +1,409 @@
+"""Train a VLAP bridge.
+
+    python train.py --config cfg.yaml [--any-field value ...]
+    accelerate launch [--num_processes N] train.py --config cfg.yaml       # DeepSpeed/FSDP via your accelerate config
+
+Every TrainConfig field can be set in the YAML file and overridden on the command line (`--learning-rate 1e-3`).
+One loop, top to bottom: data -> word prior -> (feature cache) -> optimiser -> resume -> steps -> export.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import datasets
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from modeling_vlap import VLAPForConditionalGeneration, VLAPProcessor
+from vlap.data import (
+    CaptionedImages,
+    Collator,
+    StreamedCaptionedImages,
+    caption_list,
+    caption_token_counts,
+    load_source,
+    validate,
+)
+from vlap.features import build_feature_cache
+
+logger = get_logger("vlap.train", log_level="INFO")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    # Backbones (Hub ids or local folders)
+    vision_model: str = "openai/clip-vit-base-patch32"
+    text_model: str = "google-t5/t5-base"
+    # Data
+    train_data: str = ""
+    validation_data: str | None = None
+    data_format: str = "auto"  # auto | imagefolder | json | csv | disk | hub | webdataset
+    image_column: str = "image"
+    caption_column: str = "caption"
+    max_caption_length: int = 64
+    max_bad_fraction: float = 0.01
+    word_prior_rows: int = 100_000  # rows read to fit the word prior from a streamed dataset
+    cache_features: str | None = None
+    # Method (VLAPConfig)
+    prompt: str = "A picture of"
+    assignment_loss_weight: float = 0.1
+    num_visual_tokens: int | None = None
+    prior_temperature: float = 0.25
+    # Optimisation: the paper's recipe
+    batch_size: int = 32  # per process
+    gradient_accumulation_steps: int = 1
+    num_epochs: int = 32
+    max_steps: int | None = None
+    learning_rate: float | None = None  # None: 1e-2 for T5-family LLMs, 1e-4 for decoder-only
+    weight_decay: float = 0.0
+    warmup_epochs: float = 3.0
+    warmup_steps: int | None = None
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    seed: int = 42
+    # Checkpoints, evaluation, logging
+    output_dir: str = "outputs/vlap"
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int = 3
+    resume: str | None = None  # None | "latest" | a checkpoint folder
+    eval_steps: int = 500
+    num_eval_images: int = 4
+    report_to: str = "none"  # none | tensorboard | ...
+    cpu: bool = False
+
+
+def parse_config(argv=None) -> TrainConfig:
+    """--config YAML first, then `--field value` overrides for every TrainConfig field."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file of TrainConfig fields")
+    fields = {field.name: field for field in dataclasses.fields(TrainConfig)}
+    for name, field in fields.items():
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, help=f"{field.type}")
+    args = vars(parser.parse_args(argv))
+    values = {}
+    if args.get("config"):
+        values = yaml.safe_load(Path(args.pop("config")).read_text()) or {}
+        unknown = set(values) - set(fields)
+        if unknown:
+            raise SystemExit(f"unknown config field(s): {', '.join(sorted(unknown))}")
+    args.pop("config", None)
+    for name, text in args.items():
+        values[name] = _convert(text, fields[name].default)
+    config = TrainConfig(**values)
+    if not config.train_data:
+        raise SystemExit("train_data is required (--train-data PATH or in the --config file)")
+    return config
+
+
+def _convert(text: str, default):
+    if text.lower() in ("none", "null"):
+        return None
+    if isinstance(default, bool):
+        return text.lower() in ("1", "true", "yes")
+    for kind in (int, float):
+        if isinstance(default, kind) or default is None:
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+    return text
+
+
+class EpochShuffle(torch.utils.data.Sampler):
+    """A fresh permutation per epoch from (seed, epoch): the same order on every process, before and after resume."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def find_checkpoint(checkpoints: Path, resume: str | None) -> Path | None:
+    """The folder to resume from. "latest" picks the highest complete step-K (progress.json is written last)."""
+    if resume is None:
+        return None
+    if resume != "latest":
+        if not (Path(resume) / "progress.json").exists():
+            raise SystemExit(f"{resume} is not a complete checkpoint (no progress.json)")
+        return Path(resume)
+    complete = [
+        path for path in checkpoints.glob("step-*")
+        if re.fullmatch(r"step-\d+", path.name) and (path / "progress.json").exists()
+    ]  # fmt: skip
+    return max(complete, key=lambda path: int(path.name.split("-")[1]), default=None)
+
+
+def save_checkpoint(accelerator: Accelerator, checkpoints: Path, progress: dict, keep: int) -> Path:
+    """save_state into a temporary folder, renamed to step-K only once complete; keep the newest `keep`."""
+    final, partial = checkpoints / f"step-{progress['step']}", checkpoints / f".partial-step-{progress['step']}"
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (partial / "progress.json").write_text(json.dumps(progress))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        complete = sorted(
+            (p for p in checkpoints.glob("step-*") if re.fullmatch(r"step-\d+", p.name)),
+            key=lambda path: int(path.name.split("-")[1]),
+        )
+        for old in complete[:-keep] if keep > 0 else []:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(argv=None) -> Path:
+    config = parse_config(argv)
+    output_dir = Path(config.output_dir)
+    log_with = None if config.report_to == "none" else config.report_to
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        log_with=log_with,
+        project_dir=str(output_dir),
+        cpu=config.cpu,
+    )
+    set_seed(config.seed)
+
+    # ---- models: frozen backbones + a fresh bridge
+    model = VLAPForConditionalGeneration.from_vision_text_pretrained(
+        config.vision_model, config.text_model, prompt=config.prompt, num_visual_tokens=config.num_visual_tokens,
+        assignment_loss_weight=config.assignment_loss_weight, prior_temperature=config.prior_temperature,
+    )  # fmt: skip
+    processor = VLAPProcessor.from_vision_text_pretrained(config.vision_model, config.text_model, prompt=config.prompt)
+    model.to(accelerator.device)
+    accelerator.print(
+        f"VLAP: {model.num_parameters(only_trainable=True):,} trainable parameters (the bridge) "
+        f"of {model.num_parameters():,}"
+    )
+
+    # ---- data, validated before the first step
+    dataset, base_dir = load_source(config.train_data, config.data_format)
+    validate(dataset, config.train_data, config.image_column, config.caption_column)
+    columns = (config.image_column, config.caption_column)
+    streamed = isinstance(dataset, datasets.IterableDataset)
+    if streamed:
+        train_set = StreamedCaptionedImages(dataset, *columns, seed=config.seed)
+        prior_rows = (row[config.caption_column] for row, _ in zip(dataset, range(config.word_prior_rows)))
+    else:
+        train_set = CaptionedImages(dataset, *columns, base_dir=base_dir, seed=config.seed)
+        prior_rows = dataset[config.caption_column]
+    captions = [caption for cell in prior_rows for caption in caption_list(cell)]
+    counts = caption_token_counts(captions, processor.tokenizer, model.word_prior.numel())
+    model.fit_word_prior(counts.to(model.word_prior.device))
+
+    if config.cache_features:
+        if streamed:
+            raise SystemExit("--cache-features needs a map-style dataset (not streamed webdataset shards)")
+        train_set.features = build_feature_cache(model, processor, train_set, config.cache_features, accelerator)
+        if len(train_set.features.bad) > config.max_bad_fraction * len(train_set):
+            raise SystemExit(
+                f"{len(train_set.features.bad)} of {len(train_set)} images are unreadable "
+                f"(more than max_bad_fraction={config.max_bad_fraction}); first rows: {sorted(train_set.features.bad)[:10]}"
+            )
+
+    collate = Collator(processor, config.max_caption_length)
+    validation_set = validation_loader = None
+    if config.validation_data:
+        validation_dataset, validation_base = load_source(config.validation_data, config.data_format)
+        validate(validation_dataset, config.validation_data, *columns)
+        validation_set = CaptionedImages(validation_dataset, *columns, base_dir=validation_base, seed=config.seed)
+        validation_loader = torch.utils.data.DataLoader(validation_set, batch_size=config.batch_size, collate_fn=collate)
+    eval_images = validation_set or train_set
+    sampler = None if streamed else EpochShuffle(len(train_set), config.seed)
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_size=config.batch_size, sampler=sampler, collate_fn=collate, drop_last=True
+    )
+
+    # ---- optimiser and schedule (scheduler stepped by hand: once per optimiser step, whatever the process count)
+    is_t5 = bool(model.config.text_config.is_encoder_decoder)
+    learning_rate = config.learning_rate or (1e-2 if is_t5 else 1e-4)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=config.weight_decay)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    if validation_loader is not None:
+        validation_loader = accelerator.prepare(validation_loader)
+    if streamed and config.max_steps is None:
+        raise SystemExit("a streamed dataset has no length: set max_steps")
+    steps_per_epoch = None if streamed else max(len(loader) // config.gradient_accumulation_steps, 1)
+    total_steps = config.max_steps or config.num_epochs * steps_per_epoch
+    warmup = config.warmup_steps if config.warmup_steps is not None else round(config.warmup_epochs * (steps_per_epoch or 0))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, min(warmup, total_steps), total_steps)
+    accelerator.register_for_checkpointing(scheduler)
+
+    # Checkpoints hold the bridge and word prior only: the backbones are frozen and reloaded from their sources.
+    saved_keys = {name for name, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+    saved_keys.add("word_prior")
+
+    def keep_bridge_only(models, weights, _directory):
+        for state in weights:
+            for key in [key for key in state if key not in saved_keys]:
+                del state[key]
+
+    accelerator.register_save_state_pre_hook(keep_bridge_only)
+
+    # ---- resume
+    checkpoints = output_dir / "checkpoints"
+    progress = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "images": 0, "bad_rows": [], "best_val_loss": None}
+    checkpoint = find_checkpoint(checkpoints, config.resume)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint), strict=False)
+        progress = json.loads((checkpoint / "progress.json").read_text())
+        accelerator.print(f"resumed from {checkpoint} at step {progress['step']}")
+        metrics_path = output_dir / "metrics.jsonl"
+        if accelerator.is_main_process and metrics_path.exists():  # drop what the interrupted run logged later
+            records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+            kept = [json.dumps(r) + "\n" for r in records if r["step"] <= progress["step"]]
+            metrics_path.write_text("".join(kept))
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    accelerator.init_trackers("vlap", config={k: v for k, v in dataclasses.asdict(config).items() if v is not None})
+
+    def write_metrics(record: dict) -> None:
+        """One JSON line per step / evaluation in output_dir/metrics.jsonl (loss curves without a tracker)."""
+        if accelerator.is_main_process:
+            with open(output_dir / "metrics.jsonl", "a") as metrics_file:
+                metrics_file.write(json.dumps(record) + "\n")
+
+    def evaluate(step: int) -> None:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.eval()
+        metrics = {}
+        if validation_loader is not None:
+            losses = []
+            with torch.no_grad():
+                for batch in validation_loader:
+                    batch.pop("bad_rows"), batch.pop("num_items")
+                    if "input_ids" in batch:
+                        losses.append(model(**batch, return_loss=True).loss.reshape(1))
+            if losses:
+                metrics["val_loss"] = accelerator.gather_for_metrics(torch.cat(losses)).mean().item()
+                best = progress["best_val_loss"]
+                progress["best_val_loss"] = metrics["val_loss"] if best is None else min(best, metrics["val_loss"])
+        if accelerator.is_main_process:
+            images = [eval_images.image(i) for i in range(min(config.num_eval_images, len(eval_images)))]
+            images = [image for image in images if image is not None]
+            if images:
+                inputs = processor(images=images).to(accelerator.device)
+                ids = unwrapped.generate(**inputs, max_new_tokens=30)
+                metrics["captions"] = processor.batch_decode(ids, skip_special_tokens=True)
+        accelerator.log({k: v for k, v in metrics.items() if k != "captions"}, step=step)
+        write_metrics({"step": step, **metrics})
+        accelerator.print(f"[eval step {step}] " + json.dumps(metrics))
+        unwrapped.train()
+
+    # ---- the loop
+    model.train()
+    bad_rows = set(progress["bad_rows"])
+    bar = tqdm(total=total_steps, initial=progress["step"], disable=not accelerator.is_local_main_process)
+    start_time, start_images = time.time(), progress["images"]
+    step, epoch = progress["step"], progress["epoch"]
+    while step < total_steps:
+        loader.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        skip = progress["batches_in_epoch"] if epoch == progress["epoch"] else 0
+        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        if skip:
+            batches.set_epoch(epoch)
+        batches_in_epoch = skip
+        for batch in batches:
+            batches_in_epoch += 1
+            bad_rows.update(batch.pop("bad_rows"))
+            progress["images"] += batch.pop("num_items") * accelerator.num_processes
+            if "input_ids" not in batch:
+                raise RuntimeError(f"every image of a batch was unreadable (rows {sorted(bad_rows)[-10:]})")
+            with accelerator.accumulate(model):
+                out = model(**batch, return_loss=True)
+                accelerator.backward(out.loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            step += 1
+            total_bad = int(accelerator.reduce(torch.tensor(len(bad_rows), device=accelerator.device), "sum"))
+            seen = len(train_set) if not streamed else max(progress["images"], 1000)
+            if total_bad > config.max_bad_fraction * seen:
+                raise SystemExit(
+                    f"{total_bad} unreadable images, more than max_bad_fraction={config.max_bad_fraction} of {seen}; "
+                    f"e.g. rows {sorted(bad_rows)[:10]}"
+                )
+            losses = accelerator.reduce(torch.stack([out.loss, out.caption_loss, out.assignment_loss]).detach(), "mean")
+            logs = {"loss": losses[0].item(), "caption_loss": losses[1].item(), "assignment_loss": losses[2].item(),
+                    "lr": scheduler.get_last_lr()[0]}  # fmt: skip
+            images_per_second = (progress["images"] - start_images) / max(time.time() - start_time, 1e-9)
+            accelerator.log({**logs, "images_per_second": images_per_second}, step=step)
+            write_metrics({"step": step, **logs})
+            bar.update(1)
+            bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{images_per_second:.1f}")
+            progress.update(step=step, epoch=epoch, batches_in_epoch=batches_in_epoch, bad_rows=sorted(bad_rows))
+            if config.eval_steps and step % config.eval_steps == 0:
+                evaluate(step)
+            if config.checkpointing_steps and (step % config.checkpointing_steps == 0 or step == total_steps):
+                save_checkpoint(accelerator, checkpoints, progress, config.checkpoints_total_limit)
+            if step >= total_steps:
+                break
+        else:  # the epoch ran out (not the step budget): the next one starts from its first batch
+            epoch += 1
+            progress.update(epoch=epoch, batches_in_epoch=0)
+    bar.close()
+    if not (config.eval_steps and step % config.eval_steps == 0):
+        evaluate(step)
+
+    # ---- export: save_pretrained + processor, loadable with AutoModel / pipeline and trust_remote_code
+    final = output_dir / "final"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(final)
+        processor.save_pretrained(final)
+    elapsed = time.time() - start_time
+    summary = {
+        "steps": step,
+        "time_s": round(elapsed, 1),
+        "images_per_s": round((progress["images"] - start_images) / max(elapsed, 1e-9), 2),
+        "peak_memory_mb": round(peak_memory_mb(accelerator.device), 1),
+        "best_val_loss": progress["best_val_loss"],
+        "unreadable_images": len(bad_rows),
+        "model": str(final),
+    }
+    accelerator.print("summary: " + json.dumps(summary))
+    accelerator.end_training()
+    return final
+
+
+if __name__ == "__main__":
+    main()

@@ -5,14 +5,21 @@ The assignment of B samples to V words is the entropic optimal-transport plan
     P* = argmax_{P in U(r, c)}  <P, S> + eps * H(P),
     U(r, c) = {P >= 0 : P 1_V = r,  P^T 1_B = c},   r = 1_B / B,   c = word_prior,
 
-whose solution has the form P* = diag(a) exp(S / eps) diag(b).  Sinkhorn-Knopp finds the scalings by
-alternately matching the column (word) and row (sample) marginals.  We keep everything in the log
-domain: S / eps reaches 100 for cosine scores at eps = 0.01, far outside what exp() can hold in
-float32, let alone bf16/fp16.  Returned Q = B * P, so every row is a distribution over words and,
-once converged, the column sums are B * word_prior.
+whose solution has the form P* = diag(a) K diag(b) with the Gibbs kernel K = exp(S / eps). Sinkhorn-Knopp finds the
+scalings by alternately matching the column (word) and row (sample) marginals:
 
-With torch.distributed initialised, B is the global batch: the column marginal is taken over the
-samples of all processes (two all-reduces per iteration), as in SwAV's distributed Sinkhorn.
+    b <- c / (K^T a),        a <- r / (K b).
+
+exp(S / eps) reaches e^100 for cosine scores at eps = 0.01, beyond float32. Shifting S / eps by any per-column and
+per-row constant only rescales a and b, so we use K_ij = exp(S_ij / eps - m_j - n_i) with m_j the column maximum and
+n_i the row maximum of what remains: every entry is in (0, 1] and every row and column holds an exact 1, so no sum can
+overflow or vanish (entries below float32's range are < e^-87 of their row's largest and do not register). The kernel
+is built with one exp over B x V and the iterations are matrix-vector products, the least memory traffic a Sinkhorn
+can have; one B x V float32 buffer is allocated and the result is written into it.
+
+Returned Q = B * P: every row is a distribution over words and, as iterations grow, the column sums tend to
+B * word_prior. With torch.distributed initialised, B is the global batch: the column shift and the column sums are
+all-reduced across processes (SwAV-style), so the sample marginal spans every process's samples.
 """
 
 import torch
@@ -23,17 +30,11 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _global_logsumexp_over_samples(log_q: torch.Tensor) -> torch.Tensor:
-    """logsumexp over dim 0 (samples) of a [B, V] tensor, spanning every process's samples -> [1, V]."""
-    if not _distributed():
-        return torch.logsumexp(log_q, dim=0, keepdim=True)
-    # Exact distributed logsumexp: a shared per-column maximum, then a sum of the shifted exponentials.
-    column_max = log_q.amax(dim=0, keepdim=True)
-    dist.all_reduce(column_max, op=dist.ReduceOp.MAX)
-    column_max = torch.where(torch.isfinite(column_max), column_max, torch.zeros_like(column_max))
-    shifted_sum = torch.exp(log_q - column_max).sum(dim=0, keepdim=True)
-    dist.all_reduce(shifted_sum)
-    return column_max + torch.log(shifted_sum)
+def _all_reduce(tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    """Reduce over processes in place; a no-op outside torch.distributed."""
+    if _distributed():
+        dist.all_reduce(tensor, op=op)
+    return tensor
 
 
 def global_batch_size(local_batch_size: int, device: torch.device) -> int:
@@ -68,13 +69,15 @@ def sinkhorn_knopp(
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     batch = global_batch_size(scores.shape[0], scores.device)
-    # Q = B * P: rows sum to 1, columns to B * prior. Working with Q instead of P only shifts logs.
-    log_column_marginal = torch.log(word_prior.float() * batch).unsqueeze(0)  # [1, V]
+    prior = word_prior.float()
 
-    log_q = scores.float() / epsilon  # log of the Gibbs kernel exp(S / eps)
+    column_max = _all_reduce(scores.amax(dim=0).float(), dist.ReduceOp.MAX)
+    kernel = torch.sub(scores, column_max)  # the one B x V buffer, float32 whatever the input dtype; a 0 per column
+    kernel.sub_(kernel.amax(dim=1, keepdim=True))  # and a 0 per row; every entry <= 0
+    kernel.div_(epsilon).exp_()  # K = exp(S / eps - m_j - n_i): entries in (0, 1], a 1 in every row and column
+
+    row_scale = torch.ones(kernel.shape[0], device=kernel.device)
     for _ in range(iterations):
-        # Columns: each word receives B * prior of the mass, summed over the global batch.
-        log_q = log_q - _global_logsumexp_over_samples(log_q) + log_column_marginal
-        # Rows: each sample is a distribution over words (a row lives on one process: no all-reduce).
-        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)
-    return torch.exp(log_q)
+        column_scale = batch * prior / _all_reduce(row_scale @ kernel)  # columns sum to B * prior (global batch)
+        row_scale = 1.0 / (kernel @ column_scale)  # rows sum to 1 (a row lives on one process)
+    return kernel.mul_(row_scale.unsqueeze(1)).mul_(column_scale.unsqueeze(0))

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test clean
+.PHONY: demo test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,3 +20,10 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV)
+
+bench: $(STAMP)
+	mkdir -p bench/results
+	cd bench && ../$(PY) sinkhorn.py --json results/sinkhorn.json
+	cd bench && ../$(PY) train_step.py --json results/train_step.json
+	cd bench && ../$(PY) generate.py --json results/generate.json
+	cd bench && ../$(PY) feature_cache.py --json results/feature_cache.json

@@ -361,9 +361,10 @@ def main(argv=None) -> Path:
                     f"{total_bad} unreadable images, more than max_bad_fraction={config.max_bad_fraction} of {seen}; "
                     f"e.g. rows {sorted(bad_rows)[:10]}"
                 )
-            losses = accelerator.reduce(torch.stack([out.loss, out.caption_loss, out.assignment_loss]).detach(), "mean")
-            logs = {"loss": losses[0].item(), "caption_loss": losses[1].item(), "assignment_loss": losses[2].item(),
-                    "lr": scheduler.get_last_lr()[0]}  # fmt: skip
+            parts = {"loss": out.loss, "caption_loss": out.caption_loss, "assignment_loss": out.assignment_loss}
+            parts = {name: value for name, value in parts.items() if value is not None}
+            reduced = accelerator.reduce(torch.stack(list(parts.values())).detach(), "mean").tolist()
+            logs = {**dict(zip(parts, reduced)), "lr": scheduler.get_last_lr()[0]}
             images_per_second = (progress["images"] - start_images) / max(time.time() - start_time, 1e-9)
             accelerator.log({**logs, "images_per_second": images_per_second}, step=step)
             write_metrics({"step": step, **logs})

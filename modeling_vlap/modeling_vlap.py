@@ -30,7 +30,8 @@ from .pipeline_vlap import VLAPImageToTextPipeline  # noqa: F401  (imported so s
 class VLAPOutput(ModelOutput):
     """
     Args:
-        loss: `caption_loss + assignment_loss_weight * assignment_loss` (when computed).
+        loss: `caption_loss + assignment_loss_weight * assignment_loss` (when computed; with a weight of 0 the
+            assignment loss and codes are not computed).
         caption_loss: the frozen LLM's next-token loss on the caption given [visual prefix; prompt].
         assignment_loss: swapped prediction of the Sinkhorn assignments (L_map).
         logits: `[B, T, V]` LLM logits (T5: over the caption; decoder-only: over prefix, prompt and caption).
@@ -318,10 +319,14 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
             outputs = self.language_model(inputs_embeds=embeds, attention_mask=mask, labels=labels)
         if not return_loss:
             return VLAPOutput(logits=outputs.logits)
+        if self.config.assignment_loss_weight == 0:  # caption-only (LiMBeR-style): skip L_map entirely
+            return VLAPOutput(loss=outputs.loss, caption_loss=outputs.loss, logits=outputs.logits)
 
-        image_codes = self.word_codes(prefix.float().mean(dim=1))
         with torch.no_grad():  # the LLM is frozen: the caption side carries no gradient
-            text_codes = self.word_codes(self.get_text_features(input_ids, attention_mask))
+            text_features = self.get_text_features(input_ids, attention_mask)
+        # One product with the (normalised once) embedding matrix for both modalities.
+        codes = self.word_codes(torch.cat([prefix.float().mean(dim=1), text_features]))
+        image_codes, text_codes = codes[: len(input_ids)], codes[len(input_ids) :].detach()
         assignment_loss = self.assignment_loss(image_codes, text_codes)
         loss = outputs.loss + self.config.assignment_loss_weight * assignment_loss
         return VLAPOutput(

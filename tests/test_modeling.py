@@ -117,6 +117,13 @@ def test_assignment_loss_matches_an_independent_computation(backbones):
     torch.testing.assert_close(out.assignment_loss.double(), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_caption_only_skips_the_assignment_loss(backbones):
+    model, processor = build(backbones, "t5", assignment_loss_weight=0.0)
+    out = model(**processor(images=images(2), text=CAPTIONS[:2]))
+    assert out.assignment_loss is None and out.image_codes is None
+    torch.testing.assert_close(out.loss, out.caption_loss)
+
+
 def test_fit_word_prior_is_a_tempered_softmax_of_frequencies(backbones):
     model, _ = build(backbones, "llama")
     counts = torch.randint(0, 50, model.word_prior.shape)

@@ -1,0 +1,84 @@
+"""Tiny-but-realistic VLAP models for benchmarks: real vocabulary sizes and token counts, narrow layers for CPU."""
+
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration  # noqa: E402
+
+VOCAB = 32128  # T5's
+
+
+def vision_model(full_size: bool = False) -> CLIPVisionModel:
+    """ViT-B/32 geometry (224 px, 32 px patches: 50 tokens): the paper's 12 layers of 768, or 4 layers of 256."""
+    width, layers = (768, 12) if full_size else (256, 4)
+    return CLIPVisionModel(CLIPVisionConfig(hidden_size=width, intermediate_size=4 * width, num_attention_heads=width // 64,
+                                            num_hidden_layers=layers, image_size=224, patch_size=32))  # fmt: skip
+
+
+def language_model(kind: str):
+    """T5-small-like encoder-decoder or a small Llama, both with a 32,128-word vocabulary."""
+    if kind == "t5":
+        config = T5Config(vocab_size=VOCAB, d_model=256, d_kv=32, d_ff=1024, num_layers=4, num_heads=8,
+                          decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)  # fmt: skip
+        return T5ForConditionalGeneration(config)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=4, pad_token_id=0, eos_token_id=1,
+                         bos_token_id=2, tie_word_embeddings=True)  # fmt: skip
+    return LlamaForCausalLM(config)
+
+
+def vlap_model(kind: str, full_size_vision: bool = False, **config_kwargs) -> VLAPForConditionalGeneration:
+    torch.manual_seed(0)
+    vision, llm = vision_model(full_size_vision), language_model(kind)
+    config = VLAPConfig(vision_config=vision.config.to_dict(), text_config=llm.config.to_dict(), **config_kwargs)
+    return VLAPForConditionalGeneration(config, vision_model=vision, language_model=llm).eval()
+
+
+def batch(size: int, caption_tokens: int = 12, prompt_tokens: int = 3, seed: int = 0) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "pixel_values": torch.randn(size, 3, 224, 224, generator=generator),
+        "input_ids": torch.randint(3, VOCAB, (size, caption_tokens), generator=generator),
+        "attention_mask": torch.ones(size, caption_tokens, dtype=torch.long),
+        "prompt_input_ids": torch.randint(3, VOCAB, (size, prompt_tokens), generator=generator),
+        "prompt_attention_mask": torch.ones(size, prompt_tokens, dtype=torch.long),
+    }
+
+
+def photos(count: int, size: int = 224) -> list[Image.Image]:
+    return [Image.fromarray(np.random.RandomState(i).randint(0, 255, (size, size, 3), dtype=np.uint8))
+            for i in range(count)]  # fmt: skip
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def interleaved_medians(functions: dict, repeats: int) -> dict:
+    """Median seconds of each function, runs interleaved so that machine noise hits all of them alike."""
+    for fn in functions.values():
+        fn()
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, fn in functions.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(values)) for name, values in times.items()}
+
+
+def device_name() -> str:
+    return f"cpu x{torch.get_num_threads()} threads"

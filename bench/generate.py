@@ -1,0 +1,61 @@
+"""Generation overhead: captions/s of VLAP generate against the bare LLM's generate on the same number of prefix
+embeddings and the same new-token budget (greedy; every caption forced to the full budget so both decode alike).
+
+VLAP's extra work is the frozen vision forward and the bridge, once per caption, before decoding.
+
+    python bench/generate.py [--new-tokens 20] [--repeats 5] [--json out.json]
+"""
+
+import argparse
+import json
+
+import torch
+from common import batch, device_name, interleaved_medians, vlap_model
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--new-tokens", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    settings = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
+    results = {"device": device_name(), "new_tokens": args.new_tokens}
+    for kind in ("t5", "llama"):
+        model = vlap_model(kind)
+        for size in (1, 16):
+            inputs = batch(size)
+            del inputs["input_ids"], inputs["attention_mask"]
+            with torch.no_grad():
+                prefix = model.get_image_prefix(inputs["pixel_values"])
+                embeds, mask = model._prefix_and_prompt(prefix, inputs["prompt_input_ids"], inputs["prompt_attention_mask"])
+
+            def vlap():
+                model.generate(**inputs, **settings)
+
+            def bare():
+                with torch.no_grad():
+                    model.language_model.generate(inputs_embeds=embeds, attention_mask=mask,
+                                                  generation_config=model.generation_config, **settings)  # fmt: skip
+
+            def vision_and_bridge():
+                with torch.no_grad():
+                    model.get_image_prefix(inputs["pixel_values"])
+
+            times = interleaved_medians({"vlap": vlap, "bare_llm": bare, "vision_and_bridge": vision_and_bridge},
+                                        args.repeats)  # fmt: skip
+            ratio = times["bare_llm"] / times["vlap"]  # captions/s of VLAP over captions/s of the bare LLM
+            bound = times["bare_llm"] / (times["bare_llm"] + times["vision_and_bridge"])
+            results[f"{kind}_batch{size}"] = {"seconds": times, "vlap_over_bare_captions_per_s": ratio,
+                                              "bound_from_vision_and_bridge": bound}  # fmt: skip
+            print(f"{kind} batch {size}: VLAP / bare LLM captions per second = {ratio:.3f} (goal >= 0.95; the vision "
+                  f"forward + bridge alone bound it at {bound:.3f}); {size / times['vlap']:.1f} vs "
+                  f"{size / times['bare_llm']:.1f} captions/s")  # fmt: skip
+    print(json.dumps(results, indent=2))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

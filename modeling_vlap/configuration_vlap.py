@@ -3,7 +3,9 @@
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from . import efficientnet_lite  # noqa: F401  (registers the EfficientNet-Lite vision model with the Auto classes)
+# Importing the module registers the EfficientNet-Lite vision model with AutoConfig / AutoModel, so a saved config
+# can name it as its vision_config (the `from .x import y` form is what remote-code loading follows).
+from .efficientnet_lite import EfficientNetLiteConfig  # noqa: F401
 
 # The pipeline that `pipeline("image-to-text", model=<saved folder>, trust_remote_code=True)` resolves to.
 IMAGE_TO_TEXT_PIPELINE = {

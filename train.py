@@ -10,7 +10,6 @@ One loop, top to bottom: data -> word prior -> (feature cache) -> optimiser -> r
 import argparse
 import dataclasses
 import json
-import math
 import os
 import re
 import resource

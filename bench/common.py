@@ -1,5 +1,6 @@
 """Tiny-but-realistic VLAP models for benchmarks: real vocabulary sizes and token counts, narrow layers for CPU."""
 
+import json
 import os
 import sys
 import time
@@ -57,16 +58,6 @@ def photos(count: int, size: int = 224) -> list[Image.Image]:
             for i in range(count)]  # fmt: skip
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def interleaved_medians(functions: dict, repeats: int) -> dict:
     """Median seconds of each function, runs interleaved so that machine noise hits all of them alike."""
     for fn in functions.values():
@@ -82,3 +73,11 @@ def interleaved_medians(functions: dict, repeats: int) -> dict:
 
 def device_name() -> str:
     return f"cpu x{torch.get_num_threads()} threads"
+
+
+def write_report(results: dict, json_path: str | None) -> None:
+    """Print the full results as JSON and, when asked, write them to `json_path`."""
+    print(json.dumps(results, indent=2))
+    if json_path:
+        with open(json_path, "w") as handle:
+            json.dump(results, handle, indent=2)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from common import device_name, photos, vlap_model
+from common import device_name, photos, vlap_model, write_report
 from transformers import CLIPImageProcessorPil, PreTrainedTokenizerFast
 from tokenizers import Tokenizer, models, pre_tokenizers
 
@@ -81,9 +81,7 @@ def main():
                "cache_build_seconds": build, "speedup": from_images / from_cache}  # fmt: skip
     print(f"epoch from images {from_images:.2f}s, from the feature cache {from_cache:.2f}s: "
           f"{results['speedup']:.2f}x faster (goal >= 3); building the cache once took {build:.2f}s")  # fmt: skip
-    print(json.dumps(results, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    write_report(results, args.json)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,9 @@ VLAP's extra work is the frozen vision forward and the bridge, once per caption,
 """
 
 import argparse
-import json
 
 import torch
-from common import batch, device_name, interleaved_medians, vlap_model
+from common import batch, device_name, interleaved_medians, vlap_model, write_report
 
 
 def main():
@@ -51,10 +50,7 @@ def main():
             print(f"{kind} batch {size}: VLAP / bare LLM captions per second = {ratio:.3f} (goal >= 0.95; the vision "
                   f"forward + bridge alone bound it at {bound:.3f}); {size / times['vlap']:.1f} vs "
                   f"{size / times['bare_llm']:.1f} captions/s")  # fmt: skip
-    print(json.dumps(results, indent=2))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2)
+    write_report(results, args.json)
 
 
 if __name__ == "__main__":

@@ -10,17 +10,17 @@ loop. Also the peak extra memory over the scores tensor, in B x V float32 buffer
 """
 
 import argparse
-import json
 import os
 import sys
 import time
-import tracemalloc
 
 import numpy as np
 import ot
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from common import write_report  # noqa: E402
+
 from modeling_vlap.optimal_transport import sinkhorn_knopp  # noqa: E402
 
 EPSILON, ITERATIONS, BATCH = 0.01, 3, 256
@@ -69,7 +69,7 @@ def peak_extra_buffers(fn, scores, device) -> float:
         peak = torch.cuda.max_memory_allocated(device) - before
         del result
         return peak / buffer
-    # CPU: torch allocations are invisible to tracemalloc; use the profiler's memory accounting instead.
+    # CPU: use the profiler's memory accounting of torch allocations.
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profiler:
         result = fn()
     del result
@@ -132,10 +132,7 @@ def main() -> None:
             f"{plan_agreement:.1e}; peak extra memory = {row['peak_extra_bxv_float32_buffers']:.2f} B x V float32 "
             "buffers (goal <= 2)"
         )
-    print(json.dumps(results, indent=2))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2)
+    write_report(results, args.json)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,9 @@ state of the bridge against the frozen total, for the bench models and for the p
 """
 
 import argparse
-import json
 
 import torch
-from common import batch, device_name, interleaved_medians, vlap_model
+from common import batch, device_name, interleaved_medians, vlap_model, write_report
 from transformers import AutoConfig, CLIPVisionConfig, T5Config
 
 from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration
@@ -101,7 +100,6 @@ def main():
         ratio = times["vlap"] / times["caption_only"]
         results[kind] = {"seconds": times, "vlap_over_caption_only": ratio, "breakdown_seconds": parts,
                          "memory": memory(vlap)}  # fmt: skip
-        share = {name: value / (times["vlap"] - times["caption_only"]) for name, value in parts.items()}
         print(f"{kind}: VLAP step / caption-only step = {ratio:.3f} (goal <= 1.15); extra "
               f"{times['vlap'] - times['caption_only']:.3f}s of {times['caption_only']:.3f}s; parts timed alone: "
               + ", ".join(f"{k} {v:.3f}s" for k, v in parts.items())
@@ -110,10 +108,7 @@ def main():
     for name, row in results["paper_scale"].items():
         print(f"{name}: bridge {row['trainable_parameters']:,} parameters ({row['trainable_fraction']:.3%}); bridge + "
               f"AdamW state {row['bridge_plus_state_bytes'] / 2**20:.1f} MiB vs frozen {row['frozen_bytes_fp32'] / 2**30:.2f} GiB")
-    print(json.dumps(results, indent=2))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2)
+    write_report(results, args.json)
 
 
 if __name__ == "__main__":

@@ -59,11 +59,16 @@ class SameConv(nn.Module):
         self.activation = nn.ReLU6() if activation else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        padding = []
+        padding = []  # (left, right, top, bottom), the larger half after, as TensorFlow pads
         for size, kernel, stride in zip(reversed(x.shape[-2:]), reversed(self.conv.kernel_size), reversed(self.conv.stride)):
             total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
             padding += [total // 2, total - total // 2]
-        return self.activation(self.norm(self.conv(F.pad(x, padding))))
+        conv = self.conv
+        if padding[0] == padding[1] and padding[2] == padding[3]:  # symmetric: let the convolution pad (no copy)
+            x = F.conv2d(x, conv.weight, None, conv.stride, (padding[2], padding[0]), conv.dilation, conv.groups)
+        else:
+            x = conv(F.pad(x, padding))
+        return self.activation(self.norm(x))
 
 
 class MBConv(nn.Module):

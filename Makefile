@@ -27,6 +27,6 @@ clean:
 bench: $(STAMP)
 	mkdir -p bench/results
 	cd bench && ../$(PY) sinkhorn.py --json results/sinkhorn.json
-	cd bench && ../$(PY) train_step.py --json results/train_step.json
-	cd bench && ../$(PY) generate.py --json results/generate.json
+	cd bench && ../$(PY) train_step.py --real --json results/train_step.json
+	cd bench && ../$(PY) generate.py --real --json results/generate.json
 	cd bench && ../$(PY) feature_cache.py --json results/feature_cache.json

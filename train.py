@@ -90,7 +90,9 @@ def parse_config(argv=None) -> TrainConfig:
     parser.add_argument("--config", help="YAML file of TrainConfig fields")
     fields = {field.name: field for field in dataclasses.fields(TrainConfig)}
     for name, field in fields.items():
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, help=f"{field.type}")
+        extra = {"nargs": "?", "const": "latest"} if name == "resume" else {}  # bare --resume: the latest checkpoint
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, help=f"{field.type}",
+                            **extra)  # fmt: skip
     args = vars(parser.parse_args(argv))
     values = {}
     if args.get("config"):

@@ -35,20 +35,37 @@ def language_model(kind: str):
     return LlamaForCausalLM(config)
 
 
+REAL = "efficientnet-lite0+smollm2-135m"
+
+
+def real_models_cached() -> bool:
+    from vlap.assets import cache_root
+
+    return all((cache_root() / name / "model.safetensors").exists() for name in ("efficientnet-lite0", "smollm2-135m-instruct"))
+
+
 def vlap_model(kind: str, full_size_vision: bool = False, **config_kwargs) -> VLAPForConditionalGeneration:
+    """A bench model: "t5" / "llama" (tiny-but-realistic, random) or REAL (the demo's cached pretrained models)."""
     torch.manual_seed(0)
+    if kind == REAL:
+        from vlap.assets import cache_root
+
+        root = cache_root()
+        return VLAPForConditionalGeneration.from_vision_text_pretrained(
+            str(root / "efficientnet-lite0"), str(root / "smollm2-135m-instruct"), num_visual_tokens=9, **config_kwargs
+        ).eval()
     vision, llm = vision_model(full_size_vision), language_model(kind)
     config = VLAPConfig(vision_config=vision.config.to_dict(), text_config=llm.config.to_dict(), **config_kwargs)
     return VLAPForConditionalGeneration(config, vision_model=vision, language_model=llm).eval()
 
 
-def batch(size: int, caption_tokens: int = 12, prompt_tokens: int = 3, seed: int = 0) -> dict:
+def batch(size: int, caption_tokens: int = 12, prompt_tokens: int = 3, seed: int = 0, vocab: int = VOCAB) -> dict:
     generator = torch.Generator().manual_seed(seed)
     return {
         "pixel_values": torch.randn(size, 3, 224, 224, generator=generator),
-        "input_ids": torch.randint(3, VOCAB, (size, caption_tokens), generator=generator),
+        "input_ids": torch.randint(3, vocab, (size, caption_tokens), generator=generator),
         "attention_mask": torch.ones(size, caption_tokens, dtype=torch.long),
-        "prompt_input_ids": torch.randint(3, VOCAB, (size, prompt_tokens), generator=generator),
+        "prompt_input_ids": torch.randint(3, vocab, (size, prompt_tokens), generator=generator),
         "prompt_attention_mask": torch.ones(size, prompt_tokens, dtype=torch.long),
     }
 
@@ -56,6 +73,13 @@ def batch(size: int, caption_tokens: int = 12, prompt_tokens: int = 3, seed: int
 def photos(count: int, size: int = 224) -> list[Image.Image]:
     return [Image.fromarray(np.random.RandomState(i).randint(0, 255, (size, size, 3), dtype=np.uint8))
             for i in range(count)]  # fmt: skip
+
+
+def bench_kinds(real: bool) -> tuple[str, ...]:
+    """The bench models, plus the demo's real ones when asked for and cached (`make demo` caches them)."""
+    if real and not real_models_cached():
+        print("--real: the demo's models are not cached yet (run `make demo` once); skipping them")
+    return ("t5", "llama") + ((REAL,) if real and real_models_cached() else ())
 
 
 def interleaved_medians(functions: dict, repeats: int) -> dict:

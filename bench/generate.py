@@ -9,7 +9,7 @@ VLAP's extra work is the frozen vision forward and the bridge, once per caption,
 import argparse
 
 import torch
-from common import batch, device_name, interleaved_medians, vlap_model, write_report
+from common import batch, bench_kinds, device_name, interleaved_medians, vlap_model, write_report
 
 
 def main():
@@ -17,13 +17,14 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json")
+    parser.add_argument("--real", action="store_true", help="also the demo's cached EfficientNet-Lite0 + SmolLM2")
     args = parser.parse_args()
     settings = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
     results = {"device": device_name(), "new_tokens": args.new_tokens}
-    for kind in ("t5", "llama"):
+    for kind in bench_kinds(args.real):
         model = vlap_model(kind)
         for size in (1, 16):
-            inputs = batch(size)
+            inputs = batch(size, vocab=model.word_prior.numel())
             del inputs["input_ids"], inputs["attention_mask"]
             with torch.no_grad():
                 prefix = model.get_image_prefix(inputs["pixel_values"])

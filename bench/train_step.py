@@ -11,7 +11,7 @@ state of the bridge against the frozen total, for the bench models and for the p
 import argparse
 
 import torch
-from common import batch, device_name, interleaved_medians, vlap_model, write_report
+from common import batch, bench_kinds, device_name, interleaved_medians, vlap_model, write_report
 from transformers import AutoConfig, CLIPVisionConfig, T5Config
 
 from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration
@@ -88,12 +88,13 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json")
+    parser.add_argument("--real", action="store_true", help="also the demo's cached EfficientNet-Lite0 + SmolLM2")
     args = parser.parse_args()
     results = {"device": device_name(), "batch_size": args.batch_size}
-    for kind in ("t5", "llama"):
+    for kind in bench_kinds(args.real):
         vlap = vlap_model(kind).train()
         caption_only = vlap_model(kind, assignment_loss_weight=0.0).train()
-        inputs = batch(args.batch_size)
+        inputs = batch(args.batch_size, vocab=vlap.word_prior.numel())
         times = interleaved_medians({"vlap": step_fn(vlap, inputs), "caption_only": step_fn(caption_only, inputs)},
                                     args.repeats)  # fmt: skip
         parts = breakdown(vlap, inputs, args.repeats)

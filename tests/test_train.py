@@ -84,7 +84,7 @@ def test_killed_run_resumes_to_the_same_weights(backbones, caption_folder, tmp_p
     latest = find_checkpoint(killed / "checkpoints", "latest")
     assert latest is not None and int(latest.name.split("-")[1]) <= 40
 
-    run_train(config, "--resume", "latest")
+    run_train(config, "--resume")  # bare --resume means the latest complete checkpoint
     for name, tensor in bridge(reference).items():
         assert (tensor - bridge(killed)[name]).abs().max() <= 1e-6, name
     steps = [record["step"] for record in metrics(killed)]

@@ -21,7 +21,6 @@ import datasets
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -37,9 +36,6 @@ from vlap.data import (
     validate,
 )
 from vlap.features import build_feature_cache
-
-logger = get_logger("vlap.train", log_level="INFO")
-
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -140,6 +136,15 @@ class EpochShuffle(torch.utils.data.Sampler):
         return self.size
 
 
+def complete_checkpoints(checkpoints: Path) -> list[Path]:
+    """The step-K folders whose progress.json (written last) exists, oldest first."""
+    complete = [
+        path for path in checkpoints.glob("step-*")
+        if re.fullmatch(r"step-\d+", path.name) and (path / "progress.json").exists()
+    ]  # fmt: skip
+    return sorted(complete, key=lambda path: int(path.name.split("-")[1]))
+
+
 def find_checkpoint(checkpoints: Path, resume: str | None) -> Path | None:
     """The folder to resume from. "latest" picks the highest complete step-K (progress.json is written last)."""
     if resume is None:
@@ -148,11 +153,8 @@ def find_checkpoint(checkpoints: Path, resume: str | None) -> Path | None:
         if not (Path(resume) / "progress.json").exists():
             raise SystemExit(f"{resume} is not a complete checkpoint (no progress.json)")
         return Path(resume)
-    complete = [
-        path for path in checkpoints.glob("step-*")
-        if re.fullmatch(r"step-\d+", path.name) and (path / "progress.json").exists()
-    ]  # fmt: skip
-    return max(complete, key=lambda path: int(path.name.split("-")[1]), default=None)
+    complete = complete_checkpoints(checkpoints)
+    return complete[-1] if complete else None
 
 
 def save_checkpoint(accelerator: Accelerator, checkpoints: Path, progress: dict, keep: int) -> Path:
@@ -167,11 +169,7 @@ def save_checkpoint(accelerator: Accelerator, checkpoints: Path, progress: dict,
         (partial / "progress.json").write_text(json.dumps(progress))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
-        complete = sorted(
-            (p for p in checkpoints.glob("step-*") if re.fullmatch(r"step-\d+", p.name)),
-            key=lambda path: int(path.name.split("-")[1]),
-        )
-        for old in complete[:-keep] if keep > 0 else []:
+        for old in complete_checkpoints(checkpoints)[:-keep] if keep > 0 else []:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final

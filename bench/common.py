@@ -39,20 +39,19 @@ REAL = "efficientnet-lite0+smollm2-135m"
 
 
 def real_models_cached() -> bool:
-    from vlap.assets import cache_root
+    from vlap.assets import EFFICIENTNET_FOLDER, SMOLLM2_FOLDER, cache_root
 
-    return all((cache_root() / name / "model.safetensors").exists() for name in ("efficientnet-lite0", "smollm2-135m-instruct"))
+    return all((cache_root() / name / "model.safetensors").exists() for name in (EFFICIENTNET_FOLDER, SMOLLM2_FOLDER))
 
 
 def vlap_model(kind: str, full_size_vision: bool = False, **config_kwargs) -> VLAPForConditionalGeneration:
     """A bench model: "t5" / "llama" (tiny-but-realistic, random) or REAL (the demo's cached pretrained models)."""
     torch.manual_seed(0)
     if kind == REAL:
-        from vlap.assets import cache_root
+        from vlap.assets import efficientnet_lite0, smollm2_135m
 
-        root = cache_root()
         return VLAPForConditionalGeneration.from_vision_text_pretrained(
-            str(root / "efficientnet-lite0"), str(root / "smollm2-135m-instruct"), num_visual_tokens=9, **config_kwargs
+            str(efficientnet_lite0()), str(smollm2_135m()), num_visual_tokens=9, **config_kwargs
         ).eval()
     vision, llm = vision_model(full_size_vision), language_model(kind)
     config = VLAPConfig(vision_config=vision.config.to_dict(), text_config=llm.config.to_dict(), **config_kwargs)

@@ -119,7 +119,7 @@ class EfficientNetLiteModel(EfficientNetLitePreTrainedModel):
 
 
 class EfficientNetLiteForImageClassification(EfficientNetLitePreTrainedModel):
-    """The backbone + dropout + linear classifier over the pooled features (ImageNet-1k for the released weights)."""
+    """The backbone + a linear classifier over the pooled features (ImageNet-1k for the released weights)."""
 
     def __init__(self, config: EfficientNetLiteConfig):
         super().__init__(config)

@@ -19,6 +19,9 @@ from transformers import CLIPImageProcessorPil
 from modeling_vlap.efficientnet_lite import EfficientNetLiteConfig, EfficientNetLiteForImageClassification
 
 
+EFFICIENTNET_FOLDER, SMOLLM2_FOLDER = "efficientnet-lite0", "smollm2-135m-instruct"  # under cache_root()
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("VLAP_CACHE", Path.home() / ".cache" / "vlap"))
 
@@ -53,7 +56,7 @@ def efficientnet_image_processor() -> CLIPImageProcessorPil:
 
 def efficientnet_lite0(root: Path | None = None) -> Path:
     """Folder with the converted EfficientNet-Lite0 (classifier included) and its image processor."""
-    folder = (root or cache_root()) / "efficientnet-lite0"
+    folder = (root or cache_root()) / EFFICIENTNET_FOLDER
     if (folder / "model.safetensors").exists():
         return folder
     state = {rename_efficientnet_key(key): value for key, value in efficientnet_reference_state_dict().items()}
@@ -70,7 +73,7 @@ def smollm2_135m(root: Path | None = None) -> Path:
     """Folder with SmolLM2-135M-Instruct dequantised from the GGUF to float32 safetensors, tokenizer beside it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-    folder = (root or cache_root()) / "smollm2-135m-instruct"
+    folder = (root or cache_root()) / SMOLLM2_FOLDER
     if (folder / "model.safetensors").exists():
         return folder
     # Locate the package without importing it: its __init__ needs the `llm` CLI we do not install.

@@ -65,7 +65,7 @@ def load_source(source: str, data_format: str = "auto", split: str = "train"):
 
 def validate(dataset, source: str, image_column: str, caption_column: str) -> None:
     """Fail before the first step on missing columns, an empty dataset or an empty caption (naming the row)."""
-    columns = list(dataset.features or {}) if dataset.features is not None else []
+    columns = list(dataset.features or {})
     if isinstance(dataset, datasets.IterableDataset):
         first = next(iter(dataset), None)
         if first is None:
@@ -170,8 +170,11 @@ class Collator:
     max_caption_length: int = 64
 
     def __call__(self, items: list[dict]) -> dict:
-        good = [item for item in items if item.get("image") is not None or "vision_hidden_states" in item]
-        bad_rows = [item["index"] for item in items if item not in good]
+        def usable(item: dict) -> bool:
+            return item.get("image") is not None or "vision_hidden_states" in item
+
+        good = [item for item in items if usable(item)]
+        bad_rows = [item["index"] for item in items if not usable(item)]
         if not good:
             return {"bad_rows": bad_rows, "num_items": len(items)}
         captions = [item["caption"] for item in good]

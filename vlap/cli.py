@@ -1,10 +1,283 @@
-"""`vlap` console script."""
+"""`vlap`: caption, answer, retrieve, read images as words, visual arithmetic and evaluate, from the command line.
+
+MODEL is a saved VLAP folder or a Hub id (loaded with trust_remote_code). Every command has --help, --device,
+--batch-size and --json. Bad input ends with a one-line error on stderr and exit status 1.
+"""
 
 import argparse
+import glob
+import json
+import sys
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+class CLIError(Exception):
+    """Bad input: reported as one line, without a traceback."""
+
+
+def expand_images(specs: list[str]) -> list[Path]:
+    """Image paths, globs and folders (their image files, sorted) -> paths; anything missing is an error."""
+    paths = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise CLIError(f"{spec}: the folder has no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        elif any(char in spec for char in "*?["):
+            found = sorted(Path(p) for p in glob.glob(spec) if Path(p).is_file())
+            if not found:
+                raise CLIError(f"{spec}: the pattern matches no files")
+        elif path.is_file():
+            found = [path]
+        else:
+            raise CLIError(f"{spec}: no such file or folder")
+        paths += found
+    return paths
+
+
+def open_images(paths: list[Path]) -> list:
+    """Decode every image before any model work, so a bad file fails fast and names itself."""
+    from PIL import Image, UnidentifiedImageError
+
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        except (OSError, UnidentifiedImageError) as error:
+            raise CLIError(f"{path}: not a readable image ({error})") from None
+    return images
+
+
+def read_lines(path: str) -> list[str]:
+    try:
+        lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise CLIError(f"{path}: cannot read the text file ({error})") from None
+    if not lines:
+        raise CLIError(f"{path}: the text file has no non-empty lines")
+    return lines
+
+
+def parse_terms(terms: list[str]) -> list[tuple[str, str]]:
+    """["-", "red", "+", "blue"] or ["-red", "+blue"] -> [("-", "red"), ("+", "blue")]."""
+    pairs, pending = [], None
+    for term in terms:
+        if pending is not None:
+            pairs.append((pending, term))
+            pending = None
+        elif term in ("+", "-"):
+            pending = term
+        elif term[:1] in ("+", "-") and len(term) > 1:
+            pairs.append((term[0], term[1:]))
+        else:
+            raise CLIError(f"expected '+' or '-' before {term!r}: write IMAGE - word + word")
+    if pending is not None or not pairs:
+        raise CLIError("the arithmetic must end with a word: IMAGE - word + word")
+    return pairs
+
+
+def load_model(args):
+    import torch
+
+    from vlap.tasks import load
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    return load(args.model, device=device)
+
+
+def emit(args, data, text: str) -> None:
+    print(json.dumps(data, indent=2) if args.json else text)
+
+
+# ---------------------------------------------------------------------------------------------------- commands
+def cmd_caption(args) -> None:
+    from vlap.tasks import caption
+
+    paths = expand_images(args.images)
+    images = open_images(paths)
+    model, processor = load_model(args)
+    captions = caption(model, processor, images, prompt=args.prompt, batch_size=args.batch_size,
+                       max_new_tokens=args.max_new_tokens, progress=True)  # fmt: skip
+    data = [{"image": str(path), "caption": text} for path, text in zip(paths, captions)]
+    emit(args, data, "\n".join(f"{row['image']}: {row['caption']}" for row in data))
+
+
+def cmd_vqa(args) -> None:
+    from vlap.tasks import answer
+
+    paths = expand_images([args.image])
+    images = open_images(paths)
+    model, processor = load_model(args)
+    answers = answer(model, processor, images, [args.question] * len(images), template=args.template,
+                     batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=True)  # fmt: skip
+    data = [{"image": str(path), "question": args.question, "answer": text} for path, text in zip(paths, answers)]
+    emit(args, data, "\n".join(f"{row['image']}: {row['answer']}" for row in data))
+
+
+def cmd_retrieve(args) -> None:
+    from vlap.tasks import image_features, rank, text_features
+
+    paths = expand_images([args.images])
+    candidates = read_lines(args.texts) if args.texts else []
+    queries = candidates + list(args.query or [])
+    if not queries:
+        raise CLIError("give texts to rank: --texts FILE and/or --query TEXT")
+    images = open_images(paths)
+    model, processor = load_model(args)
+    image_vectors = image_features(model, processor, images, batch_size=args.batch_size)
+    text_vectors = text_features(model, processor, queries, batch_size=args.batch_size)
+    similarity = image_vectors @ text_vectors.T  # [images, texts]: candidates first, then queries
+    data = {"image_to_text": [], "text_to_image": []}
+    if candidates:
+        for path, ranked in zip(paths, rank(similarity[:, : len(candidates)], args.top_k)):
+            data["image_to_text"].append({"image": str(path), "texts": [{"text": candidates[i], "score": s} for i, s in ranked]})
+    for text, ranked in zip(queries, rank(similarity.T, args.top_k)):
+        data["text_to_image"].append({"text": text, "images": [{"image": str(paths[i]), "score": s} for i, s in ranked]})
+    lines = []
+    for row in data["image_to_text"]:
+        lines += [f"{row['image']}:"] + [f"  {hit['score']:+.3f}  {hit['text']}" for hit in row["texts"]]
+    for row in data["text_to_image"]:
+        lines += [f"{row['text']!r}:"] + [f"  {hit['score']:+.3f}  {hit['image']}" for hit in row["images"]]
+    emit(args, data, "\n".join(lines))
+
+
+def cmd_words(args) -> None:
+    from vlap.tasks import plot_words, read_words
+
+    paths = expand_images([args.image])
+    if len(paths) != 1:
+        raise CLIError(f"{args.image}: give one image ({len(paths)} found)")
+    images = open_images(paths)
+    model, processor = load_model(args)
+    words = read_words(model, processor, images, top_k=args.top_k)[0]
+    if args.plot:
+        try:
+            plot_words(words, paths[0].name, args.plot)
+        except ImportError:
+            raise CLIError("--plot needs matplotlib (pip install matplotlib)") from None
+    data = {"image": str(paths[0]), "words": [{"word": word, "weight": weight} for word, weight in words]}
+    emit(args, data, "\n".join(f"{weight:.4f}  {word}" for word, weight in words))
+
+
+def cmd_arithmetic(args) -> None:
+    from vlap.tasks import arithmetic
+
+    terms = parse_terms(args.terms)
+    paths = expand_images([args.image])
+    if len(paths) != 1:
+        raise CLIError(f"{args.image}: give one image ({len(paths)} found)")
+    candidate_paths = expand_images([args.images]) if args.images else []
+    image, *candidates = open_images(paths + candidate_paths)
+    model, processor = load_model(args)
+    result = arithmetic(model, processor, image, terms, top_k=args.top_k, images=candidates)
+    expression = " ".join([str(paths[0])] + [f"{sign} {word}" for sign, word in terms])
+    data = {"expression": expression, "words": [{"word": w, "score": s} for w, s in result["words"]]}
+    if "images" in result:
+        data["images"] = [{"image": str(candidate_paths[i]), "score": s} for i, s in result["images"]]
+    lines = [expression] + [f"  {row['score']:+.3f}  {row['word']}" for row in data["words"]]
+    if "images" in data:
+        lines += ["nearest images:"] + [f"  {row['score']:+.3f}  {row['image']}" for row in data["images"]]
+    emit(args, data, "\n".join(lines))
+
+
+def cmd_eval(args) -> None:
+    from vlap.evaluation import evaluate_task, load_eval_data, markdown_table
+
+    data = load_eval_data(args.data, args.task, args.format, args.split, args.image_column, args.caption_column,
+                          args.limit)  # fmt: skip
+    model, processor = load_model(args)
+    generation = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
+    result = evaluate_task(model, processor, data, args.task, batch_size=args.batch_size, progress=True, **generation)
+    report = {"model": args.model, "task": args.task, "data": args.data, "num_images": len(data["images"]),
+              "skipped_images": data["skipped"], **{k: v for k, v in result.items() if k != "predictions"}}  # fmt: skip
+    table = markdown_table({args.model: result["scores"]})
+    if result.get("unavailable"):
+        table += "\n\n" + "\n".join(f"- {metric}: unavailable ({why})" for metric, why in result["unavailable"].items())
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({**report, "predictions": result["predictions"]} if "predictions" in result else report, indent=2))
+        out.with_suffix(".md").write_text(table + "\n")
+    emit(args, report, table)
+
+
+# ------------------------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    common.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    common.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    parser = argparse.ArgumentParser(prog="vlap", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name, function, help_text, epilog=None):
+        sub = commands.add_parser(name, parents=[common], help=help_text, description=help_text, epilog=epilog,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+        sub.add_argument("model", metavar="MODEL", help="a saved VLAP folder or a Hub id")
+        sub.set_defaults(function=function)
+        return sub
+
+    sub = command("caption", cmd_caption, "one caption per image")
+    sub.add_argument("images", metavar="IMAGE", nargs="+", help="image files, globs or folders")
+    sub.add_argument("--prompt", default=None, help="text after the visual prefix (default: the model's, 'A picture of')")
+    sub.add_argument("--max-new-tokens", type=int, default=20)
+
+    sub = command("vqa", cmd_vqa, "answer a question about an image (zero-shot, prompted)")
+    sub.add_argument("image", metavar="IMAGE", help="an image file (or a folder/glob: the question for each)")
+    sub.add_argument("question", metavar="QUESTION")
+    sub.add_argument("--template", default="Question: {question} Answer:", help="prompt template with {question}")
+    sub.add_argument("--max-new-tokens", type=int, default=10)
+
+    sub = command("retrieve", cmd_retrieve, "rank texts for each image and images for each text")
+    sub.add_argument("--images", required=True, metavar="DIR", help="folder (or glob) of images")
+    sub.add_argument("--texts", metavar="FILE", help="candidate texts, one per line")
+    sub.add_argument("--query", action="append", metavar="TEXT", help="a text to rank the images for (repeatable)")
+    sub.add_argument("--top-k", type=int, default=5)
+
+    sub = command("words", cmd_words, "read an image as words: the top of its assignment over the vocabulary")
+    sub.add_argument("image", metavar="IMAGE")
+    sub.add_argument("--top-k", type=int, default=10)
+    sub.add_argument("--plot", metavar="PNG", help="also draw the words as a bar chart into this file")
+
+    sub = command("arithmetic", cmd_arithmetic, "visual semantic arithmetic: IMAGE - word + word -> nearest words",
+                  epilog='example: vlap arithmetic MODEL red_circle.png - red + blue --images shapes/')  # fmt: skip
+    sub.add_argument("image", metavar="IMAGE")
+    sub.add_argument("terms", metavar="TERM", nargs="+", help="'-' or '+' followed by a word, repeated")
+    sub.add_argument("--images", metavar="DIR", help="also rank these images by the result")
+    sub.add_argument("--top-k", type=int, default=10)
+
+    sub = command("eval", cmd_eval, "evaluate on a dataset: metrics as a markdown table (or --json)")
+    sub.add_argument("--task", required=True, choices=["caption", "vqa", "retrieval"])
+    sub.add_argument("--data", required=True, help="imagefolder, .jsonl/.csv, save_to_disk folder, Hub id or .tar shards")
+    sub.add_argument("--format", default="auto", help="data format (default: detected)")
+    sub.add_argument("--split", default=None, help="default: test, or train when there is no test split")
+    sub.add_argument("--image-column", default="image")
+    sub.add_argument("--caption-column", default="caption")
+    sub.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    sub.add_argument("--max-new-tokens", type=int, default=None, help="caption: 20, vqa: 10 (default)")
+    sub.add_argument("--out", metavar="FILE.json", help="also write the report (with predictions) and FILE.md")
+    return parser
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="vlap", description="VLAP: bridged vision-language models (CLI)")
-    parser.parse_args(argv)
-    parser.print_help()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        args.function(args)
+    except (CLIError, ValueError, OSError, ImportError) as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"vlap {args.command}: error: {message}", file=sys.stderr)
+        return 1
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,19 +21,14 @@ import yaml
 
 from vlap.assets import cache_root, efficientnet_lite0, smollm2_135m
 from vlap.easy_vqa import easy_vqa_dataset
-from vlap.metrics import caption_scores, retrieval_recall, vqa_accuracy
+from vlap.evaluation import evaluate_captioning, evaluate_retrieval, evaluate_vqa, markdown_table
+from vlap.tasks import first_line, plot_words, read_words
 
 REPO = Path(__file__).resolve().parent.parent
-VQA_PROMPT = "Question: {question} Answer:"
 
 
 def banner(text: str) -> None:
     print(f"\n=== {text}", flush=True)
-
-
-def first_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[0] if lines else ""
 
 
 def train(name: str, out: Path, train_data: Path, vision: Path, llm: Path, args, **overrides) -> Path:
@@ -50,61 +45,23 @@ def train(name: str, out: Path, train_data: Path, vision: Path, llm: Path, args,
     return out / name / "final"
 
 
-@torch.no_grad()
-def evaluate(folder: Path, test: datasets.Dataset, vision_states: torch.Tensor, questions: list[tuple], batch: int):
+def evaluate_model(folder: Path, test: datasets.Dataset, vision_states: torch.Tensor, questions: list[tuple], batch: int):
     """Captioning, zero-shot VQA and retrieval of one exported model on the test images (vision run once)."""
     from modeling_vlap import VLAPForConditionalGeneration, VLAPProcessor
 
     model = VLAPForConditionalGeneration.from_pretrained(folder).eval()
     processor = VLAPProcessor.from_pretrained(folder)
-    captions = []
-    for start in range(0, len(test), batch):
-        states = vision_states[start : start + batch]
-        ids = model.generate(vision_hidden_states=states, **processor.prompt_inputs(len(states)), max_new_tokens=12)
-        captions += [first_line(text) for text in processor.batch_decode(ids, skip_special_tokens=True)]
-    references = test["caption"]
-    caption = caption_scores(dict(enumerate(captions)), dict(enumerate(references)))
-
-    answers = []
-    for start in range(0, len(questions), batch):
-        chunk = questions[start : start + batch]
-        states = vision_states[[row for row, _, _ in chunk]]
-        prompts = [VQA_PROMPT.format(question=question) for _, question, _ in chunk]
-        ids = model.generate(vision_hidden_states=states, **processor.prompt_inputs(len(chunk), prompts), max_new_tokens=4)
-        answers += [first_line(text) for text in processor.batch_decode(ids, skip_special_tokens=True)]
-    vqa = vqa_accuracy(answers, [[answer] for _, _, answer in questions])
-
-    image_features = torch.cat([model.get_image_features(vision_hidden_states=vision_states[s : s + batch])
-                                for s in range(0, len(test), batch)])  # fmt: skip
-    texts = [text for captions_of_image in references for text in captions_of_image]
-    owners = [row for row, captions_of_image in enumerate(references) for _ in captions_of_image]
-    tokens = processor(text=texts)
-    text_features = model.get_text_features(tokens["input_ids"], tokens["attention_mask"])
-    retrieval = retrieval_recall(image_features @ text_features.T, owners)
+    shared = {"vision_hidden_states": vision_states, "batch_size": batch}
+    caption = evaluate_captioning(model, processor, references=test["caption"], max_new_tokens=12, **shared)
+    vqa = evaluate_vqa(model, processor, questions=questions, max_new_tokens=4, **shared)
+    retrieval = evaluate_retrieval(model, processor, references=test["caption"], **shared)
     return {
-        "caption": caption["scores"], "unavailable": caption["unavailable"], "vqa_accuracy": vqa, **retrieval,
-        "examples": [{"caption": c, "references": r} for c, r in zip(captions[:5], references[:5])],
-        "vqa_examples": [{"question": q, "answer": a, "predicted": p}
-                         for (_, q, a), p in list(zip(questions, answers))[:8]],  # fmt: skip
-    }
+        "scores": {**caption["scores"], **vqa["scores"], **retrieval["scores"]},
+        "unavailable": caption["unavailable"], "examples": caption["examples"], "vqa_examples": vqa["examples"],
+    }  # fmt: skip
 
 
-def table(results: dict) -> str:
-    rows = [("CIDEr", "caption", "CIDEr"), ("BLEU-4", "caption", "BLEU-4"), ("METEOR", "caption", "METEOR"),
-            ("ROUGE-L", "caption", "ROUGE-L"), ("VQA accuracy (zero-shot)", None, "vqa_accuracy")]  # fmt: skip
-    rows += [(f"{d} R@{k}", None, f"{key}_R@{k}") for d, key in (("image->text", "image_to_text"),
-             ("text->image", "text_to_image")) for k in (1, 5, 10)]  # fmt: skip
-    lines = ["| metric | VLAP (caption + assignment) | caption-only baseline |", "|---|---|---|"]
-    for label, group, key in rows:
-        cells = []
-        for name in ("vlap", "caption_only"):
-            source = results[name][group] if group else results[name]
-            cells.append(f"{source[key]:.3f}" if key in source else "unavailable")
-        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
-    return "\n".join(lines)
-
-
-def plots(out: Path, runs: dict, words: list[tuple[str, float]], title: str) -> None:
+def plot_losses(out: Path, runs: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,12 +80,6 @@ def plots(out: Path, runs: dict, words: list[tuple[str, float]], title: str) -> 
     axis.legend()
     figure.tight_layout()
     figure.savefig(out / "loss_curves.png", dpi=120)
-    figure, axis = plt.subplots(figsize=(6, 4))
-    axis.barh([w for w, _ in words][::-1], [p for _, p in words][::-1])
-    axis.set_xlabel("weight in the image's assignment over the vocabulary")
-    axis.set_title(title)
-    figure.tight_layout()
-    figure.savefig(out / "top_words.png", dpi=120)
 
 
 def show(folder: Path, test: datasets.Dataset) -> list[dict]:
@@ -145,8 +96,7 @@ def show(folder: Path, test: datasets.Dataset) -> list[dict]:
     rows = []
     for label, image in shown:
         caption = first_line(captioner(image, max_new_tokens=12)[0]["generated_text"])
-        weights, ids = model.image_to_words(processor(images=[image])["pixel_values"], top_k=8)
-        words = list(zip(processor.decode_words(ids)[0], weights[0].tolist()))
+        words = read_words(model, processor, [image], top_k=8)[0]
         rows.append({"image": label, "caption": caption, "top_words": words})
         print(f"{label}\n    caption: {caption!r}\n    top words: " + ", ".join(f"{w!r} {p:.2f}" for w, p in words))
     return rows
@@ -189,10 +139,12 @@ def main(argv=None) -> None:
     with torch.no_grad():  # the vision model is frozen and shared: encode the test images once for both models
         vision_states = torch.cat([model.get_vision_hidden_states(processor(images=test[s : s + 32]["image"])["pixel_values"])
                                    for s in range(0, len(test), 32)])  # fmt: skip
-    questions = [(row, q, a) for row, (qs, ans) in enumerate(zip(test["questions"], test["answers"])) for q, a in zip(qs, ans)]
+    questions = [(row, question, [answer])  # easy-vqa has one reference answer per question
+                 for row, (qs, ans) in enumerate(zip(test["questions"], test["answers"])) for question, answer in zip(qs, ans)]  # fmt: skip
     questions = questions[: args.vqa_questions]
-    results = {name: evaluate(folder, test, vision_states, questions, batch=32) for name, folder in runs.items()}
-    markdown = table(results)
+    results = {name: evaluate_model(folder, test, vision_states, questions, batch=32) for name, folder in runs.items()}
+    markdown = markdown_table({"VLAP (caption + assignment)": results["vlap"]["scores"],
+                               "caption-only baseline": results["caption_only"]["scores"]})  # fmt: skip
     print(markdown)
 
     banner("5. captions and top words through pipeline('image-to-text') from the exported folder")
@@ -208,7 +160,8 @@ def main(argv=None) -> None:
     }  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown + "\n")
-    plots(out, runs, shown[0]["top_words"], shown[0]["image"])
+    plot_losses(out, runs)
+    plot_words(shown[0]["top_words"], shown[0]["image"], out / "top_words.png")
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'loss_curves.png'}, {out / 'top_words.png'}")
     print(f"demo done in {time.time() - start:.0f} s")
 

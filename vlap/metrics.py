@@ -1,13 +1,19 @@
-"""Evaluation metrics: captioning through pycocoevalcap, VQAv2 accuracy, cross-modal retrieval recall@K."""
+"""Evaluation metrics: captioning through pycocoevalcap, VQAv2 accuracy, cross-modal retrieval recall@K.
+
+The same three are shipped as `evaluate` modules under vlap/metric_modules (evaluate's Hub metrics cannot be fetched
+offline): `load_metric("caption_metrics" | "vqa_accuracy" | "retrieval_recall")`, i.e. `evaluate.load(<that folder>)`.
+"""
 
 import contextlib
 import io
 import re
 import shutil
 import string
+from pathlib import Path
 
 import torch
 
+METRIC_MODULES = Path(__file__).parent / "metric_modules"
 SPICE_UNAVAILABLE = "SPICE downloads Stanford CoreNLP at run time: unavailable offline"
 
 
@@ -95,3 +101,14 @@ def retrieval_recall(similarity: torch.Tensor, text_image: list[int], ks=(1, 5, 
         results[f"image_to_text_R@{k}"] = (first_hit < k).float().mean().item()
         results[f"text_to_image_R@{k}"] = (image_rank < k).float().mean().item()
     return results
+
+
+def load_metric(name: str):
+    """One of our `evaluate` modules, loaded offline from its local script."""
+    import evaluate
+
+    path = METRIC_MODULES / name
+    if not (path / f"{name}.py").exists():
+        available = sorted(p.name for p in METRIC_MODULES.iterdir() if (p / f"{p.name}.py").exists())
+        raise ValueError(f"no metric module {name!r}; available: {', '.join(available)}")
+    return evaluate.load(str(path))

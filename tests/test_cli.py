@@ -1,0 +1,164 @@
+"""`vlap` commands on a tiny saved model, offline: outputs parse and agree with the model; bad input is one line."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from test_modeling import build
+from tiny import shape_image, write_caption_folder
+from vlap.cli import main
+from vlap.tasks import first_line, load, word_ids
+
+VLAP_SCRIPT = Path(sys.executable).parent / "vlap"  # the console script pyproject installs
+
+
+@pytest.fixture(scope="module")
+def saved(backbones, tmp_path_factory):
+    """A saved tiny VLAP (CLIP + Llama) and a folder of shape images."""
+    root = tmp_path_factory.mktemp("cli")
+    model, processor = build(backbones, "llama")
+    model.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    images = root / "images"
+    images.mkdir()
+    for name, colour, shape in (("red_circle", "red", "circle"), ("blue_square", "blue", "square"),
+                                ("green_triangle", "green", "triangle")):  # fmt: skip
+        shape_image(colour, shape).save(images / f"{name}.png")
+    return {"model": root / "model", "images": images, "root": root}
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_caption_matches_generate(saved, capsys):
+    code, out, _ = run(capsys, "caption", saved["model"], saved["images"], "--json", "--max-new-tokens", 5, "--device", "cpu")
+    rows = json.loads(out)
+    assert code == 0 and [Path(r["image"]).name for r in rows] == sorted(p.name for p in saved["images"].iterdir())
+    model, processor = load(str(saved["model"]))
+    ids = model.generate(**processor(images=[rows[0]["image"]]), max_new_tokens=5)
+    assert rows[0]["caption"] == first_line(processor.batch_decode(ids, skip_special_tokens=True)[0])
+
+
+def test_vqa_words_and_plot(saved, capsys, tmp_path):
+    image = saved["images"] / "red_circle.png"
+    code, out, _ = run(capsys, "vqa", saved["model"], image, "what colour is the shape?", "--json")
+    assert code == 0 and json.loads(out)[0]["question"] == "what colour is the shape?"
+    code, out, _ = run(capsys, "words", saved["model"], image, "--top-k", 5, "--plot", tmp_path / "words.png", "--json")
+    weights = [row["weight"] for row in json.loads(out)["words"]]
+    assert code == 0 and len(weights) == 5 and weights == sorted(weights, reverse=True) and sum(weights) <= 1 + 1e-6
+    assert (tmp_path / "words.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_retrieve_scores_are_feature_cosines(saved, capsys, tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a red circle\n\na blue square\n")
+    code, out, _ = run(capsys, "retrieve", saved["model"], "--images", saved["images"], "--texts", texts,
+                       "--query", "a green triangle", "--top-k", 2, "--json")  # fmt: skip
+    data = json.loads(out)
+    assert code == 0 and len(data["image_to_text"]) == 3 and len(data["text_to_image"]) == 3
+    model, processor = load(str(saved["model"]))
+    image = processor(images=[data["text_to_image"][2]["images"][0]["image"]])["pixel_values"]
+    tokens = processor(text=["a green triangle"])
+    cosine = model.get_image_features(image) @ model.get_text_features(tokens["input_ids"], tokens["attention_mask"]).T
+    assert data["text_to_image"][2]["text"] == "a green triangle"
+    assert data["text_to_image"][2]["images"][0]["score"] == pytest.approx(cosine.item(), abs=1e-5)
+    for row in data["image_to_text"] + data["text_to_image"]:
+        scores = [hit["score"] for hit in row.get("texts", row.get("images"))]
+        assert len(scores) == 2 and scores == sorted(scores, reverse=True)
+
+
+def test_arithmetic_lands_on_the_constructed_word(backbones, saved, capsys, tmp_path):
+    """Embeddings: red, blue, circle orthonormal (all tokens of a word share its vector); "plain" stands for a "blue
+    circle" word, (blue + circle) / sqrt(2); every other row is orthogonal to them. The bridge maps every image to
+    red + circle. Then image - red + blue is nearest to "plain" (cosine 0.959, blue is excluded as an operand)."""
+    model, processor = build(backbones, "llama")
+    tokens = {word: word_ids(processor, word) for word in ("red", "blue", "circle", "plain")}
+    assert len(tokens["plain"]) == 1 and len({i for ids in tokens.values() for i in ids}) == sum(map(len, tokens.values()))
+    with torch.no_grad():
+        embeddings = model.word_embeddings
+        embeddings[:, :3] = 0
+        basis = torch.eye(embeddings.shape[1])
+        for word, axis in (("red", 0), ("blue", 1), ("circle", 2)):
+            embeddings[tokens[word]] = basis[axis]
+        embeddings[tokens["plain"][0]] = (basis[1] + basis[2]) / 2**0.5
+        model.bridge.weight.zero_()
+        model.bridge.bias.copy_(basis[0] + basis[2])
+    model.save_pretrained(tmp_path / "constructed")
+    processor.save_pretrained(tmp_path / "constructed")
+
+    code, out, _ = run(capsys, "arithmetic", tmp_path / "constructed", saved["images"] / "red_circle.png",
+                       "-", "red", "+", "blue", "--images", saved["images"], "--top-k", 3, "--json")  # fmt: skip
+    data = json.loads(out)
+    assert code == 0 and data["words"][0]["word"] == "plain"
+    result = F.normalize(basis[0] + basis[2], dim=0) - basis[0] + basis[1]  # independent: the expected cosine
+    assert data["words"][0]["score"] == pytest.approx(F.cosine_similarity(result, embeddings[tokens["plain"][0]], 0).item(), abs=1e-5)
+    assert {w["word"] for w in data["words"]}.isdisjoint({"red", "blue"}) and len(data["images"]) == 3
+
+
+def write_vqa_jsonl(folder: Path) -> Path:
+    rows = [{"image": f"{i:04d}.png", "question": "what colour is the shape?", "answers": ["red", "red", "red"]}
+            for i in range(3)]  # fmt: skip
+    path = folder / "vqa.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.mark.parametrize("task", ["caption", "vqa", "retrieval"])
+def test_eval_writes_metrics_that_match_its_predictions(saved, capsys, tmp_path, task):
+    data = write_caption_folder(tmp_path / "data", num_images=6)
+    source = write_vqa_jsonl(data) if task == "vqa" else data
+    out = tmp_path / "report.json"
+    code, stdout, _ = run(capsys, "eval", saved["model"], "--task", task, "--data", source, "--max-new-tokens", 4,
+                          "--out", out)  # fmt: skip
+    report = json.loads(out.read_text())
+    assert code == 0 and stdout.startswith("| metric |") and out.with_suffix(".md").read_text().startswith("| metric |")
+    assert report["num_images"] == (3 if task == "vqa" else 6) and report["skipped_images"] == 0
+    if task == "vqa":
+        expected = sum(answer.strip().lower() == "red" for answer in report["predictions"]) / 3
+        assert report["scores"]["vqa_accuracy"] == pytest.approx(expected)
+    elif task == "caption":
+        assert {"BLEU-4", "ROUGE-L", "CIDEr"} <= set(report["scores"]) and len(report["predictions"]) == 6
+    else:
+        assert set(report["scores"]) == {f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)}
+        assert report["scores"]["text_to_image_R@10"] == 1.0  # 6 images: every image ranks within 10
+
+
+def bad_inputs(saved, tmp_path) -> list[tuple[list, str]]:
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not an image")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    no_config = tmp_path / "no_config"
+    no_config.mkdir()
+    return [
+        (["caption", saved["model"], tmp_path / "missing.png"], "no such file"),
+        (["caption", saved["model"], not_an_image], "not a readable image"),
+        (["retrieve", saved["model"], "--images", saved["images"], "--texts", empty], "no non-empty lines"),
+        (["words", no_config, saved["images"] / "red_circle.png"], "no config.json"),
+        (["arithmetic", saved["model"], saved["images"] / "red_circle.png", "red", "+", "blue"], "expected '+' or '-'"),
+    ]
+
+
+def test_bad_input_is_one_line_without_traceback(saved, capsys, tmp_path):
+    for argv, reason in bad_inputs(saved, tmp_path):
+        code, out, err = run(capsys, *argv)
+        assert code == 1 and out == "", argv
+        assert err.count("\n") == 1 and err.startswith(f"vlap {argv[0]}: error:") and reason in err, err
+
+
+def test_console_script_reports_errors_without_traceback(saved, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    help_text = subprocess.run([VLAP_SCRIPT, "arithmetic", "--help"], capture_output=True, text=True, env=env)
+    assert help_text.returncode == 0 and "--images" in help_text.stdout
+    failed = subprocess.run([VLAP_SCRIPT, "words", tmp_path, "x.png"], capture_output=True, text=True, env=env)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert failed.stderr.strip().splitlines() == ["vlap words: error: x.png: no such file or folder"]

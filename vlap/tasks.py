@@ -1,0 +1,189 @@
+"""The uses of a bridged model as a library: captioning, prompted VQA, retrieval, reading images as words and visual
+semantic arithmetic. The `vlap` CLI and the evaluation are thin layers over these functions.
+
+    from vlap.tasks import load, caption, answer
+    model, processor = load("path/or/hub-id")
+    caption(model, processor, ["cat.png"])           # ['a cat sitting on a sofa']
+    answer(model, processor, ["cat.png"], ["What animal is this?"])
+
+Every function takes `images` (PIL images or paths) or, instead, `vision_hidden_states`: the frozen vision output
+of those images (`model.get_vision_hidden_states`), so one vision pass can serve several models or tasks.
+"""
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+VQA_TEMPLATE = "Question: {question} Answer:"
+
+
+def load(model_name_or_path: str, device: str = "cpu"):
+    """A saved VLAP model (local folder or Hub id) and its processor, through the Auto classes + remote code."""
+    from transformers import AutoModel, AutoProcessor
+
+    path = Path(model_name_or_path)
+    if path.is_dir() and not (path / "config.json").exists():
+        raise ValueError(f"{model_name_or_path}: the folder has no config.json (not a saved VLAP model)")
+    if not path.exists() and (model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1):
+        raise ValueError(f"{model_name_or_path}: no such folder (and not a Hub id of the form user/name)")
+    model = AutoModel.from_pretrained(model_name_or_path, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(model_name_or_path, trust_remote_code=True)
+    return model.to(device).eval(), processor
+
+
+def first_line(text: str) -> str:
+    """The first non-empty line of a generation, stripped (chat LLMs often continue past the answer)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _batches(
+    model, processor, images, vision_hidden_states, batch_size: int, progress: bool = False
+) -> Iterator[tuple[slice, dict]]:
+    """(rows, vision inputs) per batch: `pixel_values` from `images`, or slices of `vision_hidden_states`."""
+    count = len(vision_hidden_states) if vision_hidden_states is not None else len(images)
+    starts = range(0, count, batch_size)
+    for start in tqdm(starts, disable=not progress or len(starts) < 2, unit="batch", leave=False):
+        rows = slice(start, min(start + batch_size, count))
+        if vision_hidden_states is not None:
+            inputs = {"vision_hidden_states": vision_hidden_states[rows].to(model.device)}
+        else:
+            pixel_values = processor(images=list(images[rows]))["pixel_values"]
+            inputs = {"pixel_values": pixel_values.to(model.device, model.dtype)}
+        yield rows, inputs
+
+
+def _generate(model, processor, images, vision_hidden_states, prompts, batch_size, progress, **generation) -> list[str]:
+    texts = []
+    for rows, inputs in _batches(model, processor, images, vision_hidden_states, batch_size, progress):
+        prompt = processor.prompt_inputs(rows.stop - rows.start, prompts[rows] if prompts is not None else None)
+        ids = model.generate(**inputs, **prompt.to(model.device), **generation)
+        texts += [first_line(text) for text in processor.batch_decode(ids, skip_special_tokens=True)]
+    return texts
+
+
+@torch.no_grad()
+def caption(
+    model, processor, images=None, *, vision_hidden_states=None, prompt: str | None = None, batch_size: int = 16,
+    max_new_tokens: int = 20, progress: bool = False, **generation,
+) -> list[str]:  # fmt: skip
+    """One caption per image, after `prompt` (default: the processor's, "A picture of")."""
+    count = len(vision_hidden_states) if vision_hidden_states is not None else len(images)
+    prompts = None if prompt is None else [prompt] * count
+    return _generate(model, processor, images, vision_hidden_states, prompts, batch_size, progress,
+                     max_new_tokens=max_new_tokens, **generation)  # fmt: skip
+
+
+@torch.no_grad()
+def answer(
+    model, processor, images=None, questions: Sequence[str] = (), *, vision_hidden_states=None,
+    template: str = VQA_TEMPLATE, batch_size: int = 16, max_new_tokens: int = 10, progress: bool = False, **generation,
+) -> list[str]:  # fmt: skip
+    """Zero-shot VQA: one answer per (image, question) pair, the question put into `template` as the prompt."""
+    count = len(vision_hidden_states) if vision_hidden_states is not None else len(images)
+    if len(questions) != count:
+        raise ValueError(f"got {count} images but {len(questions)} questions")
+    if "{question}" not in template:
+        raise ValueError(f"the VQA template {template!r} has no {{question}} field")
+    prompts = [template.format(question=question) for question in questions]
+    return _generate(model, processor, images, vision_hidden_states, prompts, batch_size, progress,
+                     max_new_tokens=max_new_tokens, **generation)  # fmt: skip
+
+
+@torch.no_grad()
+def image_features(model, processor, images=None, *, vision_hidden_states=None, batch_size: int = 16) -> torch.Tensor:
+    """`[N, D]` L2-normalised image features (mean of the mapped visual tokens)."""
+    batches = _batches(model, processor, images, vision_hidden_states, batch_size)
+    return torch.cat([model.get_image_features(**inputs).cpu() for _, inputs in batches])
+
+
+@torch.no_grad()
+def text_features(model, processor, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+    """`[N, D]` L2-normalised text features (mean of the frozen LLM's states), comparable with image features."""
+    features = []
+    for start in range(0, len(texts), batch_size):
+        tokens = processor(text=list(texts[start : start + batch_size])).to(model.device)
+        features.append(model.get_text_features(tokens["input_ids"], tokens["attention_mask"]).cpu())
+    return torch.cat(features)
+
+
+def rank(similarity: torch.Tensor, top_k: int) -> list[list[tuple[int, float]]]:
+    """Each row's `top_k` columns, best first, with their scores."""
+    scores, indices = similarity.topk(min(top_k, similarity.shape[1]), dim=1)
+    return [list(zip(row_indices.tolist(), row_scores.tolist())) for row_indices, row_scores in zip(indices, scores)]
+
+
+@torch.no_grad()
+def read_words(model, processor, images=None, *, vision_hidden_states=None, top_k: int = 10, batch_size: int = 16):
+    """Each image as words: the top-k of its assignment over the vocabulary, `[[(word, weight), ...], ...]`."""
+    words = []
+    for _, inputs in _batches(model, processor, images, vision_hidden_states, batch_size):
+        weights, ids = model.image_to_words(**inputs, top_k=top_k)
+        words += [list(zip(row, w.tolist())) for row, w in zip(processor.decode_words(ids), weights)]
+    return words
+
+
+def word_ids(processor, word: str) -> list[int]:
+    """Token ids of `word` as it appears inside a sentence (after a space), without whitespace-only pieces."""
+    tokenizer = processor.tokenizer
+    ids = tokenizer(" " + word.strip(), add_special_tokens=False)["input_ids"]
+    ids = [i for i in ids if tokenizer.decode([i]).strip()]
+    if not word.strip() or not ids:
+        raise ValueError(f"{word!r} is not a word the LLM's tokenizer can spell")
+    return ids
+
+
+def word_vector(model, processor, word: str) -> torch.Tensor:
+    """`[D]` unit vector of a word in the LLM's input-embedding space: the mean of its normalised token embeddings."""
+    embeddings = model.word_embeddings.detach().float()[word_ids(processor, word)]
+    return F.normalize(F.normalize(embeddings, dim=-1).mean(dim=0), dim=0).cpu()
+
+
+@torch.no_grad()
+def arithmetic(
+    model, processor, image, terms: Sequence[tuple[str, str]], *, top_k: int = 10, images: Sequence = (),
+) -> dict:  # fmt: skip
+    """Visual semantic arithmetic in the word-embedding space: image feature (+|-) word vectors, term by term.
+
+    `terms` are `("+" | "-", word)` pairs, applied to the unit image feature with unit word vectors. Returns the
+    nearest words by cosine over the whole vocabulary (special tokens and the operands' own tokens left out, as in
+    word-analogy evaluation) and, when `images` are given, the nearest of those images.
+    """
+    if not terms:
+        raise ValueError("arithmetic needs at least one '+ word' or '- word' term")
+    vector = image_features(model, processor, [image])[0]
+    excluded = set(processor.tokenizer.all_special_ids)
+    for sign, word in terms:
+        if sign not in "+-" or len(sign) != 1:
+            raise ValueError(f"expected '+' or '-' before {word!r}, got {sign!r}")
+        vector = vector + (1 if sign == "+" else -1) * word_vector(model, processor, word)
+        excluded.update(word_ids(processor, word))
+    similarity = model.word_codes(vector.unsqueeze(0).to(model.device)).cpu()
+    similarity[:, sorted(i for i in excluded if i < similarity.shape[1])] = float("-inf")
+    nearest = rank(similarity, top_k)[0]
+    words = processor.decode_words([[index for index, _ in nearest]])[0]
+    result = {"words": [(word, score) for word, (_, score) in zip(words, nearest)]}
+    if len(images):
+        candidates = image_features(model, processor, images)
+        result["images"] = rank(F.normalize(vector, dim=0).unsqueeze(0) @ candidates.T, top_k)[0]
+    return result
+
+
+def plot_words(words: Sequence[tuple[str, float]], title: str, path) -> None:
+    """A horizontal bar chart of an image's top words (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    labels = [word if word.isprintable() else repr(word) for word, _ in words]  # byte-level pieces can be control bytes
+    axis.barh(labels[::-1], [p for _, p in words][::-1])
+    axis.set_xlabel("weight in the image's assignment over the vocabulary")
+    axis.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -29,6 +29,10 @@ class VLAPConfig(PreTrainedConfig):
         sinkhorn_epsilon (`float`), sinkhorn_iterations (`int`): entropic OT regularisation and iterations.
         assignment_temperature (`float`): temperature of the swapped-prediction softmax.
         prior_temperature (`float`): temperature of the word prior softmax(frequency / T) fitted by a trainer.
+        backbones (`dict`, *optional*): where the frozen backbones came from, `{"vision": {"name_or_path": ...,
+            "revision": ...}, "text": {...}}` (Hub ids or local folders); recorded by `from_vision_text_pretrained`.
+        bridge_only (`bool`): the checkpoint holds only the bridge and word prior; `from_pretrained` then loads the
+            backbones from `backbones` (a shared VLAP model is a few MB).
     """
 
     model_type = "vlap"
@@ -47,6 +51,8 @@ class VLAPConfig(PreTrainedConfig):
     sinkhorn_iterations: int = 3
     assignment_temperature: float = 0.01
     prior_temperature: float = 0.25
+    backbones: dict | None = None
+    bridge_only: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -16,10 +16,12 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
+    GenerationConfig,
     GenerationMixin,
     PreTrainedModel,
 )
-from transformers.utils import ModelOutput, logging
+from transformers.modeling_utils import load_state_dict
+from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput, cached_file, logging
 
 from .configuration_vlap import VLAPConfig
 from .optimal_transport import sinkhorn_knopp
@@ -70,6 +72,10 @@ def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """`[B, T, D]`, `[B, T]` -> `[B, D]` mean over the real tokens."""
     weights = mask.to(hidden.dtype).unsqueeze(-1)
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+BRIDGE_ONLY_KEYS = ("bridge.weight", "bridge.bias", "word_prior")  # what a bridge-only checkpoint holds
+BRIDGE_ONLY_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
 
 class VLAPPreTrainedModel(PreTrainedModel):
@@ -145,6 +151,11 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         text_config = AutoConfig.from_pretrained(text_model_name_or_path, **text_kwargs)
         auto_class = AutoModelForSeq2SeqLM if text_config.is_encoder_decoder else AutoModelForCausalLM
         language_model = auto_class.from_pretrained(text_model_name_or_path, **text_kwargs)
+        backbones = {
+            "vision": {"name_or_path": str(vision_model_name_or_path), "revision": vision_kwargs.get("revision")},
+            "text": {"name_or_path": str(text_model_name_or_path), "revision": text_kwargs.get("revision")},
+        }
+        config_kwargs.setdefault("backbones", backbones)
         # Sub-configs as dicts: VLAPConfig must not reset attributes (attention implementation) of the live models.
         config = VLAPConfig(
             vision_config=vision_model.config.to_dict(), text_config=language_model.config.to_dict(), **config_kwargs
@@ -152,12 +163,63 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         model = cls(config, vision_model=vision_model, language_model=language_model)
         return model.to(language_model.dtype)
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """As PreTrainedModel's; a registered model is also reachable through AutoModel (auto_map holds one class)."""
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """As PreTrainedModel's. A bridge-only checkpoint (`config.bridge_only`) loads its two backbones from the
+        names in `config.backbones` (Hub ids or local folders), then its own bridge and word prior on top."""
+        config = kwargs.get("config")
+        hub_kwargs = {k: kwargs[k] for k in BRIDGE_ONLY_HUB_KWARGS if k in kwargs}
+        if not isinstance(config, VLAPConfig):
+            config = VLAPConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        if not config.bridge_only:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+        backbone_kwargs = {k: kwargs[k] for k in ("cache_dir", "token", "local_files_only", "dtype") if k in kwargs}
+        vision, text = (config.backbones or {}).get("vision"), (config.backbones or {}).get("text")
+        if not (vision and vision.get("name_or_path") and text and text.get("name_or_path")):
+            raise ValueError(f"{pretrained_model_name_or_path} is bridge-only but its config does not name both backbones")
+        own_fields = set(VLAPConfig.__annotations__) - {"vision_config", "text_config", "bridge_only"}
+        fields = {name: getattr(config, name) for name in own_fields}
+        model = cls.from_vision_text_pretrained(
+            vision["name_or_path"], text["name_or_path"],
+            vision_kwargs={**backbone_kwargs, **({"revision": vision["revision"]} if vision.get("revision") else {})},
+            text_kwargs={**backbone_kwargs, **({"revision": text["revision"]} if text.get("revision") else {})},
+            **fields,
+        )  # fmt: skip
+        weights = cached_file(pretrained_model_name_or_path, SAFE_WEIGHTS_NAME, **hub_kwargs)
+        state_dict = load_state_dict(weights)
+        if set(state_dict) != set(BRIDGE_ONLY_KEYS):
+            raise ValueError(f"{weights}: a bridge-only checkpoint holds {sorted(BRIDGE_ONLY_KEYS)}, got {sorted(state_dict)}")
+        model.load_state_dict(state_dict, strict=False)
+        try:
+            model.generation_config = GenerationConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        except OSError:  # no generation_config.json: keep the LLM's
+            pass
+        return model.eval()
+
+    def save_pretrained(self, save_directory, *args, bridge_only: bool = False, **kwargs):
+        """As PreTrainedModel's; a registered model is also reachable through AutoModel (auto_map holds one class).
+
+        `bridge_only=True` writes only the bridge and word prior (and a config naming the backbones in
+        `config.backbones`, from which `from_pretrained` loads them back).
+        """
         if self._auto_class is not None:
             auto_model = {"AutoModel": f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"}
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **auto_model}
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        if not bridge_only:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        names = [(self.config.backbones or {}).get(side, {}).get("name_or_path") for side in ("vision", "text")]
+        if not all(names):
+            raise ValueError(
+                "a bridge-only save needs config.backbones naming both backbones (set by from_vision_text_pretrained); "
+                'set model.config.backbones = {"vision": {"name_or_path": ...}, "text": {"name_or_path": ...}}'
+            )
+        state_dict = {key: value for key, value in self.state_dict().items() if key in BRIDGE_ONLY_KEYS}
+        self.config.bridge_only = True
+        try:
+            return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+        finally:
+            self.config.bridge_only = False
 
     def train(self, mode: bool = True):
         """Only the bridge trains: the frozen backbones stay in eval mode (no dropout, no BatchNorm updates)."""

@@ -204,3 +204,16 @@ def test_forward_needs_captions_and_matching_counts(backbones):
     batch.update(processor(text=CAPTIONS[:3]))
     with pytest.raises(ValueError, match="2 images but 3 captions"):
         model(**batch)
+
+
+def test_bridge_only_save_holds_the_bridge_and_needs_backbone_names(backbones, tmp_path):
+    model, _ = build(backbones, "opt")
+    assert model.config.backbones["text"]["name_or_path"] == str(backbones["opt"])
+    model.save_pretrained(tmp_path / "bridge", bridge_only=True)
+    reloaded = VLAPForConditionalGeneration.from_pretrained(tmp_path / "bridge")
+    assert not model.config.bridge_only and not reloaded.config.bridge_only  # the loaded model holds everything
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, reloaded.state_dict()[key]), key
+    model.config.backbones = None
+    with pytest.raises(ValueError, match="config.backbones"):
+        model.save_pretrained(tmp_path / "nameless", bridge_only=True)

@@ -7,6 +7,7 @@ MODEL is a saved VLAP folder or a Hub id (loaded with trust_remote_code). Every 
 import argparse
 import glob
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -192,7 +193,8 @@ def cmd_eval(args) -> None:
     model, processor = load_model(args)
     generation = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
     result = evaluate_task(model, processor, data, args.task, batch_size=args.batch_size, progress=True, **generation)
-    report = {"model": args.model, "task": args.task, "data": args.data, "num_images": len(data["images"]),
+    report = {"model": args.model, "task": args.task, "data": args.data, "command": "vlap " + shlex.join(args.argv),
+              "num_images": len(data["images"]),
               "skipped_images": data["skipped"], **{k: v for k, v in result.items() if k != "predictions"}}  # fmt: skip
     table = markdown_table({args.model: result["scores"]})
     if result.get("unavailable"):
@@ -267,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command is None:
         parser.print_help()
         return 0

@@ -23,7 +23,7 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup
+from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
 from modeling_vlap import VLAPForConditionalGeneration, VLAPProcessor
 from vlap.data import (
@@ -36,6 +36,7 @@ from vlap.data import (
     validate,
 )
 from vlap.features import build_feature_cache
+from vlap.langbridge import select_vocabulary
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -57,6 +58,12 @@ class TrainConfig:
     assignment_loss_weight: float = 0.1
     num_visual_tokens: int | None = None
     prior_temperature: float = 0.25
+    # Bridge: "linear" (VLAP) or "langbridge" (coefficients over a vocabulary subset; transferable across LLMs)
+    bridge_type: str = "linear"
+    langbridge_vocab_size: int = 19_200  # the N most frequent caption tokens shared by every transfer LLM
+    langbridge_hidden_size: int | None = None  # None: the LLM's embedding width
+    langbridge_coefficients: str = "softmax"  # softmax | linear
+    langbridge_transfer_llms: str | None = None  # comma-separated tokenizers (Hub ids / folders) to stay transferable to
     # Optimisation: the paper's recipe
     batch_size: int = 32  # per process
     gradient_accumulation_steps: int = 1
@@ -194,19 +201,8 @@ def main(argv=None) -> Path:
     )
     set_seed(config.seed)
 
-    # ---- models: frozen backbones + a fresh bridge
-    model = VLAPForConditionalGeneration.from_vision_text_pretrained(
-        config.vision_model, config.text_model, prompt=config.prompt, num_visual_tokens=config.num_visual_tokens,
-        assignment_loss_weight=config.assignment_loss_weight, prior_temperature=config.prior_temperature,
-    )  # fmt: skip
-    processor = VLAPProcessor.from_vision_text_pretrained(config.vision_model, config.text_model, prompt=config.prompt)
-    model.to(accelerator.device)
-    accelerator.print(
-        f"VLAP: {model.num_parameters(only_trainable=True):,} trainable parameters (the bridge) "
-        f"of {model.num_parameters():,}"
-    )
-
     # ---- data, validated before the first step
+    processor = VLAPProcessor.from_vision_text_pretrained(config.vision_model, config.text_model, prompt=config.prompt)
     dataset, base_dir = load_source(config.train_data, config.data_format)
     validate(dataset, config.train_data, config.image_column, config.caption_column)
     columns = (config.image_column, config.caption_column)
@@ -218,7 +214,31 @@ def main(argv=None) -> Path:
         train_set = CaptionedImages(dataset, *columns, base_dir=base_dir, seed=config.seed)
         prior_rows = dataset[config.caption_column]
     captions = [caption for cell in prior_rows for caption in caption_list(cell)]
-    counts = caption_token_counts(captions, processor.tokenizer, model.word_prior.numel())
+    counts = caption_token_counts(captions, processor.tokenizer, len(processor.tokenizer))
+
+    # ---- models: frozen backbones + a fresh bridge
+    bridge_kwargs = {}
+    if config.bridge_type == "langbridge":
+        transfer_llms = config.langbridge_transfer_llms or []
+        transfer_llms = transfer_llms.split(",") if isinstance(transfer_llms, str) else transfer_llms
+        others = [AutoTokenizer.from_pretrained(name.strip()) for name in transfer_llms]
+        tokens, token_ids = select_vocabulary(counts, processor.tokenizer, config.langbridge_vocab_size, others)
+        bridge_kwargs = {"langbridge_tokens": tokens, "langbridge_token_ids": token_ids,
+                         "langbridge_hidden_size": config.langbridge_hidden_size,
+                         "langbridge_coefficients": config.langbridge_coefficients}  # fmt: skip
+        accelerator.print(f"LangBridge vocabulary: {len(tokens)} caption tokens shared with {len(others)} other LLM(s)")
+    model = VLAPForConditionalGeneration.from_vision_text_pretrained(
+        config.vision_model, config.text_model, prompt=config.prompt, num_visual_tokens=config.num_visual_tokens,
+        assignment_loss_weight=config.assignment_loss_weight, prior_temperature=config.prior_temperature,
+        bridge_type=config.bridge_type, **bridge_kwargs,
+    )  # fmt: skip
+    model.to(accelerator.device)
+    accelerator.print(
+        f"VLAP: {model.num_parameters(only_trainable=True):,} trainable parameters (the bridge) "
+        f"of {model.num_parameters():,}"
+    )
+    rows = model.word_prior.numel()  # embedding rows, usually padded beyond the tokenizer's length
+    counts = torch.nn.functional.pad(counts[:rows], (0, max(rows - counts.numel(), 0)))
     model.fit_word_prior(counts.to(model.word_prior.device))
 
     if config.cache_features:

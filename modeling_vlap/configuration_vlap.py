@@ -33,6 +33,14 @@ class VLAPConfig(PreTrainedConfig):
             "revision": ...}, "text": {...}}` (Hub ids or local folders); recorded by `from_vision_text_pretrained`.
         bridge_only (`bool`): the checkpoint holds only the bridge and word prior; `from_pretrained` then loads the
             backbones from `backbones` (a shared VLAP model is a few MB).
+        bridge_type (`str`): "linear" (VLAP: one linear layer into the embedding space) or "langbridge" (an MLP giving
+            coefficients over a vocabulary subset, whose word embeddings it combines; transferable across LLMs).
+        langbridge_hidden_size (`int`, *optional*): width of the LangBridge MLP (default: the LLM's embedding width).
+        langbridge_tokens (`list[str]`): the vocabulary subset as token strings (as each spells inside a text).
+        langbridge_token_ids (`list[int]`): their ids in this LLM; -1 marks a string this LLM lacks (after a transfer),
+            whose coefficient is then masked out.
+        langbridge_coefficients (`str`): "softmax" (a distribution over the subset, as the paper describes) or
+            "linear" (raw coefficients, as the released code).
     """
 
     model_type = "vlap"
@@ -53,6 +61,11 @@ class VLAPConfig(PreTrainedConfig):
     prior_temperature: float = 0.25
     backbones: dict | None = None
     bridge_only: bool = False
+    bridge_type: str = "linear"
+    langbridge_hidden_size: int | None = None
+    langbridge_tokens: list | None = None
+    langbridge_token_ids: list | None = None
+    langbridge_coefficients: str = "softmax"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -69,6 +82,17 @@ class VLAPConfig(PreTrainedConfig):
                 raise ValueError(f"VLAPConfig.{name} must be > 0, got {value}")
         if self.assignment_loss_weight < 0:
             raise ValueError(f"VLAPConfig.assignment_loss_weight must be >= 0, got {self.assignment_loss_weight}")
+        if self.bridge_type not in ("linear", "langbridge"):
+            raise ValueError(f"VLAPConfig.bridge_type must be 'linear' or 'langbridge', got {self.bridge_type!r}")
+        if self.langbridge_coefficients not in ("softmax", "linear"):
+            raise ValueError(f"VLAPConfig.langbridge_coefficients must be 'softmax' or 'linear', got {self.langbridge_coefficients!r}")
+        if self.bridge_type == "langbridge":
+            tokens, ids = self.langbridge_tokens or [], self.langbridge_token_ids or []
+            if not tokens or len(tokens) != len(ids):
+                raise ValueError(
+                    "a LangBridge needs langbridge_tokens (the vocabulary subset) and langbridge_token_ids of the same "
+                    f"length, got {len(tokens)} strings and {len(ids)} ids"
+                )
         if self.num_visual_tokens is not None and self.num_visual_tokens < 1:
             raise ValueError(f"VLAPConfig.num_visual_tokens must be >= 1 or None, got {self.num_visual_tokens}")
 

@@ -74,8 +74,49 @@ def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
-BRIDGE_ONLY_KEYS = ("bridge.weight", "bridge.bias", "word_prior")  # what a bridge-only checkpoint holds
+def is_bridge_key(key: str) -> bool:
+    """What a bridge-only checkpoint holds: the bridge (linear or LangBridge) and the word prior."""
+    return key.startswith("bridge.") or key == "word_prior"
+
+
 BRIDGE_ONLY_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+
+
+class LangBridge(nn.Module):
+    """LangBridge (2025): visual tokens -> coefficients over a vocabulary subset -> their mix of word embeddings.
+
+    MLP (vision width -> hidden -> hidden, GELU) -> logits over the N subset words -> softmax (or raw coefficients)
+    -> coefficients @ the LLM's frozen embedding rows of those words. It speaks in words, so moving it to another LLM
+    only re-indexes the subset (`langbridge_token_ids`); its weights stay as they are.
+    """
+
+    def __init__(self, config: VLAPConfig):
+        super().__init__()
+        hidden = config.langbridge_hidden_size or config.projection_dim
+        self.mlp = nn.Sequential(
+            nn.Linear(config.vision_hidden_size, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU()
+        )
+        self.to_words = nn.Linear(hidden, len(config.langbridge_tokens))
+        self.softmax = config.langbridge_coefficients == "softmax"
+        # From the config, not the state dict: a transfer changes the ids (and which words exist), never the weights.
+        self.token_ids = list(config.langbridge_token_ids)
+
+    @property
+    def present(self) -> torch.Tensor:
+        """`[N]` bool: the subset words this LLM has (-1 ids, after a transfer, are masked out)."""
+        return torch.tensor(self.token_ids, device=self.to_words.weight.device) >= 0
+
+    def coefficients(self, visual_tokens: torch.Tensor) -> torch.Tensor:
+        """`[B, K, H_v]` -> `[B, K, N]`: a distribution over the subset words (softmax mode) or raw coefficients."""
+        logits = self.to_words(self.mlp(visual_tokens))
+        if self.softmax:
+            return torch.softmax(logits.masked_fill(~self.present, float("-inf")), dim=-1)
+        return logits * self.present
+
+    def forward(self, visual_tokens: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        """`[B, K, H_v]`, the LLM's `[V, D]` embeddings -> `[B, K, D]` prefix."""
+        ids = torch.tensor(self.token_ids, device=word_embeddings.device).clamp(min=0)
+        return self.coefficients(visual_tokens) @ word_embeddings[ids].to(visual_tokens.dtype)
 
 
 class VLAPPreTrainedModel(PreTrainedModel):
@@ -111,7 +152,13 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
                 f"VLAPConfig.projection_dim={config.projection_dim} does not match the input word-embedding width "
                 f"{embeddings.embedding_dim} of the {config.text_config.model_type!r} LLM; leave it None to derive it"
             )
-        self.bridge = nn.Linear(config.vision_hidden_size, config.projection_dim)
+        if config.bridge_type == "langbridge":
+            if max(config.langbridge_token_ids) >= embeddings.num_embeddings:
+                raise ValueError(f"langbridge_token_ids go up to {max(config.langbridge_token_ids)}, beyond the "
+                                 f"LLM's {embeddings.num_embeddings} embeddings")  # fmt: skip
+            self.bridge = LangBridge(config)
+        else:
+            self.bridge = nn.Linear(config.vision_hidden_size, config.projection_dim)
         # Word marginal of the Sinkhorn assignment; uniform until `fit_word_prior` sees caption statistics.
         vocab_size = embeddings.num_embeddings
         self.register_buffer("word_prior", torch.full((vocab_size,), 1.0 / vocab_size))
@@ -188,8 +235,9 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         )  # fmt: skip
         weights = cached_file(pretrained_model_name_or_path, SAFE_WEIGHTS_NAME, **hub_kwargs)
         state_dict = load_state_dict(weights)
-        if set(state_dict) != set(BRIDGE_ONLY_KEYS):
-            raise ValueError(f"{weights}: a bridge-only checkpoint holds {sorted(BRIDGE_ONLY_KEYS)}, got {sorted(state_dict)}")
+        expected = {key for key in model.state_dict() if is_bridge_key(key)}
+        if set(state_dict) != expected:
+            raise ValueError(f"{weights}: a bridge-only checkpoint holds {sorted(expected)}, got {sorted(state_dict)}")
         model.load_state_dict(state_dict, strict=False)
         try:
             model.generation_config = GenerationConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
@@ -214,7 +262,7 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
                 "a bridge-only save needs config.backbones naming both backbones (set by from_vision_text_pretrained); "
                 'set model.config.backbones = {"vision": {"name_or_path": ...}, "text": {"name_or_path": ...}}'
             )
-        state_dict = {key: value for key, value in self.state_dict().items() if key in BRIDGE_ONLY_KEYS}
+        state_dict = {key: value for key, value in self.state_dict().items() if is_bridge_key(key)}
         self.config.bridge_only = True
         try:
             return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
@@ -263,7 +311,10 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
             if pixel_values is None:
                 raise ValueError("pass pixel_values (images) or precomputed vision_hidden_states")
             vision_hidden_states = self.get_vision_hidden_states(pixel_values)
-        tokens = self._visual_tokens(vision_hidden_states).to(self.bridge.weight.dtype)
+        dtype = next(self.bridge.parameters()).dtype
+        tokens = self._visual_tokens(vision_hidden_states).to(dtype)
+        if self.config.bridge_type == "langbridge":
+            return self.bridge(tokens, self.word_embeddings.detach()).to(self.word_embeddings.dtype)
         return self.bridge(tokens).to(self.word_embeddings.dtype)
 
     def get_image_features(self, pixel_values=None, vision_hidden_states=None) -> torch.Tensor:
@@ -426,4 +477,4 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         )
 
 
-__all__ = ["VLAPPreTrainedModel", "VLAPForConditionalGeneration", "VLAPOutput"]
+__all__ = ["VLAPPreTrainedModel", "VLAPForConditionalGeneration", "VLAPOutput", "LangBridge"]

@@ -207,6 +207,17 @@ def cmd_eval(args) -> None:
     emit(args, report, table)
 
 
+def cmd_transfer(args) -> None:
+    from vlap.langbridge import transfer
+
+    out = Path(args.out or f"{Path(args.model).name}-to-{Path(args.to_llm).name}")
+    if out.exists() and any(out.iterdir()):
+        raise CLIError(f"{out}: the output folder exists and is not empty")
+    report = transfer(args.model, args.to_llm, out, min_coverage=args.min_coverage)
+    emit(args, report, f"{report['found']} of {report['strings']} LangBridge strings found in {args.to_llm} "
+                       f"({report['coverage']:.1%}); saved {report['out']}")  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -263,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     sub.add_argument("--max-new-tokens", type=int, default=None, help="caption: 20, vqa: 10 (default)")
     sub.add_argument("--out", metavar="FILE.json", help="also write the report (with predictions) and FILE.md")
+
+    sub = command("transfer", cmd_transfer, "move a LangBridge model to another LLM without training (re-index words)")
+    sub.add_argument("--to-llm", required=True, metavar="LLM", help="the new LLM (Hub id or folder, with its tokenizer)")
+    sub.add_argument("--out", metavar="DIR", help="where to save (default: MODEL-to-LLM)")
+    sub.add_argument("--min-coverage", type=float, default=0.9, help="refuse below this share of strings found (0.9)")
     return parser
 
 

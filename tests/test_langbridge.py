@@ -1,0 +1,124 @@
+"""LangBridge: coefficients over a vocabulary subset; trained with train.py on one tiny LLM, moved to another LLM with
+a different tokenizer by re-indexing strings, loaded back in a fresh process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoTokenizer
+
+from test_modeling import build, images
+from test_remote_code import LOAD_IN_FRESH_PROCESS
+from test_train import caption_folder, run_train, write_config  # noqa: F401  (caption_folder is a fixture)
+from tiny import CORPUS
+from vlap.cli import main
+from vlap.data import caption_token_counts
+from vlap.langbridge import select_vocabulary, string_to_id, token_strings, transfer
+
+from modeling_vlap import VLAPForConditionalGeneration
+
+
+def langbridge(backbones, llm="llama", size=40, coefficients="softmax", transfer_to=()):
+    tokenizer = AutoTokenizer.from_pretrained(backbones[llm])
+    counts = caption_token_counts(CORPUS, tokenizer, len(tokenizer))
+    others = [AutoTokenizer.from_pretrained(backbones[name]) for name in transfer_to]
+    tokens, ids = select_vocabulary(counts, tokenizer, size, others)
+    model, processor = build(backbones, llm, bridge_type="langbridge", langbridge_tokens=tokens,
+                             langbridge_token_ids=ids, langbridge_coefficients=coefficients, num_visual_tokens=4)  # fmt: skip
+    return model.eval(), processor
+
+
+def test_token_strings_keep_the_leading_space_for_both_tokenizer_kinds(backbones):
+    for llm, marker in (("llama", "Ġ"), ("t5", "▁")):
+        tokenizer = AutoTokenizer.from_pretrained(backbones[llm])
+        token_id = tokenizer.convert_tokens_to_ids(marker + "circle")
+        assert token_strings(tokenizer)[token_id] == " circle", llm
+
+
+@pytest.mark.parametrize("coefficients", ["softmax", "linear"])
+def test_prefix_is_the_coefficient_mix_of_subset_embeddings(backbones, coefficients):
+    model, processor = langbridge(backbones, coefficients=coefficients)
+    pixel_values = processor(images=images(3))["pixel_values"]
+    with torch.no_grad():
+        tokens = model._visual_tokens(model.get_vision_hidden_states(pixel_values))
+        weights = model.bridge.coefficients(tokens)
+        prefix = model.get_image_prefix(pixel_values)
+    subset = model.config.langbridge_token_ids
+    assert weights.shape == (3, 4, len(subset)) and prefix.shape == (3, 4, model.word_embeddings.shape[1])
+    assert torch.allclose(prefix, weights @ model.word_embeddings[subset], atol=1e-6)
+    if coefficients == "softmax":
+        assert (weights >= 0).all() and torch.allclose(weights.sum(-1), torch.ones(3, 4), atol=1e-6)
+    else:
+        assert not torch.allclose(weights.sum(-1), torch.ones(3, 4), atol=1e-2)
+    assert model.num_parameters(only_trainable=True) == sum(p.numel() for p in model.bridge.parameters())
+
+
+def test_subset_is_frequent_caption_tokens_shared_with_the_transfer_llm(backbones):
+    model, _ = langbridge(backbones, size=1000, transfer_to=("t5",))
+    t5_strings = string_to_id(AutoTokenizer.from_pretrained(backbones["t5"]))
+    assert all(string in t5_strings for string in model.config.langbridge_tokens)
+    assert " circle" in model.config.langbridge_tokens
+
+
+def test_transfer_reindexes_strings_and_keeps_adapter_weights(backbones, caption_folder, tmp_path):  # noqa: F811
+    config = write_config(tmp_path / "cfg.yaml", backbones, caption_folder, tmp_path / "run", text_model=str(backbones["llama"]),
+                          bridge_type="langbridge", langbridge_vocab_size=64, max_steps=3,
+                          langbridge_transfer_llms=str(backbones["t5"]))  # fmt: skip
+    run_train(config)
+    source = tmp_path / "run" / "final"
+    report = transfer(str(source), str(backbones["t5"]), tmp_path / "moved", min_coverage=1.0)
+    assert report["coverage"] == 1.0
+
+    before = VLAPForConditionalGeneration.from_pretrained(source)
+    after = VLAPForConditionalGeneration.from_pretrained(tmp_path / "moved").eval()
+    t5 = AutoTokenizer.from_pretrained(backbones["t5"])
+    strings = token_strings(t5)
+    assert after.config.langbridge_tokens == before.config.langbridge_tokens
+    assert [strings[i] for i in after.config.langbridge_token_ids] == after.config.langbridge_tokens
+    for key, value in before.bridge.state_dict().items():
+        assert torch.equal(value, after.bridge.state_dict()[key]), key  # bitwise
+    assert after.config.text_config.model_type == "t5" and before.config.text_config.model_type == "llama"
+
+    image = tmp_path / "shape.png"
+    images(1)[0].save(image)
+    settings = {"max_new_tokens": 5, "min_new_tokens": 5, "do_sample": False}
+    script = tmp_path / "load.py"
+    script.write_text(LOAD_IN_FRESH_PROCESS)
+    loaded = subprocess.run([sys.executable, str(script), str(tmp_path / "moved"), str(image), json.dumps(settings)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""})  # fmt: skip
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    from modeling_vlap import VLAPProcessor
+
+    processor = VLAPProcessor.from_pretrained(tmp_path / "moved")
+    expected = after.generate(**processor(images=[Image.open(image)]), **settings)
+    assert json.loads(loaded.stdout.splitlines()[-1])["ids"] == expected.tolist()
+
+
+def test_transfer_refuses_low_coverage_and_linear_bridges(backbones, tmp_path, capsys):
+    model, processor = langbridge(backbones, size=1000)  # not restricted to strings the T5 tokenizer has
+    model.save_pretrained(tmp_path / "lb")
+    processor.save_pretrained(tmp_path / "lb")
+    t5_strings = string_to_id(AutoTokenizer.from_pretrained(backbones["t5"]))
+    shared = sum(s in t5_strings for s in model.config.langbridge_tokens) / len(model.config.langbridge_tokens)
+    assert shared < 1
+    with pytest.raises(ValueError, match="minimum coverage"):
+        transfer(str(tmp_path / "lb"), str(backbones["t5"]), tmp_path / "refused", min_coverage=1.0)
+    assert not (tmp_path / "refused").exists()
+    report = transfer(str(tmp_path / "lb"), str(backbones["t5"]), tmp_path / "partial", min_coverage=0.0)
+    moved = VLAPForConditionalGeneration.from_pretrained(tmp_path / "partial").eval()
+    weights = moved.bridge.coefficients(torch.randn(2, 4, moved.config.vision_hidden_size))
+    assert report["coverage"] == pytest.approx(shared)
+    assert (weights[..., ~moved.bridge.present] == 0).all() and torch.allclose(weights.sum(-1), torch.ones(2, 4))
+
+    linear, linear_processor = build(backbones, "llama")
+    linear.save_pretrained(tmp_path / "linear")
+    linear_processor.save_pretrained(tmp_path / "linear")
+    capsys.readouterr()
+    code = main(["transfer", str(tmp_path / "linear"), "--to-llm", str(backbones["t5"]), "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "linear VLAP bridge" in err and "cannot be moved" in err

@@ -1,0 +1,111 @@
+"""LangBridge tooling: choose the vocabulary subset a LangBridge speaks in, and move a trained bridge to another LLM.
+
+Token strings are compared as each token spells inside a text ("Ġred" of a byte-level BPE and "▁red" of a
+SentencePiece model are both " red"), so two LLMs with different tokenizers share every string both can spell as
+one token.
+"""
+
+from pathlib import Path
+
+import torch
+
+REPLACEMENT_CHARACTER = "\ufffd"  # a token that is only part of a UTF-8 sequence has no string of its own
+
+
+def token_strings(tokenizer) -> list[str | None]:
+    """What each token id spells inside a text (after another word), or None for special and partial-byte tokens.
+
+    Decoding [anchor, token] and removing the anchor keeps the token's leading space, which decoding a token
+    alone may strip (SentencePiece).
+    """
+    anchor = tokenizer("a", add_special_tokens=False)["input_ids"]
+    prefix = tokenizer.decode(anchor)
+    special = set(tokenizer.all_special_ids)
+    texts = tokenizer.batch_decode([anchor + [i] for i in range(len(tokenizer))])
+    strings = []
+    for token_id, text in enumerate(texts):
+        string = text[len(prefix) :] if text.startswith(prefix) else None
+        usable = token_id not in special and string and REPLACEMENT_CHARACTER not in string
+        strings.append(string if usable else None)
+    return strings
+
+
+def string_to_id(tokenizer) -> dict[str, int]:
+    """Token string -> the lowest id that spells it."""
+    mapping = {}
+    for token_id, string in enumerate(token_strings(tokenizer)):
+        if string is not None:
+            mapping.setdefault(string, token_id)
+    return mapping
+
+
+def select_vocabulary(
+    token_counts: torch.Tensor, tokenizer, size: int, transfer_tokenizers=(), given: list[str] | None = None
+) -> tuple[list[str], list[int]]:
+    """The LangBridge subset: the `size` most frequent caption tokens (or the `given` strings, in order) whose string
+    every tokenizer in `transfer_tokenizers` also has as one token. Returns (strings, this LLM's ids)."""
+    strings = token_strings(tokenizer)
+    ids_of = string_to_id(tokenizer)
+    shared = [string_to_id(other) for other in transfer_tokenizers]
+    if given is not None:
+        candidates = [(ids_of.get(string), string) for string in given]
+        missing = [string for token_id, string in candidates if token_id is None]
+        if missing:
+            raise ValueError(f"{len(missing)} given LangBridge strings are not single tokens of this LLM: {missing[:5]}")
+    else:
+        order = torch.argsort(torch.as_tensor(token_counts), descending=True, stable=True).tolist()
+        candidates = [(i, strings[i]) for i in order if i < len(strings) and token_counts[i] > 0 and strings[i]]
+    chosen = [(i, string) for i, string in candidates if all(string in other for other in shared)][:size]
+    if not chosen:
+        raise ValueError("no caption token is shared by every LLM named for transfer: the LangBridge subset is empty")
+    return [string for _, string in chosen], [i for i, _ in chosen]
+
+
+def transfer(source: str, to_llm: str, out: str | Path, min_coverage: float = 0.9) -> dict:
+    """Move a trained LangBridge model to another LLM without training and save it to `out`.
+
+    Keeps the vision model and the adapter weights; re-indexes the subset strings into the new LLM's ids (strings it
+    lacks are masked out of the coefficients) and swaps the LLM, its tokenizer and its embedding rows. Refuses when
+    fewer than `min_coverage` of the strings exist in the new LLM. Returns a report (coverage, missing strings).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration, VLAPProcessor
+
+    if VLAPConfig.from_pretrained(source).bridge_type != "langbridge":
+        raise ValueError(
+            f"{source} has a linear VLAP bridge: it maps into one LLM's own embedding space and cannot be moved to "
+            "another LLM by re-indexing words; only a LangBridge model (bridge_type: langbridge) can be transferred"
+        )
+    model = VLAPForConditionalGeneration.from_pretrained(source)
+    processor = VLAPProcessor.from_pretrained(source)
+    tokenizer = AutoTokenizer.from_pretrained(to_llm)
+    ids_of = string_to_id(tokenizer)
+    strings = model.config.langbridge_tokens
+    new_ids = [ids_of.get(string, -1) for string in strings]
+    found = sum(i >= 0 for i in new_ids)
+    coverage = found / len(strings)
+    missing = [string for string, i in zip(strings, new_ids) if i < 0]
+    if coverage < min_coverage:
+        raise ValueError(
+            f"only {found} of {len(strings)} LangBridge strings ({coverage:.1%}) are single tokens of {to_llm}, below "
+            f"the minimum coverage {min_coverage:.0%} (missing e.g. {missing[:5]}); lower --min-coverage to force it"
+        )
+    text_config = AutoConfig.from_pretrained(to_llm)
+    auto_class = AutoModelForSeq2SeqLM if text_config.is_encoder_decoder else AutoModelForCausalLM
+    language_model = auto_class.from_pretrained(to_llm, dtype=model.dtype)
+    config_fields = {name: getattr(model.config, name) for name in VLAPConfig.__annotations__}
+    config_fields.update(
+        text_config=language_model.config.to_dict(), vision_config=model.vision_model.config.to_dict(),
+        projection_dim=None, langbridge_token_ids=new_ids, bridge_only=False,
+        backbones={**(model.config.backbones or {}), "text": {"name_or_path": str(to_llm), "revision": None}},
+    )  # fmt: skip
+    if model.config.langbridge_hidden_size is None:  # the MLP width was the old LLM's; keep it explicitly
+        config_fields["langbridge_hidden_size"] = model.config.projection_dim
+    moved = VLAPForConditionalGeneration(
+        VLAPConfig(**config_fields), vision_model=model.vision_model, language_model=language_model
+    )
+    moved.bridge.load_state_dict(model.bridge.state_dict())
+    moved.eval().save_pretrained(out)
+    VLAPProcessor(image_processor=processor.image_processor, tokenizer=tokenizer, prompt=processor.prompt).save_pretrained(out)
+    return {"strings": len(strings), "found": found, "coverage": coverage, "missing": missing, "out": str(out)}

@@ -25,8 +25,10 @@ clean:
 	rm -rf $(VENV)
 
 bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]"
 	mkdir -p bench/results
 	cd bench && ../$(PY) sinkhorn.py --json results/sinkhorn.json
 	cd bench && ../$(PY) train_step.py --real --json results/train_step.json
 	cd bench && ../$(PY) generate.py --real --json results/generate.json
 	cd bench && ../$(PY) feature_cache.py --json results/feature_cache.json
+	cd bench && ../$(PY) langbridge_transfer.py --json results/langbridge_transfer.json

@@ -37,6 +37,7 @@ from vlap.data import (
 )
 from vlap.features import build_feature_cache
 from vlap.langbridge import select_vocabulary
+from vlap.lora import apply_lora, merge_lora
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -64,6 +65,7 @@ class TrainConfig:
     langbridge_hidden_size: int | None = None  # None: the LLM's embedding width
     langbridge_coefficients: str = "softmax"  # softmax | linear
     langbridge_transfer_llms: str | None = None  # comma-separated tokenizers (Hub ids / folders) to stay transferable to
+    lora: str | None = None  # "r,alpha,targets" (e.g. 8,16,q_proj|v_proj): LoRA on the LLM's attention; off by default
     # Optimisation: the paper's recipe
     batch_size: int = 32  # per process
     gradient_accumulation_steps: int = 1
@@ -240,6 +242,9 @@ def main(argv=None) -> Path:
     rows = model.word_prior.numel()  # embedding rows, usually padded beyond the tokenizer's length
     counts = torch.nn.functional.pad(counts[:rows], (0, max(rows - counts.numel(), 0)))
     model.fit_word_prior(counts.to(model.word_prior.device))
+    if config.lora:
+        model = apply_lora(model, config.lora)
+        accelerator.print(f"LoRA {config.lora}: {model.num_parameters(only_trainable=True):,} trainable parameters")
 
     if config.cache_features:
         if streamed:
@@ -280,9 +285,10 @@ def main(argv=None) -> Path:
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(warmup, total_steps), total_steps)
     accelerator.register_for_checkpointing(scheduler)
 
-    # Checkpoints hold the bridge and word prior only: the backbones are frozen and reloaded from their sources.
+    # Checkpoints hold the trained tensors (bridge; LoRA adapters) and the word prior only: the backbones are frozen
+    # and reloaded from their sources.
     saved_keys = {name for name, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
-    saved_keys.add("word_prior")
+    saved_keys.update(name for name, _ in accelerator.unwrap_model(model).named_buffers() if name.endswith("word_prior"))
 
     def keep_bridge_only(models, weights, _directory):
         for state in weights:
@@ -407,7 +413,7 @@ def main(argv=None) -> Path:
     final = output_dir / "final"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
+        unwrapped = merge_lora(accelerator.unwrap_model(model))
         unwrapped.save_pretrained(final)
         processor.save_pretrained(final)
     elapsed = time.time() - start_time

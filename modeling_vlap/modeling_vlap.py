@@ -113,10 +113,14 @@ class LangBridge(nn.Module):
             return torch.softmax(logits.masked_fill(~self.present, float("-inf")), dim=-1)
         return logits * self.present
 
-    def forward(self, visual_tokens: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
-        """`[B, K, H_v]`, the LLM's `[V, D]` embeddings -> `[B, K, D]` prefix."""
-        ids = torch.tensor(self.token_ids, device=word_embeddings.device).clamp(min=0)
-        return self.coefficients(visual_tokens) @ word_embeddings[ids].to(visual_tokens.dtype)
+    def forward(self, visual_tokens: torch.Tensor, input_embeddings: nn.Module) -> torch.Tensor:
+        """`[B, K, H_v]` and the LLM's input-embedding module -> `[B, K, D]` prefix.
+
+        The words go through the embedding module itself, so LLMs that scale their embeddings (Gemma: sqrt(D)) get
+        the prefix in the same space as their prompt tokens.
+        """
+        ids = torch.tensor(self.token_ids, device=visual_tokens.device).clamp(min=0)
+        return self.coefficients(visual_tokens) @ input_embeddings(ids).to(visual_tokens.dtype)
 
 
 class VLAPPreTrainedModel(PreTrainedModel):
@@ -314,7 +318,7 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         dtype = next(self.bridge.parameters()).dtype
         tokens = self._visual_tokens(vision_hidden_states).to(dtype)
         if self.config.bridge_type == "langbridge":
-            return self.bridge(tokens, self.word_embeddings.detach()).to(self.word_embeddings.dtype)
+            return self.bridge(tokens, self.language_model.get_input_embeddings()).to(self.word_embeddings.dtype)
         return self.bridge(tokens).to(self.word_embeddings.dtype)
 
     def get_image_features(self, pixel_values=None, vision_hidden_states=None) -> torch.Tensor:

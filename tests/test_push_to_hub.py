@@ -81,10 +81,13 @@ def test_upload_round_trips_through_the_hub(trained, before_upload, tmp_path):
 
 def test_bridge_only_upload_is_small_and_loads_its_local_backbones(trained, before_upload, tmp_path):
     with HubStub() as hub:
-        result = push(hub, tmp_path, trained / "final", "--repo-id", "tester/tiny-bridge", "--bridge-only")
+        result = push(hub, tmp_path, trained / "final", "--repo-id", "tester/tiny-bridge", "--bridge-only",
+                      "--revision", "bridge")  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
-        uploaded = hub.repos["tester/tiny-bridge"]["main"]
-        downloaded = Path(snapshot_download("tester/tiny-bridge", endpoint=hub.endpoint, cache_dir=tmp_path / "cache"))
+        assert hub.repos["tester/tiny-bridge"]["main"] == {} and result.stdout.strip().endswith("/tree/bridge")
+        uploaded = hub.repos["tester/tiny-bridge"]["bridge"]
+        downloaded = Path(snapshot_download("tester/tiny-bridge", revision="bridge", endpoint=hub.endpoint,
+                                            cache_dir=tmp_path / "cache"))  # fmt: skip
     with safe_open(downloaded / "model.safetensors", "pt") as weights:
         assert set(weights.keys()) == {"bridge.weight", "bridge.bias", "word_prior"}
     config = json.loads(uploaded["config.json"])

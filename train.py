@@ -65,6 +65,7 @@ class TrainConfig:
     langbridge_hidden_size: int | None = None  # None: the LLM's embedding width
     langbridge_coefficients: str = "softmax"  # softmax | linear
     langbridge_transfer_llms: str | None = None  # comma-separated tokenizers (Hub ids / folders) to stay transferable to
+    langbridge_vocabulary: str | None = None  # a JSON list of token strings to use instead of caption frequencies
     lora: str | None = None  # "r,alpha,targets" (e.g. 8,16,q_proj|v_proj): LoRA on the LLM's attention; off by default
     # Optimisation: the paper's recipe
     batch_size: int = 32  # per process
@@ -224,7 +225,8 @@ def main(argv=None) -> Path:
         transfer_llms = config.langbridge_transfer_llms or []
         transfer_llms = transfer_llms.split(",") if isinstance(transfer_llms, str) else transfer_llms
         others = [AutoTokenizer.from_pretrained(name.strip()) for name in transfer_llms]
-        tokens, token_ids = select_vocabulary(counts, processor.tokenizer, config.langbridge_vocab_size, others)
+        given = json.loads(Path(config.langbridge_vocabulary).read_text()) if config.langbridge_vocabulary else None
+        tokens, token_ids = select_vocabulary(counts, processor.tokenizer, config.langbridge_vocab_size, others, given)
         bridge_kwargs = {"langbridge_tokens": tokens, "langbridge_token_ids": token_ids,
                          "langbridge_hidden_size": config.langbridge_hidden_size,
                          "langbridge_coefficients": config.langbridge_coefficients}  # fmt: skip

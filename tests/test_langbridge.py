@@ -64,6 +64,15 @@ def test_subset_is_frequent_caption_tokens_shared_with_the_transfer_llm(backbone
     assert " circle" in model.config.langbridge_tokens
 
 
+def test_a_given_vocabulary_is_kept_in_order_and_checked(backbones):
+    tokenizer = AutoTokenizer.from_pretrained(backbones["llama"])
+    counts = caption_token_counts(CORPUS, tokenizer, len(tokenizer))
+    tokens, ids = select_vocabulary(counts, tokenizer, 10, given=[" plain", " circle"])
+    assert tokens == [" plain", " circle"] and [token_strings(tokenizer)[i] for i in ids] == tokens
+    with pytest.raises(ValueError, match="not single tokens"):
+        select_vocabulary(counts, tokenizer, 10, given=[" circle", " zebra-crossing"])
+
+
 def test_transfer_reindexes_strings_and_keeps_adapter_weights(backbones, caption_folder, tmp_path):  # noqa: F811
     config = write_config(tmp_path / "cfg.yaml", backbones, caption_folder, tmp_path / "run", text_model=str(backbones["llama"]),
                           bridge_type="langbridge", langbridge_vocab_size=64, max_steps=3,

@@ -119,13 +119,16 @@ def test_a_folder_that_fails_verification_is_not_uploaded(backbones, tmp_path):
         assert uploads(hub) == [] and hub.repos == {}
 
 
-def test_dry_run_lists_the_files_and_uploads_nothing(trained, tmp_path):
+def test_dry_run_shards_lists_the_files_and_uploads_nothing(trained, tmp_path):
     with HubStub() as hub:
-        result = push(hub, tmp_path, trained, "--repo-id", "tester/dry", "--dry-run", "--staging", tmp_path / "stage")
-        assert result.returncode == 0, result.stderr[-3000:]
+        result = push(hub, tmp_path, trained, "--repo-id", "tester/dry", "--dry-run", "--staging", tmp_path / "stage",
+                      "--max-shard-size", "50KB")  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]  # the sharded folder passed the fresh-process check
         assert uploads(hub) == []
     listed = {line.split()[-1] for line in result.stdout.splitlines() if line.strip()[:1].isdigit()}
     assert listed == {p.name for p in (tmp_path / "stage").iterdir()} and "README.md" in listed
+    shards = sorted(name for name in listed if name.startswith("model-") and name.endswith(".safetensors"))
+    assert len(shards) > 1 and "model.safetensors.index.json" in listed
     assert "dry run: nothing uploaded" in result.stdout
 
 

@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 
 import datasets
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vlap.assets import cache_root, efficientnet_lite0, gemma3_270m, smollm2_135m  # noqa: E402
-from vlap.demo import banner, evaluate_model, train  # noqa: E402
+from vlap.demo import banner, encode_test_split, evaluate_model, train  # noqa: E402
 from vlap.easy_vqa import easy_vqa_dataset  # noqa: E402
 from vlap.evaluation import markdown_table  # noqa: E402
 from vlap.langbridge import transfer  # noqa: E402
@@ -66,16 +65,7 @@ def main(argv=None) -> None:
     timings["train_gemma3_s"] = time.time() - t
 
     banner("4. evaluation on easy-vqa test")
-    from modeling_vlap import VLAPForConditionalGeneration, VLAPProcessor
-
-    model = VLAPForConditionalGeneration.from_pretrained(runs["SmolLM2 (trained)"]).eval()
-    processor = VLAPProcessor.from_pretrained(runs["SmolLM2 (trained)"])
-    with torch.no_grad():
-        vision_states = torch.cat([model.get_vision_hidden_states(processor(images=test[s : s + 32]["image"])["pixel_values"])
-                                   for s in range(0, len(test), 32)])  # fmt: skip
-    questions = [(row, question, [answer])
-                 for row, (qs, ans) in enumerate(zip(test["questions"], test["answers"])) for question, answer in zip(qs, ans)]  # fmt: skip
-    questions = questions[: args.vqa_questions]
+    vision_states, questions = encode_test_split(runs["SmolLM2 (trained)"], test, args.vqa_questions)
     results = {name: evaluate_model(folder, test, vision_states, questions, batch=32) for name, folder in runs.items()}
     table = markdown_table({name: {k: r["scores"][k] for k in SHOWN if k in r["scores"]} for name, r in results.items()})
     print(table)

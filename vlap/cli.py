@@ -53,6 +53,13 @@ def open_images(paths: list[Path]) -> list:
     return images
 
 
+def one_image(spec: str) -> Path:
+    paths = expand_images([spec])
+    if len(paths) != 1:
+        raise CLIError(f"{spec}: give one image ({len(paths)} found)")
+    return paths[0]
+
+
 def read_lines(path: str) -> list[str]:
     try:
         lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
@@ -149,18 +156,16 @@ def cmd_retrieve(args) -> None:
 def cmd_words(args) -> None:
     from vlap.tasks import plot_words, read_words
 
-    paths = expand_images([args.image])
-    if len(paths) != 1:
-        raise CLIError(f"{args.image}: give one image ({len(paths)} found)")
-    images = open_images(paths)
+    path = one_image(args.image)
+    images = open_images([path])
     model, processor = load_model(args)
     words = read_words(model, processor, images, top_k=args.top_k)[0]
     if args.plot:
         try:
-            plot_words(words, paths[0].name, args.plot)
+            plot_words(words, path.name, args.plot)
         except ImportError:
             raise CLIError("--plot needs matplotlib (pip install matplotlib)") from None
-    data = {"image": str(paths[0]), "words": [{"word": word, "weight": weight} for word, weight in words]}
+    data = {"image": str(path), "words": [{"word": word, "weight": weight} for word, weight in words]}
     emit(args, data, "\n".join(f"{weight:.4f}  {word}" for word, weight in words))
 
 
@@ -168,14 +173,12 @@ def cmd_arithmetic(args) -> None:
     from vlap.tasks import arithmetic
 
     terms = parse_terms(args.terms)
-    paths = expand_images([args.image])
-    if len(paths) != 1:
-        raise CLIError(f"{args.image}: give one image ({len(paths)} found)")
+    path = one_image(args.image)
     candidate_paths = expand_images([args.images]) if args.images else []
-    image, *candidates = open_images(paths + candidate_paths)
+    image, *candidates = open_images([path] + candidate_paths)
     model, processor = load_model(args)
     result = arithmetic(model, processor, image, terms, top_k=args.top_k, images=candidates)
-    expression = " ".join([str(paths[0])] + [f"{sign} {word}" for sign, word in terms])
+    expression = " ".join([str(path)] + [f"{sign} {word}" for sign, word in terms])
     data = {"expression": expression, "words": [{"word": w, "score": s} for w, s in result["words"]]}
     if "images" in result:
         data["images"] = [{"image": str(candidate_paths[i]), "score": s} for i, s in result["images"]]
@@ -193,16 +196,16 @@ def cmd_eval(args) -> None:
     model, processor = load_model(args)
     generation = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
     result = evaluate_task(model, processor, data, args.task, batch_size=args.batch_size, progress=True, **generation)
-    report = {"model": args.model, "task": args.task, "data": args.data, "command": "vlap " + shlex.join(args.argv),
-              "num_images": len(data["images"]),
-              "skipped_images": data["skipped"], **{k: v for k, v in result.items() if k != "predictions"}}  # fmt: skip
+    full = {"model": args.model, "task": args.task, "data": args.data, "command": "vlap " + shlex.join(args.argv),
+            "num_images": len(data["images"]), "skipped_images": data["skipped"], **result}  # fmt: skip
+    report = {key: value for key, value in full.items() if key != "predictions"}
     table = markdown_table({args.model: result["scores"]})
     if result.get("unavailable"):
         table += "\n\n" + "\n".join(f"- {metric}: unavailable ({why})" for metric, why in result["unavailable"].items())
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({**report, "predictions": result["predictions"]} if "predictions" in result else report, indent=2))
+        out.write_text(json.dumps(full, indent=2))
         out.with_suffix(".md").write_text(table + "\n")
     emit(args, report, table)
 

@@ -107,6 +107,15 @@ def decode_image(value, base_dir: str | None) -> Image.Image | None:
         return None
 
 
+def undecoded_images(dataset, image_column: str):
+    """Keep a datasets Image column as {"bytes", "path"} cells, so `decode_image` (not datasets) opens each one and a
+    corrupt file is skipped instead of stopping the iteration. Streamed datasets are returned as they are."""
+    features = getattr(dataset, "features", None) or {}
+    if not isinstance(dataset, datasets.IterableDataset) and isinstance(features.get(image_column), datasets.Image):
+        return dataset.cast_column(image_column, datasets.Image(decode=False))
+    return dataset
+
+
 class CaptionedImages(torch.utils.data.Dataset):
     """Map-style view of a `datasets.Dataset`: item i -> {"index", "image" (RGB or None), "caption"}.
 
@@ -115,8 +124,7 @@ class CaptionedImages(torch.utils.data.Dataset):
     """
 
     def __init__(self, dataset, image_column: str, caption_column: str, base_dir=None, seed: int = 0, features=None):
-        if image_column in dataset.features and isinstance(dataset.features[image_column], datasets.Image):
-            dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+        dataset = undecoded_images(dataset, image_column)
         self.dataset, self.image_column, self.caption_column = dataset, image_column, caption_column
         self.base_dir, self.seed, self.epoch, self.features = base_dir, seed, 0, features
 

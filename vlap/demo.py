@@ -61,6 +61,21 @@ def evaluate_model(folder: Path, test: datasets.Dataset, vision_states: torch.Te
     }  # fmt: skip
 
 
+@torch.no_grad()
+def encode_test_split(folder: Path, test: datasets.Dataset, max_questions: int) -> tuple[torch.Tensor, list[tuple]]:
+    """The frozen vision output of the test images, computed once with `folder`'s vision model and shared by every
+    model with the same vision tower, and the (image row, question, [answer]) VQA triples (easy-vqa: one answer)."""
+    from modeling_vlap import VLAPForConditionalGeneration, VLAPProcessor
+
+    model = VLAPForConditionalGeneration.from_pretrained(folder).eval()
+    processor = VLAPProcessor.from_pretrained(folder)
+    vision_states = torch.cat([model.get_vision_hidden_states(processor(images=test[s : s + 32]["image"])["pixel_values"])
+                               for s in range(0, len(test), 32)])  # fmt: skip
+    questions = [(row, question, [answer])
+                 for row, (qs, ans) in enumerate(zip(test["questions"], test["answers"])) for question, answer in zip(qs, ans)]  # fmt: skip
+    return vision_states, questions[:max_questions]
+
+
 def plot_losses(out: Path, runs: dict) -> None:
     import matplotlib
 
@@ -132,16 +147,7 @@ def main(argv=None) -> None:
     runs["caption_only"] = train("caption_only", out, train_data, vision, llm, args, assignment_loss_weight=0.0)
 
     banner("4. evaluation on easy-vqa test")
-    from modeling_vlap import VLAPForConditionalGeneration, VLAPProcessor
-
-    model = VLAPForConditionalGeneration.from_pretrained(runs["vlap"]).eval()
-    processor = VLAPProcessor.from_pretrained(runs["vlap"])
-    with torch.no_grad():  # the vision model is frozen and shared: encode the test images once for both models
-        vision_states = torch.cat([model.get_vision_hidden_states(processor(images=test[s : s + 32]["image"])["pixel_values"])
-                                   for s in range(0, len(test), 32)])  # fmt: skip
-    questions = [(row, question, [answer])  # easy-vqa has one reference answer per question
-                 for row, (qs, ans) in enumerate(zip(test["questions"], test["answers"])) for question, answer in zip(qs, ans)]  # fmt: skip
-    questions = questions[: args.vqa_questions]
+    vision_states, questions = encode_test_split(runs["vlap"], test, args.vqa_questions)
     results = {name: evaluate_model(folder, test, vision_states, questions, batch=32) for name, folder in runs.items()}
     markdown = markdown_table({"VLAP (caption + assignment)": results["vlap"]["scores"],
                                "caption-only baseline": results["caption_only"]["scores"]})  # fmt: skip

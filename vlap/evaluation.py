@@ -10,10 +10,8 @@ our `evaluate` modules (vlap/metric_modules) through evaluate's `compute()`.
 
 from itertools import islice
 
-import datasets
-
 from vlap import tasks
-from vlap.data import caption_list, decode_image, load_source
+from vlap.data import caption_list, decode_image, load_source, undecoded_images
 from vlap.metrics import load_metric
 
 TASKS = ("caption", "vqa", "retrieval")
@@ -36,9 +34,7 @@ def load_eval_data(
         if split is not None:
             raise
         dataset, base_dir = load_source(source, data_format, "train")
-    columns = list(dataset.features or {}) if not isinstance(dataset, datasets.IterableDataset) else None
-    if columns is not None and isinstance(dataset.features.get(image_column), datasets.Image):
-        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    dataset = undecoded_images(dataset, image_column)
     needed = [image_column] + ([caption_column] if task != "vqa" else [])
     images, references, questions, skipped = [], [], [], 0
     for index, row in enumerate(islice(dataset, limit)):

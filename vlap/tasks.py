@@ -40,11 +40,15 @@ def first_line(text: str) -> str:
     return lines[0] if lines else ""
 
 
+def _count(images, vision_hidden_states) -> int:
+    return len(vision_hidden_states) if vision_hidden_states is not None else len(images)
+
+
 def _batches(
     model, processor, images, vision_hidden_states, batch_size: int, progress: bool = False
 ) -> Iterator[tuple[slice, dict]]:
     """(rows, vision inputs) per batch: `pixel_values` from `images`, or slices of `vision_hidden_states`."""
-    count = len(vision_hidden_states) if vision_hidden_states is not None else len(images)
+    count = _count(images, vision_hidden_states)
     starts = range(0, count, batch_size)
     for start in tqdm(starts, disable=not progress or len(starts) < 2, unit="batch", leave=False):
         rows = slice(start, min(start + batch_size, count))
@@ -71,7 +75,7 @@ def caption(
     max_new_tokens: int = 20, progress: bool = False, **generation,
 ) -> list[str]:  # fmt: skip
     """One caption per image, after `prompt` (default: the processor's, "A picture of")."""
-    count = len(vision_hidden_states) if vision_hidden_states is not None else len(images)
+    count = _count(images, vision_hidden_states)
     prompts = None if prompt is None else [prompt] * count
     return _generate(model, processor, images, vision_hidden_states, prompts, batch_size, progress,
                      max_new_tokens=max_new_tokens, **generation)  # fmt: skip
@@ -83,7 +87,7 @@ def answer(
     template: str = VQA_TEMPLATE, batch_size: int = 16, max_new_tokens: int = 10, progress: bool = False, **generation,
 ) -> list[str]:  # fmt: skip
     """Zero-shot VQA: one answer per (image, question) pair, the question put into `template` as the prompt."""
-    count = len(vision_hidden_states) if vision_hidden_states is not None else len(images)
+    count = _count(images, vision_hidden_states)
     if len(questions) != count:
         raise ValueError(f"got {count} images but {len(questions)} questions")
     if "{question}" not in template:

@@ -35,6 +35,7 @@ from vlap.data import (
     load_source,
     validate,
 )
+from vlap.diagnostics import assignment_diagnostics, content_word_mask
 from vlap.features import build_feature_cache
 from vlap.langbridge import select_vocabulary
 from vlap.lora import apply_lora, merge_lora
@@ -59,6 +60,8 @@ class TrainConfig:
     assignment_loss_weight: float = 0.1
     num_visual_tokens: int | None = None
     prior_temperature: float = 0.25
+    word_marginal_weight: float | None = None  # None: balanced Sinkhorn (paper); lambda >= 0: semi-relaxed OT
+    text_representation: str = "hidden_states"  # hidden_states (paper) | word_embeddings (SIF mean of the caption's)
     # Bridge: "linear" (VLAP) or "langbridge" (coefficients over a vocabulary subset; transferable across LLMs)
     bridge_type: str = "linear"
     langbridge_vocab_size: int = 19_200  # the N most frequent caption tokens shared by every transfer LLM
@@ -185,6 +188,9 @@ def save_checkpoint(accelerator: Accelerator, checkpoints: Path, progress: dict,
     return final
 
 
+LOGGED_LOSSES = ("loss", "caption_loss", "assignment_loss", "image_predicts_text", "text_predicts_image")
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -217,7 +223,7 @@ def main(argv=None) -> Path:
         train_set = CaptionedImages(dataset, *columns, base_dir=base_dir, seed=config.seed)
         prior_rows = dataset[config.caption_column]
     captions = [caption for cell in prior_rows for caption in caption_list(cell)]
-    counts = caption_token_counts(captions, processor.tokenizer, len(processor.tokenizer))
+    counts = caption_token_counts(captions, processor, len(processor.tokenizer))
 
     # ---- models: frozen backbones + a fresh bridge
     bridge_kwargs = {}
@@ -234,6 +240,7 @@ def main(argv=None) -> Path:
     model = VLAPForConditionalGeneration.from_vision_text_pretrained(
         config.vision_model, config.text_model, prompt=config.prompt, num_visual_tokens=config.num_visual_tokens,
         assignment_loss_weight=config.assignment_loss_weight, prior_temperature=config.prior_temperature,
+        word_marginal_weight=config.word_marginal_weight, text_representation=config.text_representation,
         bridge_type=config.bridge_type, **bridge_kwargs,
     )  # fmt: skip
     model.to(accelerator.device)
@@ -273,7 +280,7 @@ def main(argv=None) -> Path:
 
     # ---- optimiser and schedule (scheduler stepped by hand: once per optimiser step, whatever the process count)
     is_t5 = bool(model.config.text_config.is_encoder_decoder)
-    learning_rate = config.learning_rate or (1e-2 if is_t5 else 1e-4)
+    learning_rate = config.learning_rate if config.learning_rate is not None else (1e-2 if is_t5 else 1e-4)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=config.weight_decay)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
@@ -351,6 +358,7 @@ def main(argv=None) -> Path:
         unwrapped.train()
 
     # ---- the loop
+    content_words = content_word_mask(processor.tokenizer, model.word_prior.numel()) if config.assignment_loss_weight else None
     model.train()
     bad_rows = set(progress["bad_rows"])
     bar = tqdm(total=total_steps, initial=progress["step"], disable=not accelerator.is_local_main_process)
@@ -388,10 +396,12 @@ def main(argv=None) -> Path:
                     f"{total_bad} unreadable images, more than max_bad_fraction={config.max_bad_fraction} of {seen}; "
                     f"e.g. rows {sorted(bad_rows)[:10]}"
                 )
-            parts = {"loss": out.loss, "caption_loss": out.caption_loss, "assignment_loss": out.assignment_loss}
-            parts = {name: value for name, value in parts.items() if value is not None}
+            parts = {name: getattr(out, name) for name in LOGGED_LOSSES if getattr(out, name) is not None}
             reduced = accelerator.reduce(torch.stack(list(parts.values())).detach(), "mean").tolist()
             logs = {**dict(zip(parts, reduced)), "lr": scheduler.get_last_lr()[0]}
+            if out.image_codes is not None:
+                unwrapped = accelerator.unwrap_model(model)
+                logs.update(assignment_diagnostics(unwrapped, out.image_codes, out.text_codes, batch["input_ids"], content_words))
             images_per_second = (progress["images"] - start_images) / max(time.time() - start_time, 1e-9)
             accelerator.log({**logs, "images_per_second": images_per_second}, step=step)
             write_metrics({"step": step, **logs})

@@ -28,6 +28,12 @@ class VLAPConfig(PreTrainedConfig):
         assignment_loss_weight (`float`): weight of L_map in L_cap + weight * L_map (0 gives caption-only training).
         sinkhorn_epsilon (`float`), sinkhorn_iterations (`int`): entropic OT regularisation and iterations.
         assignment_temperature (`float`): temperature of the swapped-prediction softmax.
+        word_marginal_weight (`float`, *optional*): `None` enforces the word prior as the Sinkhorn plan's column
+            marginal (the paper); a value lambda >= 0 makes it a KL penalty of that weight (semi-relaxed OT; 0 gives a
+            plain row softmax). With a vocabulary much larger than the batch the balanced plan is nearly uniform.
+        text_representation (`str`): what the caption's code is computed from: "hidden_states" (mean of the frozen
+            LLM's last hidden states, the paper) or "word_embeddings" (frequency-weighted mean of the caption's own
+            input word embeddings, SIF weights a / (a + p(w)), special tokens left out).
         prior_temperature (`float`): temperature of the word prior softmax(frequency / T) fitted by a trainer.
         backbones (`dict`, *optional*): where the frozen backbones came from, `{"vision": {"name_or_path": ...,
             "revision": ...}, "text": {...}}` (Hub ids or local folders); recorded by `from_vision_text_pretrained`.
@@ -58,6 +64,8 @@ class VLAPConfig(PreTrainedConfig):
     sinkhorn_epsilon: float = 0.01
     sinkhorn_iterations: int = 3
     assignment_temperature: float = 0.01
+    word_marginal_weight: float | None = None
+    text_representation: str = "hidden_states"
     prior_temperature: float = 0.25
     backbones: dict | None = None
     bridge_only: bool = False
@@ -82,6 +90,13 @@ class VLAPConfig(PreTrainedConfig):
                 raise ValueError(f"VLAPConfig.{name} must be > 0, got {value}")
         if self.assignment_loss_weight < 0:
             raise ValueError(f"VLAPConfig.assignment_loss_weight must be >= 0, got {self.assignment_loss_weight}")
+        if self.word_marginal_weight is not None and self.word_marginal_weight < 0:
+            raise ValueError(f"VLAPConfig.word_marginal_weight must be >= 0 or None, got {self.word_marginal_weight}")
+        if self.text_representation not in ("hidden_states", "word_embeddings"):
+            raise ValueError(
+                "VLAPConfig.text_representation must be 'hidden_states' or 'word_embeddings', "
+                f"got {self.text_representation!r}"
+            )
         if self.bridge_type not in ("linear", "langbridge"):
             raise ValueError(f"VLAPConfig.bridge_type must be 'linear' or 'langbridge', got {self.bridge_type!r}")
         if self.langbridge_coefficients not in ("softmax", "linear"):

@@ -114,7 +114,9 @@ class EfficientNetLiteModel(EfficientNetLitePreTrainedModel):
         self.post_init()
 
     def forward(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
-        feature_map = self.head(self.blocks(self.stem(pixel_values)))
+        # Depthwise convolutions run about 1.5x faster on CPU in channels-last layout (bench/feature_cache.py).
+        pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+        feature_map = self.head(self.blocks(self.stem(pixel_values))).contiguous()
         return BaseModelOutputWithPooling(last_hidden_state=feature_map, pooler_output=feature_map.mean(dim=(2, 3)))
 
 

@@ -35,14 +35,19 @@ class VLAPOutput(ModelOutput):
         loss: `caption_loss + assignment_loss_weight * assignment_loss` (when computed; with a weight of 0 the
             assignment loss and codes are not computed).
         caption_loss: the frozen LLM's next-token loss on the caption given [visual prefix; prompt].
-        assignment_loss: swapped prediction of the Sinkhorn assignments (L_map).
-        logits: `[B, T, V]` LLM logits (T5: over the caption; decoder-only: over prefix, prompt and caption).
+        assignment_loss: swapped prediction of the Sinkhorn assignments (L_map), the mean of its two halves
+            `image_predicts_text` (trains the bridge) and `text_predicts_image` (frozen predictor: no gradient).
+        logits: `[B, T, V]` LLM logits at the caption positions (T5: the decoder's; decoder-only: the positions that
+            predict a caption token, from the one before the caption's first token; the visual prefix and prompt are
+            never projected onto the vocabulary).
         image_codes, text_codes: `[B, V]` cosine similarities of the pooled image / caption to every word embedding.
     """
 
     loss: torch.FloatTensor | None = None
     caption_loss: torch.FloatTensor | None = None
     assignment_loss: torch.FloatTensor | None = None
+    image_predicts_text: torch.FloatTensor | None = None
+    text_predicts_image: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     image_codes: torch.FloatTensor | None = None
     text_codes: torch.FloatTensor | None = None
@@ -75,8 +80,11 @@ def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def is_bridge_key(key: str) -> bool:
-    """What a bridge-only checkpoint holds: the bridge (linear or LangBridge) and the word prior."""
-    return key.startswith("bridge.") or key == "word_prior"
+    """What a bridge-only checkpoint holds: the bridge (linear or LangBridge) and the word statistics."""
+    return key.startswith("bridge.") or key in ("word_prior", "word_frequency")
+
+
+SIF_SMOOTHING = 1e-3  # a in the SIF weight a / (a + p(w)) (Arora et al., 2017)
 
 
 BRIDGE_ONLY_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
@@ -163,9 +171,11 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
             self.bridge = LangBridge(config)
         else:
             self.bridge = nn.Linear(config.vision_hidden_size, config.projection_dim)
-        # Word marginal of the Sinkhorn assignment; uniform until `fit_word_prior` sees caption statistics.
+        # Word marginal of the Sinkhorn assignment and the caption word frequencies p(w) (the SIF weights of the
+        # "word_embeddings" text representation); uniform until `fit_word_prior` sees caption statistics.
         vocab_size = embeddings.num_embeddings
         self.register_buffer("word_prior", torch.full((vocab_size,), 1.0 / vocab_size))
+        self.register_buffer("word_frequency", torch.full((vocab_size,), 1.0 / vocab_size))
 
         self.vision_model.requires_grad_(False)
         self.language_model.requires_grad_(False)
@@ -328,15 +338,33 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
 
     # ------------------------------------------------------------------------------------------------- text side
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """L2-normalised masked mean of the frozen LLM's states of a caption: `[B, D]` (T5: encoder output)."""
+        """L2-normalised caption representation `[B, D]`, by `config.text_representation`:
+
+        - "hidden_states": masked mean of the frozen LLM's last hidden states (T5: encoder output), as the paper;
+        - "word_embeddings": mean of the caption's input word embeddings weighted by a / (a + p(w)), p the caption
+          word frequency (SIF), special tokens (EOS, padding) left out. It lives in the space the visual prefix is
+          mapped into, and its nearest words are the caption's rarer (content) words rather than "a" or "is".
+        """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if self.config.text_representation == "word_embeddings":
+            special = torch.tensor(self._special_token_ids, device=input_ids.device)
+            weights = SIF_SMOOTHING / (SIF_SMOOTHING + self.word_frequency[input_ids].float())
+            weights = weights * attention_mask * ~torch.isin(input_ids, special)
+            embeddings = self.language_model.get_input_embeddings()(input_ids).float()
+            return F.normalize((embeddings * weights.unsqueeze(-1)).sum(dim=1), dim=-1)
         if self.is_encoder_decoder_llm:
             encoder = self.language_model.get_encoder()
             hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         else:
             hidden = self.language_model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return F.normalize(_masked_mean(hidden.float(), attention_mask), dim=-1)
+
+    @property
+    def _special_token_ids(self) -> list[int]:
+        ids = [self.generation_config.eos_token_id, self.generation_config.pad_token_id, self.generation_config.bos_token_id]
+        flat = [i for item in ids for i in (item if isinstance(item, list) else [item])]
+        return sorted({i for i in flat if i is not None})
 
     def word_codes(self, features: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of `[B, D]` features to every word embedding: `[B, V]` float32."""
@@ -348,7 +376,7 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         """Set the Sinkhorn word marginal from caption token counts `[V]`: softmax(frequency / prior_temperature).
 
         Frequencies are counts divided by the largest count (in [0, 1]), so the most frequent word carries
-        exp(1 / T) = e^4 (T = 0.25) times the weight of an unseen one.
+        exp(1 / T) = e^4 (T = 0.25) times the weight of an unseen one. `word_frequency` becomes counts / total.
         """
         counts = torch.as_tensor(token_counts, dtype=torch.float64)
         if counts.shape != self.word_prior.shape or (counts < 0).any() or counts.sum() <= 0:
@@ -357,6 +385,7 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
             )
         prior = torch.softmax(counts / counts.max() / self.config.prior_temperature, dim=0)
         self.word_prior.copy_(prior.to(self.word_prior.dtype))
+        self.word_frequency.copy_((counts / counts.sum()).to(self.word_frequency.dtype))
         return self.word_prior
 
     @torch.no_grad()
@@ -371,15 +400,23 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         probabilities = torch.softmax(codes / self.config.assignment_temperature, dim=-1)
         return probabilities.topk(top_k, dim=-1)
 
-    def assignment_loss(self, image_codes: torch.Tensor, text_codes: torch.Tensor) -> torch.Tensor:
-        """Swapped prediction: softmax(image code / tau) predicts the caption's assignment and vice versa."""
-        sinkhorn_args = (self.word_prior, self.config.sinkhorn_epsilon, self.config.sinkhorn_iterations)
-        text_assignment = sinkhorn_knopp(text_codes.detach(), *sinkhorn_args)
-        image_assignment = sinkhorn_knopp(image_codes.detach(), *sinkhorn_args)
+    def assignments(self, codes: torch.Tensor) -> torch.Tensor:
+        """`[B, V]` codes -> `[B, V]` Sinkhorn assignments Q (rows are distributions over words; no gradient)."""
+        config = self.config
+        return sinkhorn_knopp(codes.detach(), self.word_prior, config.sinkhorn_epsilon, config.sinkhorn_iterations,
+                              marginal_weight=config.word_marginal_weight)  # fmt: skip
+
+    def assignment_loss(self, image_codes: torch.Tensor, text_codes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Swapped prediction: softmax(image code / tau) predicts the caption's assignment and vice versa.
+
+        Returns `(loss, image_predicts_text, text_predicts_image)`; loss is the mean of the two halves. With a frozen
+        LLM only the first half has a trainable predictor: the second trains the bridge through its target only
+        (which carries no gradient), so it is reported but cannot move.
+        """
         tau = self.config.assignment_temperature
-        image_predicts_text = -(text_assignment * F.log_softmax(image_codes / tau, dim=-1)).sum(-1).mean()
-        text_predicts_image = -(image_assignment * F.log_softmax(text_codes / tau, dim=-1)).sum(-1).mean()
-        return (image_predicts_text + text_predicts_image) / 2
+        image_predicts_text = -(self.assignments(text_codes) * F.log_softmax(image_codes / tau, dim=-1)).sum(-1).mean()
+        text_predicts_image = -(self.assignments(image_codes) * F.log_softmax(text_codes / tau, dim=-1)).sum(-1).mean()
+        return (image_predicts_text + text_predicts_image) / 2, image_predicts_text, text_predicts_image
 
     # ------------------------------------------------------------------------------------------ LLM input assembly
     def _prefix_and_prompt(self, prefix, prompt_input_ids, prompt_attention_mask):
@@ -433,7 +470,12 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
                 torch.cat([context_labels, labels], dim=1),
                 padding_side="right",
             )
-            outputs = self.language_model(inputs_embeds=embeds, attention_mask=mask, labels=labels)
+            # Only positions that predict a caption token go through the LM head (a V-wide projection): from the one
+            # before the earliest caption token to the end. Same loss as the LLM's own (token mean over the caption).
+            first = int((labels != -100).float().argmax(dim=1).min())
+            keep = torch.arange(max(first - 1, 0), labels.shape[1] - 1, device=labels.device)
+            outputs = self.language_model(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=keep)
+            outputs.loss = F.cross_entropy(outputs.logits.flatten(0, 1).float(), labels[:, keep + 1].flatten())
         if not return_loss:
             return VLAPOutput(logits=outputs.logits)
         if self.config.assignment_loss_weight == 0:  # caption-only (LiMBeR-style): skip L_map entirely
@@ -444,12 +486,14 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         # One product with the (normalised once) embedding matrix for both modalities.
         codes = self.word_codes(torch.cat([prefix.float().mean(dim=1), text_features]))
         image_codes, text_codes = codes[: len(input_ids)], codes[len(input_ids) :].detach()
-        assignment_loss = self.assignment_loss(image_codes, text_codes)
+        assignment_loss, image_predicts_text, text_predicts_image = self.assignment_loss(image_codes, text_codes)
         loss = outputs.loss + self.config.assignment_loss_weight * assignment_loss
         return VLAPOutput(
             loss=loss,
             caption_loss=outputs.loss,
             assignment_loss=assignment_loss,
+            image_predicts_text=image_predicts_text,
+            text_predicts_image=text_predicts_image,
             logits=outputs.logits,
             image_codes=image_codes,
             text_codes=text_codes,

@@ -20,6 +20,15 @@ can have; one B x V float32 buffer is allocated and the result is written into i
 Returned Q = B * P: every row is a distribution over words and, as iterations grow, the column sums tend to
 B * word_prior. With torch.distributed initialised, B is the global batch: the column shift and the column sums are
 all-reduced across processes (SwAV-style), so the sample marginal spans every process's samples.
+
+Semi-relaxed variant (`marginal_weight` = lambda): the word marginal becomes a penalty lambda * KL(P^T 1 || c) instead
+of a constraint (rows stay exact). The column update becomes b <- (c / (K^T a))^(lambda / (lambda + eps)) (Chizat et
+al. 2018; POT's `sinkhorn_unbalanced` with reg_m = (inf, lambda)); lambda -> inf is the balanced plan above and
+lambda = 0 the row softmax of S / eps. With V words >> B samples a balanced plan must spread each sample over about
+V / B words, so its targets are nearly uniform; a finite lambda keeps the prior as a pull, not a wall. Because the
+exponent is < 1 the column shift m_j no longer cancels: it is carried in log space, log b = (1 - f) m_j +
+f (log c - log K^T a) with f = lambda / (lambda + eps), and b is rescaled by its maximum (any constant cancels in the
+row normalisation).
 """
 
 import torch
@@ -48,7 +57,11 @@ def global_batch_size(local_batch_size: int, device: torch.device) -> int:
 
 @torch.no_grad()
 def sinkhorn_knopp(
-    scores: torch.Tensor, word_prior: torch.Tensor, epsilon: float = 0.01, iterations: int = 3
+    scores: torch.Tensor,
+    word_prior: torch.Tensor,
+    epsilon: float = 0.01,
+    iterations: int = 3,
+    marginal_weight: float | None = None,
 ) -> torch.Tensor:
     """Assign each sample to words under a word-prior marginal.
 
@@ -58,9 +71,11 @@ def sinkhorn_knopp(
         word_prior: `[V]` positive word marginal summing to 1.
         epsilon: entropic regularisation; smaller is closer to a hard assignment.
         iterations: number of (column, row) normalisation rounds.
+        marginal_weight: None for the balanced plan (the word marginal is a constraint); lambda >= 0 for the
+            semi-relaxed plan (the word marginal is a KL penalty of weight lambda; 0 gives the row softmax).
 
     Returns:
-        `[B, V]` float32 Q. Rows sum to 1; columns sum to B * word_prior (B global) as iterations grow.
+        `[B, V]` float32 Q. Rows sum to 1; columns sum to B * word_prior (B global) as iterations grow (balanced).
     """
     if scores.dim() != 2:
         raise ValueError(f"scores must be [batch, vocab], got shape {tuple(scores.shape)}")
@@ -68,6 +83,8 @@ def sinkhorn_knopp(
         raise ValueError(f"word_prior has shape {tuple(word_prior.shape)}, expected ({scores.shape[1]},)")
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
+    if marginal_weight is not None and marginal_weight < 0:
+        raise ValueError(f"marginal_weight must be >= 0 or None (balanced), got {marginal_weight}")
     batch = global_batch_size(scores.shape[0], scores.device)
     prior = word_prior.float()
 
@@ -78,6 +95,12 @@ def sinkhorn_knopp(
 
     row_scale = torch.ones(kernel.shape[0], device=kernel.device)
     for _ in range(iterations):
-        column_scale = batch * prior / _all_reduce(row_scale @ kernel)  # columns sum to B * prior (global batch)
+        column_mass = _all_reduce(row_scale @ kernel)  # K^T a over the global batch
+        if marginal_weight is None:
+            column_scale = batch * prior / column_mass  # columns sum to B * prior (global batch)
+        else:  # semi-relaxed: b = (c / K^T a)^f in the unshifted kernel, i.e. log b = (1 - f) m_j + f log(c / K^T a)
+            f = marginal_weight / (marginal_weight + epsilon)
+            log_scale = (1 - f) * column_max.div(epsilon) + f * (prior.log() - column_mass.log())
+            column_scale = (log_scale - log_scale.max()).exp()
         row_scale = 1.0 / (kernel @ column_scale)  # rows sum to 1 (a row lives on one process)
     return kernel.mul_(row_scale.unsqueeze(1)).mul_(column_scale.unsqueeze(0))

@@ -46,7 +46,9 @@ class VLAPProcessor(ProcessorMixin):
     Turns images, captions and prompts into VLAP model inputs.
 
     - `images` -> `pixel_values` (the vision model's image processor, after conversion to RGB).
-    - `text` (captions) -> `input_ids`, `attention_mask`: no BOS, EOS appended, right-padded.
+    - `text` (captions) -> `input_ids`, `attention_mask`: no BOS, EOS appended, right-padded. A caption is tokenised
+      as it continues the prompt ("A picture of" + " a red circle"), so its first word is the token the LLM reads
+      after a word ("Ġa"), not the start-of-text form ("a") it would get alone.
     - with images, `prompt` (default `self.prompt`, "A picture of"; a string or one per image, e.g. a VQA question)
       -> `prompt_input_ids`, `prompt_attention_mask`: the text placed right after the visual prefix.
 
@@ -118,11 +120,26 @@ class VLAPProcessor(ProcessorMixin):
                     raise ValueError(f"text[{index}] is {caption!r}; every caption must be a non-empty string")
             if num_images is not None and len(captions) != num_images:
                 raise ValueError(f"got {num_images} images but {len(captions)} captions")
-            caption_ids = self.tokenizer(captions, add_special_tokens=False)["input_ids"]
+            caption_ids = self.caption_token_ids(captions)
             if max_length is not None:
                 caption_ids = [ids[: max_length - 1] for ids in caption_ids]
             data.update(self._pad([ids + [self.tokenizer.eos_token_id] for ids in caption_ids]))
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def caption_token_ids(self, captions: list[str]) -> list[list[int]]:
+        """Token ids of captions as they continue `self.prompt`: ids(prompt + " " + caption) minus ids(prompt).
+
+        A byte-level BPE spells a word after a space differently from the same word opening a text; the LLM reads
+        the caption after the prompt, so that is how it is tokenised. Where the tokenizer merges across the seam
+        (the prompt's ids are not a prefix of the joint ids) the caption is tokenised with a leading space instead.
+        """
+        if not self.prompt:
+            return self.tokenizer(captions, add_special_tokens=False)["input_ids"]
+        separator = "" if self.prompt[-1].isspace() else " "
+        prompt_ids = self.tokenizer(self.prompt, add_special_tokens=False)["input_ids"]
+        joint = self.tokenizer([self.prompt + separator + c for c in captions], add_special_tokens=False)["input_ids"]
+        spaced = self.tokenizer([separator + c for c in captions], add_special_tokens=False)["input_ids"]
+        return [ids[len(prompt_ids) :] if ids[: len(prompt_ids)] == prompt_ids else alone for ids, alone in zip(joint, spaced)]
 
     def prompt_inputs(self, num_images: int, prompt=None, return_tensors: str | None = "pt") -> BatchFeature:
         """`prompt_input_ids` / `prompt_attention_mask` for `num_images` images (also for cached vision features).

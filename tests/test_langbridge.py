@@ -14,17 +14,17 @@ from transformers import AutoTokenizer
 from test_modeling import build, images
 from test_remote_code import LOAD_IN_FRESH_PROCESS
 from test_train import caption_folder, run_train, write_config  # noqa: F401  (caption_folder is a fixture)
-from tiny import CORPUS
+from tiny import CORPUS, image_processor
 from vlap.cli import main
 from vlap.data import caption_token_counts
 from vlap.langbridge import select_vocabulary, string_to_id, token_strings, transfer
 
-from modeling_vlap import VLAPForConditionalGeneration
+from modeling_vlap import VLAPForConditionalGeneration, VLAPProcessor
 
 
 def langbridge(backbones, llm="llama", size=40, coefficients="softmax", transfer_to=()):
     tokenizer = AutoTokenizer.from_pretrained(backbones[llm])
-    counts = caption_token_counts(CORPUS, tokenizer, len(tokenizer))
+    counts = caption_token_counts(CORPUS, VLAPProcessor(image_processor(), tokenizer), len(tokenizer))
     others = [AutoTokenizer.from_pretrained(backbones[name]) for name in transfer_to]
     tokens, ids = select_vocabulary(counts, tokenizer, size, others)
     model, processor = build(backbones, llm, bridge_type="langbridge", langbridge_tokens=tokens,
@@ -66,7 +66,7 @@ def test_subset_is_frequent_caption_tokens_shared_with_the_transfer_llm(backbone
 
 def test_a_given_vocabulary_is_kept_in_order_and_checked(backbones):
     tokenizer = AutoTokenizer.from_pretrained(backbones["llama"])
-    counts = caption_token_counts(CORPUS, tokenizer, len(tokenizer))
+    counts = caption_token_counts(CORPUS, VLAPProcessor(image_processor(), tokenizer), len(tokenizer))
     tokens, ids = select_vocabulary(counts, tokenizer, 10, given=[" plain", " circle"])
     assert tokens == [" plain", " circle"] and [token_strings(tokenizer)[i] for i in ids] == tokens
     with pytest.raises(ValueError, match="not single tokens"):

@@ -85,6 +85,26 @@ def test_retrieval_recall_on_a_constructed_similarity_matrix():
     assert result["text_to_image_R@2"] == pytest.approx(2 / 4)
 
 
+def test_class_level_recall_counts_every_caption_of_the_class_as_relevant():
+    # 4 images of classes red, red, blue, green; 3 texts, one per class: "red", "blue", "green".
+    # Instance-level recall cannot express this (two red images share one caption string); class-level can.
+    similarity = [
+        [0.9, 0.1, 0.0],  # red image: "red" first -> hit at 1
+        [0.2, 0.7, 0.1],  # red image: "blue" first, "red" second -> hit at 2
+        [0.1, 0.3, 0.8],  # blue image: "green", "blue" -> hit at 2
+        [0.0, 0.1, 0.5],  # green image: "green" first -> hit at 1
+    ]
+    result = load_metric("retrieval_recall").compute(
+        predictions=similarity, references=[[0], [], [1], [2]], ks=[1, 2],
+        image_classes=["red", "red", "blue", "green"], text_classes=["red", "blue", "green"],
+    )  # fmt: skip
+    assert result["image_to_text_class_R@1"] == pytest.approx(2 / 4)
+    assert result["image_to_text_class_R@2"] == pytest.approx(4 / 4)
+    # Text "red": image 0 (red) first -> hit at 1. "blue": 1 (red), 2 (blue) -> at 2. "green": 2 (blue), 3 -> at 2.
+    assert result["text_to_image_class_R@1"] == pytest.approx(1 / 3)
+    assert result["text_to_image_class_R@2"] == pytest.approx(3 / 3)
+
+
 def test_retrieval_recall_rejects_texts_without_an_image():
     with pytest.raises(ValueError, match="belongs to no image"):
         load_metric("retrieval_recall").compute(predictions=[[0.1, 0.2]], references=[[0]])

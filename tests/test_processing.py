@@ -53,12 +53,18 @@ def test_bad_images_name_the_item(processor, tmp_path):
         processor(images=[])
 
 
-def test_captions_end_with_eos_and_have_no_bos(processor):
-    batch = processor(text=["a red circle", "a blue square on a plain background"])
+def test_captions_continue_the_prompt_end_with_eos_and_have_no_bos(processor):
+    captions = ["a red circle", "a blue square on a plain background"]
+    batch = processor(text=captions)
     tokenizer = processor.tokenizer
-    for ids, mask, caption in zip(batch["input_ids"], batch["attention_mask"], ["a red circle", "a blue square on a plain background"]):
+    prompt_ids = tokenizer(processor.prompt, add_special_tokens=False)["input_ids"]
+    for ids, mask, caption in zip(batch["input_ids"], batch["attention_mask"], captions):
         real = ids[mask.bool()].tolist()
-        assert real == tokenizer(caption, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        # [prompt; caption] is exactly how the tokenizer spells the whole sentence: the caption's first word is the
+        # mid-sentence token (" a"), not the start-of-text one ("a") that separate tokenisation would give.
+        whole = tokenizer(f"{processor.prompt} {caption}", add_special_tokens=False)["input_ids"]
+        assert prompt_ids + real == whole + [tokenizer.eos_token_id]
+        assert tokenizer.decode(real[:1]) == " a"
     assert batch["attention_mask"][0, -1] == 0  # right padding
 
 

@@ -197,10 +197,11 @@ class Collator:
         return batch
 
 
-def caption_token_counts(captions, tokenizer, vocab_size: int) -> torch.Tensor:
-    """Token frequencies of captions as the processor tokenises them (no BOS, EOS appended): `[vocab_size]`."""
+def caption_token_counts(captions, processor, vocab_size: int) -> torch.Tensor:
+    """Token frequencies of captions as the processor tokenises them (after the prompt, EOS appended): `[vocab_size]`."""
     counts = torch.zeros(vocab_size, dtype=torch.float64)
+    eos = processor.tokenizer.eos_token_id
     for start in range(0, len(captions), 1024):
-        for ids in tokenizer(captions[start : start + 1024], add_special_tokens=False)["input_ids"]:
-            counts += torch.bincount(torch.tensor(ids + [tokenizer.eos_token_id]), minlength=vocab_size).double()
+        for ids in processor.caption_token_ids(captions[start : start + 1024]):
+            counts += torch.bincount(torch.tensor(ids + [eos]), minlength=vocab_size).double()
     return counts

@@ -103,6 +103,26 @@ def retrieval_recall(similarity: torch.Tensor, text_image: list[int], ks=(1, 5, 
     return results
 
 
+def class_retrieval_recall(similarity: torch.Tensor, image_classes, text_classes, ks=(1, 5, 10)) -> dict:
+    """Relevance-aware R@K from a `[num_images, num_texts]` similarity: every text of an image's class is relevant to
+    it, and every image of a text's class. Use it where many images share one caption string (a perfect model would
+    otherwise score about 1 / images-per-caption at R@1 with instance-level recall)."""
+    index = {label: number for number, label in enumerate(dict.fromkeys([*image_classes, *text_classes]))}
+    image_classes = torch.tensor([index[label] for label in image_classes])
+    text_classes = torch.tensor([index[label] for label in text_classes])
+    if similarity.shape != (len(image_classes), len(text_classes)):
+        raise ValueError(f"similarity is {tuple(similarity.shape)} but there are {len(image_classes)} image and "
+                         f"{len(text_classes)} text classes")  # fmt: skip
+    relevant = image_classes.unsqueeze(1) == text_classes.unsqueeze(0)  # [I, T]
+    text_rank = torch.gather(relevant, 1, similarity.argsort(dim=1, descending=True)).float().argmax(dim=1)
+    image_rank = torch.gather(relevant.T, 1, similarity.T.argsort(dim=1, descending=True)).float().argmax(dim=1)
+    results = {}
+    for k in ks:
+        results[f"image_to_text_class_R@{k}"] = (text_rank < k).float().mean().item()
+        results[f"text_to_image_class_R@{k}"] = (image_rank < k).float().mean().item()
+    return results
+
+
 def load_metric(name: str):
     """One of our `evaluate` modules, loaded offline from its local script."""
     import evaluate

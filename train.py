@@ -297,7 +297,7 @@ def main(argv=None) -> Path:
     # Checkpoints hold the trained tensors (bridge; LoRA adapters) and the word prior only: the backbones are frozen
     # and reloaded from their sources.
     saved_keys = {name for name, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
-    saved_keys.update(name for name, _ in accelerator.unwrap_model(model).named_buffers() if name.endswith("word_prior"))
+    saved_keys.update(name for name, _ in accelerator.unwrap_model(model).named_buffers() if name.endswith(("word_prior", "word_frequency")))
 
     def keep_bridge_only(models, weights, _directory):
         for state in weights:

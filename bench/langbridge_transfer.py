@@ -4,7 +4,8 @@ Three models with the demo's budget (960 train images, --steps x 16, lr 1e-3, 9 
   1. LangBridge trained on SmolLM2-135M-Instruct (its vocabulary subset restricted to strings Gemma 3 also has),
   2. the same bridge moved to Gemma 3 270M with `vlap transfer` (no training),
   3. a LangBridge trained directly on Gemma 3 270M,
-evaluated side by side on easy-vqa test (captioning CIDEr/BLEU-4, zero-shot VQA accuracy, retrieval R@10).
+evaluated side by side on easy-vqa test (caption metrics, captions naming colour and shape, zero-shot VQA,
+zero-shot classification, relevance-aware retrieval R@1).
 
     python bench/langbridge_transfer.py [--steps 60] [--out outputs/langbridge] [--json results/langbridge.json]
 """
@@ -20,11 +21,13 @@ import datasets
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vlap.assets import cache_root, efficientnet_lite0, gemma3_270m, smollm2_135m  # noqa: E402
 from vlap.demo import banner, encode_test_split, evaluate_model, train  # noqa: E402
+from vlap.sweep import majority_answers  # noqa: E402
 from vlap.easy_vqa import easy_vqa_dataset  # noqa: E402
 from vlap.evaluation import markdown_table  # noqa: E402
 from vlap.langbridge import transfer  # noqa: E402
 
-SHOWN = ("CIDEr", "BLEU-4", "METEOR", "ROUGE-L", "vqa_accuracy", "image_to_text_R@10", "text_to_image_R@10")
+SHOWN = ("CIDEr", "BLEU-4", "METEOR", "ROUGE-L", "test: caption_colour_shape", "test: vqa", "test: classification_feature",
+         "test: image_to_text_class_R@1")
 
 
 def main(argv=None) -> None:
@@ -46,7 +49,7 @@ def main(argv=None) -> None:
     if not (train_data / "state.json").exists():
         splits["train"].shuffle(seed=0).select(range(args.train_images)).save_to_disk(str(train_data))
     test = splits["test"].select(range(args.test_images))
-    langbridge = {"bridge_type": "langbridge", "langbridge_transfer_llms": str(gemma)}
+    langbridge = {"bridge_type": "langbridge", "langbridge_transfer_llms": str(gemma), "learning_rate": args.learning_rate}
 
     timings = {}
     banner("1. LangBridge on SmolLM2-135M")
@@ -65,18 +68,21 @@ def main(argv=None) -> None:
     timings["train_gemma3_s"] = time.time() - t
 
     banner("4. evaluation on easy-vqa test")
-    vision_states, questions = encode_test_split(runs["SmolLM2 (trained)"], test, args.vqa_questions)
-    results = {name: evaluate_model(folder, test, vision_states, questions, batch=32) for name, folder in runs.items()}
+    vision_states, questions = encode_test_split(test, args.vqa_questions)
+    sets = {"test": {"vision_hidden_states": vision_states, "colours": test["colour"], "shapes": test["shape"],
+                     "questions": questions}}  # fmt: skip
+    majority = majority_answers(datasets.load_from_disk(str(train_data)))
+    results = {name: evaluate_model(folder, sets, test["caption"], majority) for name, folder in runs.items()}
     table = markdown_table({name: {k: r["scores"][k] for k in SHOWN if k in r["scores"]} for name, r in results.items()})
     print(table)
     for name, result in results.items():
-        print(f"{name}: " + "; ".join(f"{e['caption']!r}" for e in result["examples"][:3]))
+        print(f"{name}: " + "; ".join(repr(c) for c in result["examples"]["test"]["caption_examples"][:3]))
     summary = {
         "setup": {"steps": args.steps, "batch_size": 16, "learning_rate": args.learning_rate,
                   "train_images": args.train_images, "test_images": args.test_images, "vqa_questions": len(questions),
                   "command": "python bench/langbridge_transfer.py " + " ".join(argv or sys.argv[1:])},
         "timings": timings, "seconds": round(time.time() - start, 1), "table": table,
-        "results": {name: {"scores": r["scores"], "examples": r["examples"][:5]} for name, r in results.items()},
+        "results": {name: {"scores": r["scores"], "examples": r["examples"]} for name, r in results.items()},
     }  # fmt: skip
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

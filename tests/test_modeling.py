@@ -217,3 +217,45 @@ def test_bridge_only_save_holds_the_bridge_and_needs_backbone_names(backbones, t
     model.config.backbones = None
     with pytest.raises(ValueError, match="config.backbones"):
         model.save_pretrained(tmp_path / "nameless", bridge_only=True)
+
+
+@pytest.mark.parametrize("llm", ["opt", "llama"])
+def test_caption_loss_from_caption_positions_equals_the_full_lm_loss(backbones, llm):
+    model, processor = build(backbones, llm)
+    batch = processor(images=images(3), text=CAPTIONS[:3], prompt=["A picture of", "Question: what is it? Answer:", ""])
+    with torch.no_grad():
+        out = model(**batch)
+        # Independently: the whole [prefix; prompt; caption] sequence through the LLM with its own loss.
+        prefix = model.get_image_prefix(batch["pixel_values"])
+        embed = model.language_model.get_input_embeddings()
+        rows, labels = [], []
+        for i in range(3):
+            prompt = batch["prompt_input_ids"][i][batch["prompt_attention_mask"][i].bool()]
+            caption = batch["input_ids"][i][batch["attention_mask"][i].bool()]
+            rows.append(torch.cat([prefix[i], embed(prompt), embed(caption)]))
+            labels.append(torch.cat([torch.full((len(prefix[i]) + len(prompt),), -100), caption]))
+        width = max(len(r) for r in rows)
+        embeds = torch.stack([torch.cat([r, r.new_zeros(width - len(r), r.shape[1])]) for r in rows])
+        mask = torch.stack([torch.arange(width) < len(r) for r in rows]).long()
+        label = torch.stack([torch.cat([l, torch.full((width - len(l),), -100)]) for l in labels])
+        expected = model.language_model(inputs_embeds=embeds, attention_mask=mask, labels=label).loss
+    torch.testing.assert_close(out.caption_loss, expected, atol=1e-5, rtol=1e-5)
+    assert out.logits.shape[1] < embeds.shape[1]  # the prefix and most of the prompt never reach the LM head
+
+
+def test_word_embedding_text_features_are_the_sif_weighted_mean(backbones):
+    model, processor = build(backbones, "llama", text_representation="word_embeddings")
+    counts = torch.arange(model.word_prior.numel()).double() % 11 + 1
+    model.fit_word_prior(counts)
+    batch = processor(text=CAPTIONS[:2])
+    features = model.get_text_features(batch["input_ids"], batch["attention_mask"])
+    frequency = counts / counts.sum()
+    embeddings = model.word_embeddings.detach().double()
+    for row in range(2):
+        ids = [i for i, m in zip(batch["input_ids"][row].tolist(), batch["attention_mask"][row].tolist())
+               if m and i != processor.tokenizer.eos_token_id]  # fmt: skip
+        weights = 1e-3 / (1e-3 + frequency[ids])
+        expected = torch.nn.functional.normalize((weights.unsqueeze(1) * embeddings[ids]).sum(0), dim=0)
+        torch.testing.assert_close(features[row].double(), expected, atol=1e-5, rtol=0)
+    # The frequency is kept with the model: a save/load round trip gives the same features.
+    assert torch.equal(model.word_frequency, frequency.float())

@@ -99,3 +99,27 @@ def test_two_processes_share_one_global_sample_marginal():
     # The local-only plan differs: the marginal really spans both processes.
     local = torch.cat([sinkhorn_knopp(half, prior, epsilon=0.05, iterations=3) for half in scores.chunk(2)])
     assert (local - distributed).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("marginal_weight", [0.0, 0.02, 1.0])
+def test_semi_relaxed_plan_matches_pot_unbalanced(marginal_weight):
+    batch, vocab, epsilon = 6, 40, 0.05
+    scores, prior = cosine_scores(batch, vocab, seed=4), random_prior(vocab, seed=5)
+    ours = sinkhorn_knopp(scores, prior, epsilon=epsilon, iterations=3000, marginal_weight=marginal_weight)
+    reference = ot.unbalanced.sinkhorn_unbalanced(
+        np.full(batch, 1.0 / batch), prior.double().numpy(), -scores.double().numpy(), epsilon,
+        (float("inf"), marginal_weight), reg_type="entropy", numItermax=20000, stopThr=1e-12,
+    )  # fmt: skip
+    np.testing.assert_allclose(ours.numpy(), batch * reference, atol=1e-5)
+    torch.testing.assert_close(ours.sum(dim=1), torch.ones(batch), atol=1e-5, rtol=0)
+
+
+def test_semi_relaxed_limits_are_the_row_softmax_and_the_balanced_plan():
+    scores, prior = cosine_scores(8, 30, seed=6), random_prior(30, seed=7)
+    row_softmax = sinkhorn_knopp(scores, prior, epsilon=0.01, iterations=3, marginal_weight=0.0)
+    torch.testing.assert_close(row_softmax, torch.softmax(scores / 0.01, dim=1), atol=1e-6, rtol=0)
+    balanced = sinkhorn_knopp(scores, prior, epsilon=0.05, iterations=50)
+    nearly = sinkhorn_knopp(scores, prior, epsilon=0.05, iterations=50, marginal_weight=1e6)
+    torch.testing.assert_close(nearly, balanced, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="marginal_weight"):
+        sinkhorn_knopp(scores, prior, marginal_weight=-1.0)

@@ -2,14 +2,17 @@
 
 EfficientNet-Lite0 (ImageNet) + SmolLM2-135M-Instruct, bridged on easy-vqa captions derived from each image's own
 answers. Trains VLAP (caption + assignment) and the caption-only baseline (LiMBeR-style) with the same budget from
-the frozen-feature cache, evaluates both on easy-vqa test (captioning, zero-shot VQA, retrieval), shows captions and
-top words through `pipeline("image-to-text")`, and writes results.json, results.md and PNG plots.
+the frozen-feature cache (the budget and method chosen on a validation slice by `python -m vlap.sweep`), evaluates
+both on easy-vqa test and on out-of-distribution renders (captions naming colour and shape, caption metrics,
+zero-shot VQA per question type, zero-shot classification, relevance-aware retrieval, top words, visual arithmetic),
+shows captions and top words through `pipeline("image-to-text")`, and writes results.json, results.md and PNG plots.
 
-    python -m vlap.demo [--out outputs/demo] [--train-images 960] [--steps 60]
+    python -m vlap.demo [--out outputs/demo] [--train-images 960] [--steps 200] [--seed 0]
 """
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -21,8 +24,12 @@ import yaml
 
 from vlap.assets import cache_root, efficientnet_lite0, smollm2_135m
 from vlap.easy_vqa import easy_vqa_dataset
-from vlap.evaluation import evaluate_captioning, evaluate_retrieval, evaluate_vqa, markdown_table
+from vlap.evaluation import evaluate_captioning, evaluate_shape_world, markdown_table
+from vlap.shapes import render_shapes
+from vlap.sweep import DEMO_BUDGET, VLAP_METHOD, majority_answers, questions_of, split_train, vision_states
 from vlap.tasks import first_line, plot_words, read_words
+
+RENDER_SEED_REPORTED = 2  # out-of-distribution renders reported here; vlap.sweep chooses on seed 1
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,11 +40,10 @@ def banner(text: str) -> None:
 
 def train(name: str, out: Path, train_data: Path, vision: Path, llm: Path, args, **overrides) -> Path:
     config = {
-        "vision_model": str(vision), "text_model": str(llm), "train_data": str(train_data),
-        "num_visual_tokens": 9, "batch_size": 16, "max_steps": args.steps, "learning_rate": args.learning_rate,
-        "warmup_steps": max(args.steps // 10, 1), "max_caption_length": 16, "cache_features": str(out / "features"),
+        "vision_model": str(vision), "text_model": str(llm), "train_data": str(train_data), **DEMO_BUDGET,
+        "max_steps": args.steps, "warmup_steps": max(args.steps // 10, 1), "cache_features": str(out / "features"),
         "checkpointing_steps": args.steps, "checkpoints_total_limit": 1, "eval_steps": 0, "num_eval_images": 4,
-        "output_dir": str(out / name), "seed": 0, "cpu": not torch.cuda.is_available(), **overrides,
+        "output_dir": str(out / name), "seed": args.seed, "cpu": not torch.cuda.is_available(), **overrides,
     }  # fmt: skip
     config_path = out / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(config))
@@ -45,35 +51,27 @@ def train(name: str, out: Path, train_data: Path, vision: Path, llm: Path, args,
     return out / name / "final"
 
 
-def evaluate_model(folder: Path, test: datasets.Dataset, vision_states: torch.Tensor, questions: list[tuple], batch: int):
-    """Captioning, zero-shot VQA and retrieval of one exported model on the test images (vision run once)."""
+def evaluate_model(folder: Path, sets: dict, test_captions: list, majority: dict) -> dict:
+    """Caption metrics on the test images and `evaluate_shape_world` on every set, for one exported model."""
     from modeling_vlap import VLAPForConditionalGeneration, VLAPProcessor
 
     model = VLAPForConditionalGeneration.from_pretrained(folder).eval()
     processor = VLAPProcessor.from_pretrained(folder)
-    shared = {"vision_hidden_states": vision_states, "batch_size": batch}
-    caption = evaluate_captioning(model, processor, references=test["caption"], max_new_tokens=12, **shared)
-    vqa = evaluate_vqa(model, processor, questions=questions, max_new_tokens=4, **shared)
-    retrieval = evaluate_retrieval(model, processor, references=test["caption"], **shared)
-    return {
-        "scores": {**caption["scores"], **vqa["scores"], **retrieval["scores"]},
-        "unavailable": caption["unavailable"], "examples": caption["examples"], "vqa_examples": vqa["examples"],
-    }  # fmt: skip
+    test_states = sets["test"]["vision_hidden_states"]
+    caption = evaluate_captioning(model, processor, references=test_captions, vision_hidden_states=test_states,
+                                  max_new_tokens=12, batch_size=32)  # fmt: skip
+    worlds = {name: evaluate_shape_world(model, processor, majority_answers=majority, **data) for name, data in sets.items()}
+    scores = {**caption["scores"]}
+    for name, world in worlds.items():
+        scores.update({f"{name}: {k}": v for k, v in world.items() if isinstance(v, float)})
+    examples = {name: {k: v for k, v in world.items() if not isinstance(v, float)} for name, world in worlds.items()}
+    return {"scores": scores, "unavailable": caption["unavailable"], "examples": examples}
 
 
-@torch.no_grad()
-def encode_test_split(folder: Path, test: datasets.Dataset, max_questions: int) -> tuple[torch.Tensor, list[tuple]]:
-    """The frozen vision output of the test images, computed once with `folder`'s vision model and shared by every
-    model with the same vision tower, and the (image row, question, [answer]) VQA triples (easy-vqa: one answer)."""
-    from modeling_vlap import VLAPForConditionalGeneration, VLAPProcessor
-
-    model = VLAPForConditionalGeneration.from_pretrained(folder).eval()
-    processor = VLAPProcessor.from_pretrained(folder)
-    vision_states = torch.cat([model.get_vision_hidden_states(processor(images=test[s : s + 32]["image"])["pixel_values"])
-                               for s in range(0, len(test), 32)])  # fmt: skip
-    questions = [(row, question, [answer])
-                 for row, (qs, ans) in enumerate(zip(test["questions"], test["answers"])) for question, answer in zip(qs, ans)]  # fmt: skip
-    return vision_states, questions[:max_questions]
+def encode_test_split(test: datasets.Dataset, max_questions: int) -> tuple[torch.Tensor, list[tuple]]:
+    """The frozen vision output of the test images (computed once, shared by every model with this vision tower) and
+    a fixed subset of their (image row, question, [answer]) VQA triples."""
+    return vision_states(test["image"], f"test-{len(test)}"), questions_of(test, max_questions)
 
 
 def plot_losses(out: Path, runs: dict) -> None:
@@ -121,10 +119,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/demo")
     parser.add_argument("--train-images", type=int, default=960)
-    parser.add_argument("--test-images", type=int, default=150)
-    parser.add_argument("--vqa-questions", type=int, default=300)
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--test-images", type=int, default=200)
+    parser.add_argument("--vqa-questions", type=int, default=150)
+    parser.add_argument("--renders-per-class", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=DEMO_BUDGET["max_steps"])
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     start = time.time()
     out = Path(args.out)
@@ -132,23 +131,33 @@ def main(argv=None) -> None:
 
     banner(f"1. assets (cached under {cache_root()})")
     vision, llm = efficientnet_lite0(), smollm2_135m()
+    pool_folder, _ = split_train(out)  # the validation slice vlap.sweep chooses on is left out of training
+    pool = datasets.load_from_disk(str(pool_folder))
+    train_split = pool.select(range(min(args.train_images, len(pool))))
     splits = datasets.load_from_disk(str(easy_vqa_dataset(cache_root())))
-    train_split = splits["train"].shuffle(seed=0).select(range(min(args.train_images, len(splits["train"]))))
     test = splits["test"].select(range(min(args.test_images, len(splits["test"]))))
-    train_data = out / "easy-vqa-train"
+    train_data = out / f"easy-vqa-train-{len(train_split)}"
     if not (train_data / "state.json").exists():
         train_split.save_to_disk(str(train_data))
-    print(f"vision {vision}\nLLM {llm}\neasy-vqa: {len(train_split)} train images (of {len(splits['train'])} "
-          f"captioned), {len(test)} test images")  # fmt: skip
+    print(f"vision {vision}\nLLM {llm}\neasy-vqa: {len(train_split)} train images (of {len(pool)} in the training "
+          f"pool), {len(test)} test images")  # fmt: skip
 
     banner("2. VLAP: caption + assignment prediction (frozen-feature cache)")
-    runs = {"vlap": train("vlap", out, train_data, vision, llm, args)}
+    runs = {"vlap": train("vlap", out, train_data, vision, llm, args, **VLAP_METHOD)}
     banner("3. caption-only baseline (assignment weight 0), same budget")
     runs["caption_only"] = train("caption_only", out, train_data, vision, llm, args, assignment_loss_weight=0.0)
 
-    banner("4. evaluation on easy-vqa test")
-    vision_states, questions = encode_test_split(runs["vlap"], test, args.vqa_questions)
-    results = {name: evaluate_model(folder, test, vision_states, questions, batch=32) for name, folder in runs.items()}
+    banner("4. evaluation on easy-vqa test and on out-of-distribution renders")
+    test_states, questions = encode_test_split(test, args.vqa_questions)
+    renders, colours, shapes = render_shapes(args.renders_per_class, RENDER_SEED_REPORTED)
+    sets = {
+        "test": {"vision_hidden_states": test_states, "colours": test["colour"], "shapes": test["shape"],
+                 "questions": questions},
+        "renders": {"vision_hidden_states": vision_states(renders, f"renders-seed{RENDER_SEED_REPORTED}-{len(renders)}"),
+                    "colours": colours, "shapes": shapes},
+    }  # fmt: skip
+    majority = majority_answers(train_split)
+    results = {name: evaluate_model(folder, sets, test["caption"], majority) for name, folder in runs.items()}
     markdown = markdown_table({"VLAP (caption + assignment)": results["vlap"]["scores"],
                                "caption-only baseline": results["caption_only"]["scores"]})  # fmt: skip
     print(markdown)
@@ -158,18 +167,20 @@ def main(argv=None) -> None:
     results["shown"] = shown
 
     banner("6. results")
+    seconds = time.time() - start
+    peak_rss_mb = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
     results["setup"] = {
         "vision": "EfficientNet-Lite0 (ImageNet), 7x7x1280 map pooled to 9 tokens", "llm": "SmolLM2-135M-Instruct",
         "train_images": len(train_split), "test_images": len(test), "vqa_questions": len(questions),
-        "steps": args.steps, "batch_size": 16, "learning_rate": args.learning_rate,
-        "command": "make demo", "seconds": round(time.time() - start, 1),
+        "renders": len(renders), **DEMO_BUDGET, "max_steps": args.steps, "seed": args.seed, "vlap_method": VLAP_METHOD,
+        "command": "make demo", "seconds": round(seconds, 1), "peak_rss_mb": round(peak_rss_mb),
     }  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown + "\n")
     plot_losses(out, runs)
     plot_words(shown[0]["top_words"], shown[0]["image"], out / "top_words.png")
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'loss_curves.png'}, {out / 'top_words.png'}")
-    print(f"demo done in {time.time() - start:.0f} s")
+    print(f"demo done in {seconds:.0f} s (target <= 600 s), peak RSS {peak_rss_mb:.0f} MB (target <= 4096 MB)")
 
 
 if __name__ == "__main__":

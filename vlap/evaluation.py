@@ -10,9 +10,12 @@ our `evaluate` modules (vlap/metric_modules) through evaluate's `compute()`.
 
 from itertools import islice
 
+import torch
+import torch.nn.functional as F
+
 from vlap import tasks
 from vlap.data import caption_list, decode_image, load_source, undecoded_images
-from vlap.metrics import load_metric
+from vlap.metrics import class_retrieval_recall, load_metric
 
 TASKS = ("caption", "vqa", "retrieval")
 
@@ -138,3 +141,109 @@ def markdown_table(columns: dict[str, dict]) -> str:
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
+
+
+def _vqa_by_type(predicted, questions, types) -> dict:
+    scores = {}
+    for kind in sorted(set(types)):
+        rows = [i for i, t in enumerate(types) if t == kind]
+        accuracy = load_metric("vqa_accuracy").compute(predictions=[predicted[i] for i in rows],
+                                                       references=[list(questions[i][2]) for i in rows])  # fmt: skip
+        scores[f"vqa_{kind}"] = accuracy["vqa_accuracy"]
+    return scores
+
+
+@torch.no_grad()
+def answer_without_image(model, processor, questions: list[str], template: str = tasks.VQA_TEMPLATE,
+                         batch_size: int = 32, max_new_tokens: int = 4) -> list[str]:  # fmt: skip
+    """The bare frozen LLM's answers to the same prompts, no visual prefix: what the text alone makes likely."""
+    from modeling_vlap.modeling_vlap import pack_padding
+
+    tokenizer, answers = processor.tokenizer, []
+    for start in range(0, len(questions), batch_size):
+        prompts = [template.format(question=q) for q in questions[start : start + batch_size]]
+        inputs = processor.prompt_inputs(len(prompts), prompts)
+        ids, mask = inputs["prompt_input_ids"], inputs["prompt_attention_mask"]
+        embeds = model.language_model.get_input_embeddings()(ids.to(model.device))
+        side = "right" if model.is_encoder_decoder_llm else "left"
+        mask, embeds = pack_padding(mask.to(model.device), embeds, padding_side=side)
+        out = model.language_model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                            pad_token_id=tokenizer.pad_token_id, do_sample=False)  # fmt: skip
+        answers += [tasks.first_line(text) for text in tokenizer.batch_decode(out, skip_special_tokens=True)]
+    return answers
+
+
+@torch.no_grad()
+def evaluate_shape_world(model, processor, vision_hidden_states, colours, shapes, questions=(), batch_size: int = 32,
+                         majority_answers: dict | None = None, arithmetic_per_class: int = 4) -> dict:  # fmt: skip
+    """Everything a model of easy-vqa's 24 coloured-shape classes should get right, on images of known class.
+
+    - caption_colour_shape: the caption names the image's colour and shape (and no other);
+    - classification_feature / classification_code: zero-shot classification among the 24 captions "a {colour}
+      {shape}", by feature cosine and by the code space (log-likelihood of each caption's assignment under the
+      image's predicted assignment over words);
+    - image_to_text_class_R@K, text_to_image_class_R@K: relevance-aware retrieval over the 72 class captions;
+    - top5_colour_and_shape: the colour and the shape word both among the image's top-5 words;
+    - arithmetic_hit_rate: image - "its colour" + "another colour" lands nearest that class's mean image feature;
+    - vqa, vqa_{colour,shape,yes/no} when (row, question, answers) triples are given, with the majority-answer and
+      no-image baselines of each type.
+    """
+    from vlap.easy_vqa import TEMPLATES
+    from vlap.shapes import CLASSES, caption_is_right, named, question_type
+
+    labels = [f"{c} {s}" for c, s in zip(colours, shapes)]
+    shared = {"vision_hidden_states": vision_hidden_states, "batch_size": batch_size}
+    captions = tasks.caption(model, processor, max_new_tokens=12, **shared)
+    scores = {"caption_colour_shape": sum(map(caption_is_right, captions, colours, shapes)) / len(captions)}
+
+    image_features = tasks.image_features(model, processor, **shared)
+    class_captions = [TEMPLATES[0].format(colour=n.split()[0], shape=n.split()[1]) for n in CLASSES]
+    text_features = tasks.text_features(model, processor, class_captions)
+    truth = torch.tensor([CLASSES.index(label) for label in labels])
+    scores["classification_feature"] = ((image_features @ text_features.T).argmax(1) == truth).float().mean().item()
+    tau = model.config.assignment_temperature
+    image_log_probs = torch.log_softmax(model.word_codes(image_features) / tau, dim=-1)
+    text_targets = model.assignments(model.word_codes(text_features))
+    scores["classification_code"] = ((image_log_probs @ text_targets.T).argmax(1) == truth).float().mean().item()
+
+    all_captions = [t.format(colour=n.split()[0], shape=n.split()[1]) for n in CLASSES for t in TEMPLATES]
+    similarity = image_features @ tasks.text_features(model, processor, all_captions).T
+    text_classes = [n for n in CLASSES for _ in TEMPLATES]
+    scores.update(class_retrieval_recall(similarity, labels, text_classes, ks=(1, 5)))
+
+    words = tasks.read_words(model, processor, top_k=5, **shared)
+    scores["top5_colour_and_shape"] = sum(
+        colour in named(" ".join(w for w, _ in top), {colour}) and shape in named(" ".join(w for w, _ in top), {shape})
+        for top, colour, shape in zip(words, colours, shapes)
+    ) / len(words)  # fmt: skip
+
+    prototypes = torch.stack([F.normalize(image_features[truth == k].mean(0), dim=0) if (truth == k).any()
+                              else torch.zeros(image_features.shape[1]) for k in range(len(CLASSES))])  # fmt: skip
+    hits = trials = 0
+    for k, name in enumerate(CLASSES):
+        colour, shape = name.split()
+        for row in (truth == k).nonzero().flatten()[:arithmetic_per_class].tolist():
+            for other in {c for c, _ in (n.split() for n in CLASSES)} - {colour}:
+                vector = image_features[row] - tasks.word_vector(model, processor, colour) + tasks.word_vector(
+                    model, processor, other)  # fmt: skip
+                hits += int((prototypes @ vector).argmax()) == CLASSES.index(f"{other} {shape}")
+                trials += 1
+    scores["arithmetic_hit_rate"] = hits / max(trials, 1)
+
+    if questions:
+        rows = [row for row, _, _ in questions]
+        texts = [question for _, question, _ in questions]
+        predicted = tasks.answer(model, processor, vision_hidden_states=vision_hidden_states[rows], questions=texts,
+                                 batch_size=batch_size, max_new_tokens=4)  # fmt: skip
+        types = [question_type(q) for q in texts]
+        scores["vqa"] = load_metric("vqa_accuracy").compute(predictions=predicted, references=[list(a) for _, _, a in questions])["vqa_accuracy"]  # fmt: skip
+        scores.update(_vqa_by_type(predicted, questions, types))
+        blind = answer_without_image(model, processor, texts, batch_size=batch_size)
+        scores.update({f"no_image_{k}": v for k, v in _vqa_by_type(blind, questions, types).items()})
+        if majority_answers:
+            guess = [majority_answers[t] for t in types]
+            scores.update({f"majority_{k}": v for k, v in _vqa_by_type(guess, questions, types).items()})
+        scores["vqa_examples"] = [(q, p) for q, p in zip(texts[:6], predicted[:6])]
+    scores["caption_examples"] = captions[:6]
+    scores["word_examples"] = [[w for w, _ in top] for top in words[:3]]
+    return scores

@@ -1,0 +1,210 @@
+"""Choose the demo's budget and method variant on a validation slice of easy-vqa's train split (never its test split).
+
+    python -m vlap.sweep --out outputs/sweep --seeds 0 1 2 --variant vlap=... --variant caption_only=assignment_loss_weight=0
+
+Every run goes through train.py (checkpoints every `--eval-every` steps); every checkpoint is evaluated on the
+validation slice and on out-of-distribution renders (vlap.shapes, a seed of their own) with
+`evaluate_shape_world`. Writes sweep.json, a median/spread table (sweep.md) and the validation curves (sweep.png).
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from vlap.assets import cache_root, efficientnet_lite0, smollm2_135m
+from vlap.easy_vqa import easy_vqa_dataset
+from vlap.shapes import render_shapes
+
+REPO = Path(__file__).resolve().parent.parent
+VALIDATION_ROWS = 500  # carved from the (shuffled) train split; the rest is the training pool
+RENDER_SEED_VALIDATION = 1  # renders used to choose; the README's held-out renders use another seed
+DEMO_BUDGET = {"num_visual_tokens": 9, "batch_size": 16, "max_steps": 200, "learning_rate": 1e-2, "warmup_steps": 20,
+               "max_caption_length": 16}  # fmt: skip
+VLAP_METHOD = {"text_representation": "word_embeddings", "word_marginal_weight": 0.01}
+
+
+def split_train(out: Path) -> tuple[Path, datasets.Dataset]:
+    """(training-pool folder, validation slice): a fixed split of easy-vqa's captioned train images."""
+    train = datasets.load_from_disk(str(easy_vqa_dataset(cache_root())))["train"].shuffle(seed=0)
+    pool, validation = train.select(range(VALIDATION_ROWS, len(train))), train.select(range(VALIDATION_ROWS))
+    folder = out / "train-pool"
+    if not (folder / "state.json").exists():
+        pool.save_to_disk(str(folder))
+    return folder, validation
+
+
+@torch.no_grad()
+def vision_states(images, name: str) -> torch.Tensor:
+    """The frozen EfficientNet-Lite0 output of `images`, computed once and kept under the asset cache."""
+    path = cache_root() / "eval-features" / f"{name}.safetensors"
+    if path.exists():
+        return load_file(path)["states"]
+    from modeling_vlap.efficientnet_lite import EfficientNetLiteModel
+    from transformers import AutoImageProcessor
+
+    folder = efficientnet_lite0()
+    model, processor = EfficientNetLiteModel.from_pretrained(folder).eval(), AutoImageProcessor.from_pretrained(folder)
+    states = torch.cat([model(pixel_values=processor([im.convert("RGB") for im in images[s : s + 32]],
+                                                     return_tensors="pt")["pixel_values"]).last_hidden_state
+                        for s in range(0, len(images), 32)])  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"states": states.contiguous()}, path)
+    return states
+
+
+def questions_of(dataset, limit: int, seed: int = 0) -> list[tuple]:
+    """(row, question, [answer]) triples, a fixed random subset of `limit`."""
+    triples = [(row, q, [a]) for row, (qs, ans) in enumerate(zip(dataset["questions"], dataset["answers"]))
+               for q, a in zip(qs, ans)]  # fmt: skip
+    order = torch.randperm(len(triples), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [triples[i] for i in order[:limit]]
+
+
+def majority_answers(dataset) -> dict:
+    """The most frequent training answer of each question type (the majority baseline)."""
+    from collections import Counter
+
+    from vlap.shapes import question_type
+
+    counts = {}
+    for qs, ans in zip(dataset["questions"], dataset["answers"]):
+        for q, a in zip(qs, ans):
+            counts.setdefault(question_type(q), Counter())[a] += 1
+    return {kind: counter.most_common(1)[0][0] for kind, counter in counts.items()}
+
+
+def train_run(out: Path, name: str, train_data: Path, seed: int, overrides: dict, eval_every: int) -> Path:
+    run = out / f"{name}-seed{seed}"
+    if (run / "final" / "config.json").exists():
+        return run
+    config = {"vision_model": str(efficientnet_lite0()), "text_model": str(smollm2_135m()), "train_data": str(train_data),
+              **DEMO_BUDGET, "cache_features": str(out / "features"), "checkpointing_steps": eval_every,
+              "checkpoints_total_limit": 0, "eval_steps": 0, "num_eval_images": 0, "output_dir": str(run), "seed": seed,
+              "cpu": not torch.cuda.is_available(), **overrides}  # fmt: skip
+    path = out / f"{name}-seed{seed}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    subprocess.run([sys.executable, str(REPO / "train.py"), "--config", str(path)], check=True, cwd=REPO)
+    return run
+
+
+def median_and_spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
+
+
+def evaluate_run(run: Path, sets: dict, majority: dict) -> dict:
+    """Scores of every checkpoint of a run on every evaluation set: {step: {set: scores}}."""
+    from modeling_vlap import VLAPForConditionalGeneration, VLAPProcessor
+    from vlap.evaluation import evaluate_shape_world
+
+    model = VLAPForConditionalGeneration.from_pretrained(run / "final").eval()
+    processor = VLAPProcessor.from_pretrained(run / "final")
+    curve = {}
+    for checkpoint in sorted((run / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1])):
+        model.load_state_dict(load_file(checkpoint / "model.safetensors"), strict=False)
+        step = int(checkpoint.name.split("-")[1])
+        curve[step] = {name: evaluate_shape_world(model, processor, majority_answers=majority, **data)
+                       for name, data in sets.items()}  # fmt: skip
+        print(f"{run.name} step {step}: " + json.dumps({n: {k: round(v, 3) for k, v in s.items() if isinstance(v, float)}
+                                                         for n, s in curve[step].items()}), flush=True)  # fmt: skip
+    return curve
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """"name=field=value,field=value" -> (name, {field: value}) with YAML-typed values."""
+    name, _, fields = text.partition("=")
+    overrides = {}
+    for item in filter(None, fields.split(",")):
+        field, _, value = item.partition("=")
+        overrides[field] = yaml.safe_load(value)
+    return name, overrides
+
+
+def summarise(results: dict, metrics: list[str]) -> str:
+    """Median [min, max] over seeds of the last checkpoint, per variant and evaluation set."""
+    lines = ["| variant | set | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 2) + "|"]
+    for variant, seeds in results.items():
+        finals = [curve[max(curve, key=int)] for curve in seeds.values()]
+        for set_name in finals[0]:
+            cells = [median_and_spread([f[set_name][m] for f in finals]) if m in finals[0][set_name] else "-" for m in metrics]
+            lines.append(f"| {variant} | {set_name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_curves(results: dict, path: Path, metrics=("caption_colour_shape", "classification_feature", "vqa")) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6))
+    for axis, metric in zip(axes, metrics):
+        for variant, seeds in results.items():
+            steps = sorted({int(s) for curve in seeds.values() for s in curve})
+            values = [[curve[str(s)]["validation"].get(metric) for curve in seeds.values() if str(s) in curve] for s in steps]
+            medians = [statistics.median(v) if v and None not in v else float("nan") for v in values]
+            line, = axis.plot(steps, medians, marker="o", label=variant)
+            axis.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.2, color=line.get_color())
+        axis.set_title(f"{metric} (validation)")
+        axis.set_xlabel("step")
+        axis.set_ylim(0, 1.02)
+    axes[0].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="outputs/sweep")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variant", action="append", default=[],
+                        help='"name=field=value,..." (TrainConfig fields over the demo budget); repeatable')  # fmt: skip
+    parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--validation-images", type=int, default=240)
+    parser.add_argument("--renders-per-class", type=int, default=10)
+    parser.add_argument("--questions", type=int, default=480)
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    variants = dict(map(parse_variant, args.variant)) or {
+        "vlap": dict(VLAP_METHOD), "caption_only": {"assignment_loss_weight": 0.0}}  # fmt: skip
+
+    train_data, validation = split_train(out)
+    validation = validation.select(range(args.validation_images))
+    majority = majority_answers(datasets.load_from_disk(str(train_data)))
+    renders, render_colours, render_shapes_ = render_shapes(args.renders_per_class, RENDER_SEED_VALIDATION)
+    sets = {
+        "validation": {"vision_hidden_states": vision_states(validation["image"], f"validation-{len(validation)}"),
+                       "colours": validation["colour"], "shapes": validation["shape"],
+                       "questions": questions_of(validation, args.questions)},
+        "renders": {"vision_hidden_states": vision_states(renders, f"renders-seed{RENDER_SEED_VALIDATION}-{len(renders)}"),
+                    "colours": render_colours, "shapes": render_shapes_},
+    }  # fmt: skip
+    results_path = out / "sweep.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    for name, overrides in variants.items():
+        for seed in args.seeds:
+            if str(seed) in results.get(name, {}):
+                continue
+            run = train_run(out, name, train_data, seed, overrides, args.eval_every)
+            curve = evaluate_run(run, sets, majority)
+            results.setdefault(name, {})[str(seed)] = {str(step): scores for step, scores in curve.items()}
+            results_path.write_text(json.dumps(results, indent=1))
+    metrics = ["caption_colour_shape", "classification_feature", "classification_code", "image_to_text_class_R@1",
+               "top5_colour_and_shape", "arithmetic_hit_rate", "vqa", "vqa_colour", "vqa_shape", "vqa_yes/no"]  # fmt: skip
+    table = summarise(results, metrics)
+    (out / "sweep.md").write_text(table + "\n")
+    plot_curves(results, out / "sweep.png")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -87,6 +87,7 @@ class TrainConfig:
     checkpointing_steps: int = 500
     checkpoints_total_limit: int = 3
     resume: str | None = None  # None | "latest" | a checkpoint folder
+    overwrite_output_dir: bool = False  # replace a previous run in output_dir (otherwise it is an error)
     eval_steps: int = 500
     num_eval_images: int = 4
     report_to: str = "none"  # none | tensorboard | ...
@@ -100,6 +101,7 @@ def parse_config(argv=None) -> TrainConfig:
     fields = {field.name: field for field in dataclasses.fields(TrainConfig)}
     for name, field in fields.items():
         extra = {"nargs": "?", "const": "latest"} if name == "resume" else {}  # bare --resume: the latest checkpoint
+        extra = {"nargs": "?", "const": "true"} if isinstance(field.default, bool) else extra  # a bare flag is true
         parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, help=f"{field.type}",
                             **extra)  # fmt: skip
     args = vars(parser.parse_args(argv))
@@ -115,6 +117,12 @@ def parse_config(argv=None) -> TrainConfig:
     config = TrainConfig(**values)
     if not config.train_data:
         raise SystemExit("train_data is required (--train-data PATH or in the --config file)")
+    checks = {"batch_size": config.batch_size >= 1, "gradient_accumulation_steps": config.gradient_accumulation_steps >= 1,
+              "learning_rate": config.learning_rate is None or config.learning_rate >= 0,
+              "max_steps": config.max_steps is None or config.max_steps >= 1}  # fmt: skip
+    for name, ok in checks.items():
+        if not ok:
+            raise SystemExit(f"{name}={getattr(config, name)} is out of range")
     return config
 
 
@@ -159,15 +167,39 @@ def complete_checkpoints(checkpoints: Path) -> list[Path]:
 
 
 def find_checkpoint(checkpoints: Path, resume: str | None) -> Path | None:
-    """The folder to resume from. "latest" picks the highest complete step-K (progress.json is written last)."""
+    """The folder to resume from. "latest" picks the highest complete step-K (progress.json is written last).
+
+    A checkpoint is data people copy between machines: one holding a pickle that would be loaded with
+    weights_only=False (accelerate's custom_checkpoint_*.pkl; ours never write one) is refused, not unpickled.
+    """
     if resume is None:
         return None
     if resume != "latest":
         if not (Path(resume) / "progress.json").exists():
             raise SystemExit(f"{resume} is not a complete checkpoint (no progress.json)")
-        return Path(resume)
-    complete = complete_checkpoints(checkpoints)
-    return complete[-1] if complete else None
+        checkpoint = Path(resume)
+    else:
+        complete = complete_checkpoints(checkpoints)
+        checkpoint = complete[-1] if complete else None
+    pickles = sorted(path.name for path in checkpoint.glob("custom_checkpoint_*.pkl")) if checkpoint else []
+    if pickles:
+        raise SystemExit(f"{checkpoint} holds {', '.join(pickles)}: a pickle that could run code when loaded; "
+                         "refusing to resume from it")  # fmt: skip
+    return checkpoint
+
+
+def claim_output_dir(output_dir: Path, resume: str | None, overwrite: bool) -> None:
+    """A new run never mixes with an old one: an output_dir holding a run needs --resume or --overwrite-output-dir
+    (which removes the old run's final/, checkpoints/ and logs first)."""
+    previous = [name for name in ("final", "checkpoints", "metrics.jsonl") if (output_dir / name).exists()]
+    if not previous or resume is not None:
+        return
+    if not overwrite:
+        raise SystemExit(f"{output_dir} already holds a run ({', '.join(previous)}); pass --resume to continue it, "
+                         "--overwrite-output-dir to replace it, or another --output-dir")  # fmt: skip
+    for name in previous:
+        path = output_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def save_checkpoint(accelerator: Accelerator, checkpoints: Path, progress: dict, keep: int) -> Path:
@@ -209,6 +241,10 @@ def main(argv=None) -> Path:
         cpu=config.cpu,
     )
     set_seed(config.seed)
+    checkpoints = output_dir / "checkpoints"
+    checkpoint = find_checkpoint(checkpoints, config.resume)
+    if accelerator.is_main_process:
+        claim_output_dir(output_dir, config.resume, config.overwrite_output_dir)
 
     # ---- data, validated before the first step
     processor = VLAPProcessor.from_vision_text_pretrained(config.vision_model, config.text_model, prompt=config.prompt)
@@ -292,12 +328,15 @@ def main(argv=None) -> Path:
     total_steps = config.max_steps or config.num_epochs * steps_per_epoch
     warmup = config.warmup_steps if config.warmup_steps is not None else round(config.warmup_epochs * (steps_per_epoch or 0))
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(warmup, total_steps), total_steps)
-    accelerator.register_for_checkpointing(scheduler)
+    if not streamed and len(loader) == 0:
+        raise SystemExit(f"batch_size={config.batch_size} x {accelerator.num_processes} process(es) is more than the "
+                         f"{len(train_set)} training images: no full batch to train on")  # fmt: skip
 
     # Checkpoints hold the trained tensors (bridge; LoRA adapters) and the word prior only: the backbones are frozen
     # and reloaded from their sources.
     saved_keys = {name for name, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
-    saved_keys.update(name for name, _ in accelerator.unwrap_model(model).named_buffers() if name.endswith(("word_prior", "word_frequency")))
+    word_statistics = ("word_prior", "word_frequency")
+    saved_keys.update(name for name, _ in accelerator.unwrap_model(model).named_buffers() if name.endswith(word_statistics))
 
     def keep_bridge_only(models, weights, _directory):
         for state in weights:
@@ -307,12 +346,11 @@ def main(argv=None) -> Path:
     accelerator.register_save_state_pre_hook(keep_bridge_only)
 
     # ---- resume
-    checkpoints = output_dir / "checkpoints"
     progress = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "images": 0, "bad_rows": [], "best_val_loss": None}
-    checkpoint = find_checkpoint(checkpoints, config.resume)
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint), strict=False)
         progress = json.loads((checkpoint / "progress.json").read_text())
+        scheduler.load_state_dict(progress.pop("scheduler"))  # JSON, not a pickle
         accelerator.print(f"resumed from {checkpoint} at step {progress['step']}")
         metrics_path = output_dir / "metrics.jsonl"
         if accelerator.is_main_process and metrics_path.exists():  # drop what the interrupted run logged later
@@ -358,7 +396,7 @@ def main(argv=None) -> Path:
         unwrapped.train()
 
     # ---- the loop
-    content_words = content_word_mask(processor.tokenizer, model.word_prior.numel()) if config.assignment_loss_weight else None
+    content_words = content_word_mask(processor.tokenizer, len(model.word_prior)) if config.assignment_loss_weight else None
     model.train()
     bad_rows = set(progress["bad_rows"])
     bar = tqdm(total=total_steps, initial=progress["step"], disable=not accelerator.is_local_main_process)
@@ -399,9 +437,9 @@ def main(argv=None) -> Path:
             parts = {name: getattr(out, name) for name in LOGGED_LOSSES if getattr(out, name) is not None}
             reduced = accelerator.reduce(torch.stack(list(parts.values())).detach(), "mean").tolist()
             logs = {**dict(zip(parts, reduced)), "lr": scheduler.get_last_lr()[0]}
-            if out.image_codes is not None:
-                unwrapped = accelerator.unwrap_model(model)
-                logs.update(assignment_diagnostics(unwrapped, out.image_codes, out.text_codes, batch["input_ids"], content_words))
+            if out.text_targets is not None:
+                targets = (out.image_targets, out.text_targets)
+                logs.update(assignment_diagnostics(*targets, batch["input_ids"], content_words))
             images_per_second = (progress["images"] - start_images) / max(time.time() - start_time, 1e-9)
             accelerator.log({**logs, "images_per_second": images_per_second}, step=step)
             write_metrics({"step": step, **logs})
@@ -411,7 +449,8 @@ def main(argv=None) -> Path:
             if config.eval_steps and step % config.eval_steps == 0:
                 evaluate(step)
             if config.checkpointing_steps and (step % config.checkpointing_steps == 0 or step == total_steps):
-                save_checkpoint(accelerator, checkpoints, progress, config.checkpoints_total_limit)
+                save_checkpoint(accelerator, checkpoints, {**progress, "scheduler": scheduler.state_dict()},
+                                config.checkpoints_total_limit)  # fmt: skip
             if step >= total_steps:
                 break
         else:  # the epoch ran out (not the step budget): the next one starts from its first batch

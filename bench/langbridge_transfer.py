@@ -21,7 +21,6 @@ import datasets
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vlap.assets import cache_root, efficientnet_lite0, gemma3_270m, smollm2_135m  # noqa: E402
 from vlap.demo import banner, encode_test_split, evaluate_model, train  # noqa: E402
-from vlap.sweep import majority_answers  # noqa: E402
 from vlap.easy_vqa import easy_vqa_dataset  # noqa: E402
 from vlap.evaluation import markdown_table  # noqa: E402
 from vlap.langbridge import transfer  # noqa: E402
@@ -71,8 +70,7 @@ def main(argv=None) -> None:
     vision_states, questions = encode_test_split(test, args.vqa_questions)
     sets = {"test": {"vision_hidden_states": vision_states, "colours": test["colour"], "shapes": test["shape"],
                      "questions": questions}}  # fmt: skip
-    majority = majority_answers(datasets.load_from_disk(str(train_data)))
-    results = {name: evaluate_model(folder, sets, test["caption"], majority) for name, folder in runs.items()}
+    results = {name: evaluate_model(folder, sets, test["caption"]) for name, folder in runs.items()}
     table = markdown_table({name: {k: r["scores"][k] for k in SHOWN if k in r["scores"]} for name, r in results.items()})
     print(table)
     for name, result in results.items():

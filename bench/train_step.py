@@ -46,7 +46,7 @@ def breakdown(model, inputs, repeats):
 
     def image_code_and_loss():
         codes = model.word_codes(prefix.float().mean(dim=1))
-        model.assignment_loss(codes, text_codes).backward()
+        model.assignment_loss(codes, text_codes)[0].backward()
 
     return interleaved_medians(
         {"text_code": text_code, "sinkhorn_x2": sinkhorn_twice, "image_code_and_loss": image_code_and_loss}, repeats

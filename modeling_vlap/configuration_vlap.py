@@ -32,8 +32,9 @@ class VLAPConfig(PreTrainedConfig):
             marginal (the paper); a value lambda >= 0 makes it a KL penalty of that weight (semi-relaxed OT; 0 gives a
             plain row softmax). With a vocabulary much larger than the batch the balanced plan is nearly uniform.
         text_representation (`str`): what the caption's code is computed from: "hidden_states" (mean of the frozen
-            LLM's last hidden states, the paper) or "word_embeddings" (frequency-weighted mean of the caption's own
-            input word embeddings, SIF weights a / (a + p(w)), special tokens left out).
+            LLM's last hidden states, the paper), "word_embeddings" (frequency-weighted mean of the caption's own
+            input word embeddings, SIF weights a / (a + p(w)), special tokens left out) or "word_assignments" (the
+            same features; the caption's target is the SIF-weighted mixture of its tokens' own assignments).
         prior_temperature (`float`): temperature of the word prior softmax(frequency / T) fitted by a trainer.
         backbones (`dict`, *optional*): where the frozen backbones came from, `{"vision": {"name_or_path": ...,
             "revision": ...}, "text": {...}}` (Hub ids or local folders); recorded by `from_vision_text_pretrained`.
@@ -92,9 +93,9 @@ class VLAPConfig(PreTrainedConfig):
             raise ValueError(f"VLAPConfig.assignment_loss_weight must be >= 0, got {self.assignment_loss_weight}")
         if self.word_marginal_weight is not None and self.word_marginal_weight < 0:
             raise ValueError(f"VLAPConfig.word_marginal_weight must be >= 0 or None, got {self.word_marginal_weight}")
-        if self.text_representation not in ("hidden_states", "word_embeddings"):
+        if self.text_representation not in ("hidden_states", "word_embeddings", "word_assignments"):
             raise ValueError(
-                "VLAPConfig.text_representation must be 'hidden_states' or 'word_embeddings', "
+                "VLAPConfig.text_representation must be 'hidden_states', 'word_embeddings' or 'word_assignments', "
                 f"got {self.text_representation!r}"
             )
         if self.bridge_type not in ("linear", "langbridge"):

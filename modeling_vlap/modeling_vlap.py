@@ -41,6 +41,7 @@ class VLAPOutput(ModelOutput):
             predict a caption token, from the one before the caption's first token; the visual prefix and prompt are
             never projected onto the vocabulary).
         image_codes, text_codes: `[B, V]` cosine similarities of the pooled image / caption to every word embedding.
+        image_targets, text_targets: `[B, V]` their assignments over words (the swapped-prediction targets).
     """
 
     loss: torch.FloatTensor | None = None
@@ -51,6 +52,8 @@ class VLAPOutput(ModelOutput):
     logits: torch.FloatTensor | None = None
     image_codes: torch.FloatTensor | None = None
     text_codes: torch.FloatTensor | None = None
+    image_targets: torch.FloatTensor | None = None
+    text_targets: torch.FloatTensor | None = None
 
 
 def pack_padding(attention_mask: torch.Tensor, *tensors: torch.Tensor, padding_side: str):
@@ -341,17 +344,16 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         """L2-normalised caption representation `[B, D]`, by `config.text_representation`:
 
         - "hidden_states": masked mean of the frozen LLM's last hidden states (T5: encoder output), as the paper;
-        - "word_embeddings": mean of the caption's input word embeddings weighted by a / (a + p(w)), p the caption
-          word frequency (SIF), special tokens (EOS, padding) left out. It lives in the space the visual prefix is
-          mapped into, and its nearest words are the caption's rarer (content) words rather than "a" or "is".
+        - "word_embeddings" and "word_assignments": mean of the caption's input word embeddings weighted by
+          a / (a + p(w)), p the caption word frequency (SIF), special tokens (EOS, padding) left out. It lives in the
+          space the visual prefix is mapped into, and its nearest words are the caption's rarer (content) words
+          rather than "a" or "is".
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        if self.config.text_representation == "word_embeddings":
-            special = torch.tensor(self._special_token_ids, device=input_ids.device)
-            weights = SIF_SMOOTHING / (SIF_SMOOTHING + self.word_frequency[input_ids].float())
-            weights = weights * attention_mask * ~torch.isin(input_ids, special)
+        if self.config.text_representation != "hidden_states":
             embeddings = self.language_model.get_input_embeddings()(input_ids).float()
+            weights = self._sif_weights(input_ids, attention_mask)
             return F.normalize((embeddings * weights.unsqueeze(-1)).sum(dim=1), dim=-1)
         if self.is_encoder_decoder_llm:
             encoder = self.language_model.get_encoder()
@@ -360,11 +362,27 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
             hidden = self.language_model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return F.normalize(_masked_mean(hidden.float(), attention_mask), dim=-1)
 
-    @property
-    def _special_token_ids(self) -> list[int]:
-        ids = [self.generation_config.eos_token_id, self.generation_config.pad_token_id, self.generation_config.bos_token_id]
-        flat = [i for item in ids for i in (item if isinstance(item, list) else [item])]
-        return sorted({i for i in flat if i is not None})
+    def _sif_weights(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """`[B, T]` SIF weights a / (a + p(w)) of the caption tokens; 0 on padding and special tokens."""
+        config = self.generation_config
+        special = [config.eos_token_id, config.pad_token_id, config.bos_token_id]
+        special = [i for item in special for i in (item if isinstance(item, list) else [item]) if i is not None]
+        weights = SIF_SMOOTHING / (SIF_SMOOTHING + self.word_frequency[input_ids].float())
+        return weights * attention_mask * ~torch.isin(input_ids, torch.tensor(special, device=input_ids.device))
+
+    def caption_assignments(self, input_ids, attention_mask, text_codes) -> torch.Tensor:
+        """`[B, V]` the captions' targets. "word_assignments": each caption token's own embedding is assigned to words
+        (one row per token, so a caption's colour and its shape both get mass) and the caption's target is the
+        SIF-weighted mixture of its tokens' rows; otherwise the assignment of the pooled text code."""
+        if self.config.text_representation != "word_assignments":
+            return self.assignments(text_codes)
+        weights = self._sif_weights(input_ids, attention_mask)
+        rows = weights > 0
+        token_targets = self.assignments(self.word_codes(self.language_model.get_input_embeddings()(input_ids[rows])))
+        mixture = torch.zeros_like(text_codes, dtype=torch.float32)
+        sample = torch.arange(len(input_ids), device=input_ids.device).unsqueeze(1).expand_as(input_ids)[rows]
+        mixture.index_add_(0, sample, token_targets * weights[rows].unsqueeze(1))
+        return mixture / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
 
     def word_codes(self, features: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of `[B, D]` features to every word embedding: `[B, V]` float32."""
@@ -406,17 +424,21 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         return sinkhorn_knopp(codes.detach(), self.word_prior, config.sinkhorn_epsilon, config.sinkhorn_iterations,
                               marginal_weight=config.word_marginal_weight)  # fmt: skip
 
-    def assignment_loss(self, image_codes: torch.Tensor, text_codes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def assignment_loss(self, image_codes, text_codes, text_targets=None) -> tuple[torch.Tensor, ...]:
         """Swapped prediction: softmax(image code / tau) predicts the caption's assignment and vice versa.
 
-        Returns `(loss, image_predicts_text, text_predicts_image)`; loss is the mean of the two halves. With a frozen
-        LLM only the first half has a trainable predictor: the second trains the bridge through its target only
-        (which carries no gradient), so it is reported but cannot move.
+        `text_targets` defaults to the assignment of `text_codes`. Returns `(loss, image_predicts_text,
+        text_predicts_image, text_targets, image_targets)`; loss is the mean of the two halves. With a frozen LLM
+        only the first half has a trainable predictor: the second's predictor is frozen and its target carries no
+        gradient, so it is reported but cannot move.
         """
         tau = self.config.assignment_temperature
-        image_predicts_text = -(self.assignments(text_codes) * F.log_softmax(image_codes / tau, dim=-1)).sum(-1).mean()
-        text_predicts_image = -(self.assignments(image_codes) * F.log_softmax(text_codes / tau, dim=-1)).sum(-1).mean()
-        return (image_predicts_text + text_predicts_image) / 2, image_predicts_text, text_predicts_image
+        text_targets = self.assignments(text_codes) if text_targets is None else text_targets
+        image_targets = self.assignments(image_codes)
+        image_predicts_text = -(text_targets * F.log_softmax(image_codes / tau, dim=-1)).sum(-1).mean()
+        text_predicts_image = -(image_targets * F.log_softmax(text_codes / tau, dim=-1)).sum(-1).mean()
+        loss = (image_predicts_text + text_predicts_image) / 2
+        return loss, image_predicts_text, text_predicts_image, text_targets, image_targets
 
     # ------------------------------------------------------------------------------------------ LLM input assembly
     def _prefix_and_prompt(self, prefix, prompt_input_ids, prompt_attention_mask):
@@ -486,7 +508,11 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         # One product with the (normalised once) embedding matrix for both modalities.
         codes = self.word_codes(torch.cat([prefix.float().mean(dim=1), text_features]))
         image_codes, text_codes = codes[: len(input_ids)], codes[len(input_ids) :].detach()
-        assignment_loss, image_predicts_text, text_predicts_image = self.assignment_loss(image_codes, text_codes)
+        with torch.no_grad():
+            text_targets = self.caption_assignments(input_ids, attention_mask, text_codes)
+        assignment_loss, image_predicts_text, text_predicts_image, text_targets, image_targets = self.assignment_loss(
+            image_codes, text_codes, text_targets
+        )
         loss = outputs.loss + self.config.assignment_loss_weight * assignment_loss
         return VLAPOutput(
             loss=loss,
@@ -497,6 +523,8 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
             logits=outputs.logits,
             image_codes=image_codes,
             text_codes=text_codes,
+            image_targets=image_targets,
+            text_targets=text_targets,
         )
 
     @torch.no_grad()

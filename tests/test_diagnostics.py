@@ -18,14 +18,6 @@ def test_entropy_ratio_is_zero_for_one_word_and_one_for_uniform():
     assert math.isclose(entropy_ratio(half), math.log(2) / math.log(vocab), rel_tol=1e-6)
 
 
-class RowSoftmax:
-    """Stands in for the model: its assignment is a row softmax of the codes (what marginal_weight=0 gives)."""
-
-    @staticmethod
-    def assignments(codes):
-        return torch.softmax(codes / 0.01, dim=-1)
-
-
 def test_content_mass_and_agreement_on_a_one_hot_cost():
     vocab = 6  # words: 0 "a", 1 "red", 2 "circle", 3 "blue", 4 "is", 5 special
     content = torch.tensor([False, True, True, True, False, False])
@@ -34,7 +26,8 @@ def test_content_mass_and_agreement_on_a_one_hot_cost():
     text_codes[0, 1] = text_codes[1, 4] = 1.0  # caption 0 -> "red" (content), caption 1 -> "is" (function word)
     image_codes = torch.zeros(2, vocab)  # constant: a uniform target
     image_codes[0, 1] = 1.0
-    result = assignment_diagnostics(RowSoftmax, image_codes, text_codes, captions, content)
+    row_softmax = lambda codes: torch.softmax(codes / 0.01, dim=-1)  # what marginal_weight=0 gives  # noqa: E731
+    result = assignment_diagnostics(row_softmax(image_codes), row_softmax(text_codes), captions, content)
     assert result["text_target_entropy"] < 1e-6
     assert math.isclose(result["text_target_content_mass"], 0.5, abs_tol=1e-6)  # one of two on a content word
     assert math.isclose(result["image_target_entropy"], 0.5, abs_tol=1e-6)  # row 0 one word, row 1 uniform

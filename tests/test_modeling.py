@@ -259,3 +259,24 @@ def test_word_embedding_text_features_are_the_sif_weighted_mean(backbones):
         torch.testing.assert_close(features[row].double(), expected, atol=1e-5, rtol=0)
     # The frequency is kept with the model: a save/load round trip gives the same features.
     assert torch.equal(model.word_frequency, frequency.float())
+
+
+def test_word_assignment_targets_mix_each_caption_tokens_own_assignment(backbones):
+    model, processor = build(backbones, "llama", text_representation="word_assignments", word_marginal_weight=0.0)
+    counts = torch.arange(model.word_prior.numel()).double() % 5 + 1
+    model.fit_word_prior(counts)
+    batch = processor(images=images(2), text=CAPTIONS[:2])
+    with torch.no_grad():
+        out = model(**batch)
+    frequency, words = counts / counts.sum(), torch.nn.functional.normalize(model.word_embeddings.double(), dim=-1)
+    for row in range(2):
+        ids = [i for i, m in zip(batch["input_ids"][row].tolist(), batch["attention_mask"][row].tolist())
+               if m and i != processor.tokenizer.eos_token_id]  # fmt: skip
+        weights = 1e-3 / (1e-3 + frequency[ids])
+        per_token = torch.softmax(words[ids] @ words.T / 0.01, dim=-1)  # marginal_weight 0: a row softmax per token
+        expected = (weights.unsqueeze(1) * per_token).sum(0) / weights.sum()
+        torch.testing.assert_close(out.text_targets[row].double(), expected, atol=1e-5, rtol=0)
+        # Every caption token is its own nearest word, so the target spreads over the caption's words by weight.
+        top = out.text_targets[row].topk(len(set(ids))).indices.tolist()
+        assert set(top) == set(ids)
+    torch.testing.assert_close(out.text_targets.sum(-1), torch.ones(2), atol=1e-5, rtol=0)

@@ -89,7 +89,7 @@ def test_bridge_only_upload_is_small_and_loads_its_local_backbones(trained, befo
         downloaded = Path(snapshot_download("tester/tiny-bridge", revision="bridge", endpoint=hub.endpoint,
                                             cache_dir=tmp_path / "cache"))  # fmt: skip
     with safe_open(downloaded / "model.safetensors", "pt") as weights:
-        assert set(weights.keys()) == {"bridge.weight", "bridge.bias", "word_prior"}
+        assert set(weights.keys()) == {"bridge.weight", "bridge.bias", "word_prior", "word_frequency"}
     config = json.loads(uploaded["config.json"])
     assert config["bridge_only"] is True and config["backbones"]["text"]["name_or_path"].endswith("llama")
     full_size = (trained / "final" / "model.safetensors").stat().st_size

@@ -243,3 +243,46 @@ def test_unreadable_images_are_skipped_then_stop_the_run(backbones, caption_fold
     result = run_train(write_config(tmp_path / "ok.yaml", backbones, folder, tmp_path / "ok", max_steps=6,
                                     max_bad_fraction=0.1))  # fmt: skip
     assert '"unreadable_images": 1' in result.stdout
+
+
+class _Planted:
+    """Unpickling this writes a marker file: what a malicious checkpoint would do instead."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+def test_a_run_is_never_overwritten_and_a_planted_pickle_is_never_loaded(backbones, caption_folder, tmp_path):
+    import pickle
+
+    run = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", backbones, caption_folder, run, max_steps=4, checkpointing_steps=4)
+    run_train(config)
+    weights = (run / "final" / "model.safetensors").read_bytes()
+    log = (run / "metrics.jsonl").read_text()
+
+    again = run_train(config, check=False)  # same output_dir, no --resume
+    assert again.returncode != 0 and "already holds a run" in again.stderr and "Traceback" not in again.stderr
+    assert (run / "final" / "model.safetensors").read_bytes() == weights and (run / "metrics.jsonl").read_text() == log
+
+    marker = tmp_path / "marker"
+    checkpoint = run / "checkpoints" / "step-4"
+    assert not list(checkpoint.glob("*.pkl")) or all(p.name.startswith("random_states") for p in checkpoint.glob("*.pkl"))
+    (checkpoint / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(_Planted(marker)))
+    resumed = run_train(config, "--resume", check=False)
+    assert resumed.returncode != 0 and "refusing to resume" in resumed.stderr and not marker.exists()
+
+    replaced = run_train(config, "--overwrite-output-dir", "--max-steps", "2", "--checkpointing-steps", "2")
+    assert replaced.returncode == 0 and [r["step"] for r in metrics(run)] == [1, 2]
+
+
+def test_bad_budgets_fail_with_a_reason_before_training(backbones, caption_folder, tmp_path):
+    config = write_config(tmp_path / "d.yaml", backbones, caption_folder, tmp_path / "run")
+    for extra, reason in ((("--batch-size", "100"), "no full batch"), (("--learning-rate", "-1"), "learning_rate"),
+                          (("--batch-size", "0"), "batch_size")):  # fmt: skip
+        result = run_train(config, *extra, check=False)
+        assert result.returncode != 0 and reason in result.stderr and "Traceback" not in result.stderr, extra
+    assert not (tmp_path / "run" / "final").exists()

@@ -198,7 +198,7 @@ class Collator:
 
 
 def caption_token_counts(captions, processor, vocab_size: int) -> torch.Tensor:
-    """Token frequencies of captions as the processor tokenises them (after the prompt, EOS appended): `[vocab_size]`."""
+    """Caption token frequencies as the processor tokenises them (after the prompt, EOS appended): `[vocab_size]`."""
     counts = torch.zeros(vocab_size, dtype=torch.float64)
     eos = processor.tokenizer.eos_token_id
     for start in range(0, len(captions), 1024):

@@ -24,7 +24,7 @@ import yaml
 
 from vlap.assets import cache_root, efficientnet_lite0, smollm2_135m
 from vlap.easy_vqa import easy_vqa_dataset
-from vlap.evaluation import evaluate_captioning, evaluate_shape_world, markdown_table
+from vlap.evaluation import evaluate_captioning, evaluate_shape_world, markdown_table, vqa_baselines
 from vlap.shapes import render_shapes
 from vlap.sweep import DEMO_BUDGET, VLAP_METHOD, majority_answers, questions_of, split_train, vision_states
 from vlap.tasks import first_line, plot_words, read_words
@@ -43,7 +43,8 @@ def train(name: str, out: Path, train_data: Path, vision: Path, llm: Path, args,
         "vision_model": str(vision), "text_model": str(llm), "train_data": str(train_data), **DEMO_BUDGET,
         "max_steps": args.steps, "warmup_steps": max(args.steps // 10, 1), "cache_features": str(out / "features"),
         "checkpointing_steps": args.steps, "checkpoints_total_limit": 1, "eval_steps": 0, "num_eval_images": 4,
-        "output_dir": str(out / name), "seed": args.seed, "cpu": not torch.cuda.is_available(), **overrides,
+        "output_dir": str(out / name), "overwrite_output_dir": True, "seed": args.seed,
+        "cpu": not torch.cuda.is_available(), **overrides,
     }  # fmt: skip
     config_path = out / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(config))
@@ -51,16 +52,19 @@ def train(name: str, out: Path, train_data: Path, vision: Path, llm: Path, args,
     return out / name / "final"
 
 
-def evaluate_model(folder: Path, sets: dict, test_captions: list, majority: dict) -> dict:
-    """Caption metrics on the test images and `evaluate_shape_world` on every set, for one exported model."""
+def load_model(folder: Path):
     from modeling_vlap import VLAPForConditionalGeneration, VLAPProcessor
 
-    model = VLAPForConditionalGeneration.from_pretrained(folder).eval()
-    processor = VLAPProcessor.from_pretrained(folder)
+    return VLAPForConditionalGeneration.from_pretrained(folder).eval(), VLAPProcessor.from_pretrained(folder)
+
+
+def evaluate_model(folder: Path, sets: dict, test_captions: list) -> dict:
+    """Caption metrics on the test images and `evaluate_shape_world` on every set, for one exported model."""
+    model, processor = load_model(folder)
     test_states = sets["test"]["vision_hidden_states"]
     caption = evaluate_captioning(model, processor, references=test_captions, vision_hidden_states=test_states,
                                   max_new_tokens=12, batch_size=32)  # fmt: skip
-    worlds = {name: evaluate_shape_world(model, processor, majority_answers=majority, **data) for name, data in sets.items()}
+    worlds = {name: evaluate_shape_world(model, processor, **data) for name, data in sets.items()}
     scores = {**caption["scores"]}
     for name, world in worlds.items():
         scores.update({f"{name}: {k}": v for k, v in world.items() if isinstance(v, float)})
@@ -119,8 +123,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/demo")
     parser.add_argument("--train-images", type=int, default=960)
-    parser.add_argument("--test-images", type=int, default=200)
-    parser.add_argument("--vqa-questions", type=int, default=150)
+    parser.add_argument("--test-images", type=int, default=120)
+    parser.add_argument("--vqa-questions", type=int, default=90)
     parser.add_argument("--renders-per-class", type=int, default=5)
     parser.add_argument("--steps", type=int, default=DEMO_BUDGET["max_steps"])
     parser.add_argument("--seed", type=int, default=0)
@@ -153,13 +157,15 @@ def main(argv=None) -> None:
     sets = {
         "test": {"vision_hidden_states": test_states, "colours": test["colour"], "shapes": test["shape"],
                  "questions": questions},
-        "renders": {"vision_hidden_states": vision_states(renders, f"renders-seed{RENDER_SEED_REPORTED}-{len(renders)}"),
+        "renders": {"vision_hidden_states": vision_states(renders, f"renders-{RENDER_SEED_REPORTED}-{len(renders)}"),
                     "colours": colours, "shapes": shapes},
     }  # fmt: skip
-    majority = majority_answers(train_split)
-    results = {name: evaluate_model(folder, sets, test["caption"], majority) for name, folder in runs.items()}
+    results = {name: evaluate_model(folder, sets, test["caption"]) for name, folder in runs.items()}
+    baselines = vqa_baselines(*load_model(runs["vlap"]), questions, majority_answers(train_split))
+    results["vqa_baselines"] = baselines
     markdown = markdown_table({"VLAP (caption + assignment)": results["vlap"]["scores"],
-                               "caption-only baseline": results["caption_only"]["scores"]})  # fmt: skip
+                               "caption-only baseline": results["caption_only"]["scores"],
+                               "majority answer / bare LLM (no image)": baselines})  # fmt: skip
     print(markdown)
 
     banner("5. captions and top words through pipeline('image-to-text') from the exported folder")
@@ -168,7 +174,8 @@ def main(argv=None) -> None:
 
     banner("6. results")
     seconds = time.time() - start
-    peak_rss_mb = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
+    processes = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    peak_rss_mb = max(resource.getrusage(who).ru_maxrss for who in processes) / 1024
     results["setup"] = {
         "vision": "EfficientNet-Lite0 (ImageNet), 7x7x1280 map pooled to 9 tokens", "llm": "SmolLM2-135M-Instruct",
         "train_images": len(train_split), "test_images": len(test), "vqa_questions": len(questions),

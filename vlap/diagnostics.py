@@ -35,9 +35,9 @@ def entropy_ratio(assignment: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def assignment_diagnostics(model, image_codes, text_codes, input_ids, content_words: torch.Tensor) -> dict:
-    """Diagnostics of one batch's targets, from the codes the forward returned and the caption ids `[B, T]`."""
-    text_target, image_target = model.assignments(text_codes), model.assignments(image_codes)
+def assignment_diagnostics(image_target, text_target, input_ids, content_words: torch.Tensor) -> dict:
+    """Diagnostics of one batch's `[B, V]` targets (the forward's `image_targets` / `text_targets`) and its caption
+    ids `[B, T]`."""
     vocab = text_target.shape[1]
     own = torch.zeros(input_ids.shape[0], vocab, dtype=torch.bool, device=input_ids.device)
     own.scatter_(1, input_ids.clamp(max=vocab - 1), True)

@@ -175,7 +175,7 @@ def answer_without_image(model, processor, questions: list[str], template: str =
 
 @torch.no_grad()
 def evaluate_shape_world(model, processor, vision_hidden_states, colours, shapes, questions=(), batch_size: int = 32,
-                         majority_answers: dict | None = None, arithmetic_per_class: int = 4) -> dict:  # fmt: skip
+                         arithmetic_per_class: int = 4) -> dict:  # fmt: skip
     """Everything a model of easy-vqa's 24 coloured-shape classes should get right, on images of known class.
 
     - caption_colour_shape: the caption names the image's colour and shape (and no other);
@@ -185,8 +185,8 @@ def evaluate_shape_world(model, processor, vision_hidden_states, colours, shapes
     - image_to_text_class_R@K, text_to_image_class_R@K: relevance-aware retrieval over the 72 class captions;
     - top5_colour_and_shape: the colour and the shape word both among the image's top-5 words;
     - arithmetic_hit_rate: image - "its colour" + "another colour" lands nearest that class's mean image feature;
-    - vqa, vqa_{colour,shape,yes/no} when (row, question, answers) triples are given, with the majority-answer and
-      no-image baselines of each type.
+    - vqa, vqa_{colour,shape,yes/no} when (row, question, answers) triples are given (`vqa_baselines` gives the
+      majority-answer and no-image figures of the same questions).
     """
     from vlap.easy_vqa import TEMPLATES
     from vlap.shapes import CLASSES, caption_is_right, named, question_type
@@ -238,12 +238,20 @@ def evaluate_shape_world(model, processor, vision_hidden_states, colours, shapes
         types = [question_type(q) for q in texts]
         scores["vqa"] = load_metric("vqa_accuracy").compute(predictions=predicted, references=[list(a) for _, _, a in questions])["vqa_accuracy"]  # fmt: skip
         scores.update(_vqa_by_type(predicted, questions, types))
-        blind = answer_without_image(model, processor, texts, batch_size=batch_size)
-        scores.update({f"no_image_{k}": v for k, v in _vqa_by_type(blind, questions, types).items()})
-        if majority_answers:
-            guess = [majority_answers[t] for t in types]
-            scores.update({f"majority_{k}": v for k, v in _vqa_by_type(guess, questions, types).items()})
         scores["vqa_examples"] = [(q, p) for q, p in zip(texts[:6], predicted[:6])]
     scores["caption_examples"] = captions[:6]
     scores["word_examples"] = [[w for w, _ in top] for top in words[:3]]
+    return scores
+
+
+def vqa_baselines(model, processor, questions, majority_answers: dict, batch_size: int = 32) -> dict:
+    """Per question type: the majority training answer of the type, and the bare frozen LLM with no image."""
+    from vlap.shapes import question_type
+
+    texts = [question for _, question, _ in questions]
+    types = [question_type(q) for q in texts]
+    blind = answer_without_image(model, processor, texts, batch_size=batch_size)
+    scores = {f"no_image_{k}": v for k, v in _vqa_by_type(blind, questions, types).items()}
+    guess = [majority_answers[t] for t in types]
+    scores.update({f"majority_{k}": v for k, v in _vqa_by_type(guess, questions, types).items()})
     return scores

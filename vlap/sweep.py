@@ -88,6 +88,7 @@ def train_run(out: Path, name: str, train_data: Path, seed: int, overrides: dict
     config = {"vision_model": str(efficientnet_lite0()), "text_model": str(smollm2_135m()), "train_data": str(train_data),
               **DEMO_BUDGET, "cache_features": str(out / "features"), "checkpointing_steps": eval_every,
               "checkpoints_total_limit": 0, "eval_steps": 0, "num_eval_images": 0, "output_dir": str(run), "seed": seed,
+              "overwrite_output_dir": True,
               "cpu": not torch.cuda.is_available(), **overrides}  # fmt: skip
     path = out / f"{name}-seed{seed}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -99,7 +100,7 @@ def median_and_spread(values: list[float]) -> str:
     return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
 
 
-def evaluate_run(run: Path, sets: dict, majority: dict) -> dict:
+def evaluate_run(run: Path, sets: dict) -> dict:
     """Scores of every checkpoint of a run on every evaluation set: {step: {set: scores}}."""
     from modeling_vlap import VLAPForConditionalGeneration, VLAPProcessor
     from vlap.evaluation import evaluate_shape_world
@@ -110,8 +111,7 @@ def evaluate_run(run: Path, sets: dict, majority: dict) -> dict:
     for checkpoint in sorted((run / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1])):
         model.load_state_dict(load_file(checkpoint / "model.safetensors"), strict=False)
         step = int(checkpoint.name.split("-")[1])
-        curve[step] = {name: evaluate_shape_world(model, processor, majority_answers=majority, **data)
-                       for name, data in sets.items()}  # fmt: skip
+        curve[step] = {name: evaluate_shape_world(model, processor, **data) for name, data in sets.items()}
         print(f"{run.name} step {step}: " + json.dumps({n: {k: round(v, 3) for k, v in s.items() if isinstance(v, float)}
                                                          for n, s in curve[step].items()}), flush=True)  # fmt: skip
     return curve
@@ -179,7 +179,6 @@ def main(argv=None) -> None:
 
     train_data, validation = split_train(out)
     validation = validation.select(range(args.validation_images))
-    majority = majority_answers(datasets.load_from_disk(str(train_data)))
     renders, render_colours, render_shapes_ = render_shapes(args.renders_per_class, RENDER_SEED_VALIDATION)
     sets = {
         "validation": {"vision_hidden_states": vision_states(validation["image"], f"validation-{len(validation)}"),
@@ -195,9 +194,19 @@ def main(argv=None) -> None:
             if str(seed) in results.get(name, {}):
                 continue
             run = train_run(out, name, train_data, seed, overrides, args.eval_every)
-            curve = evaluate_run(run, sets, majority)
+            curve = evaluate_run(run, sets)
             results.setdefault(name, {})[str(seed)] = {str(step): scores for step, scores in curve.items()}
             results_path.write_text(json.dumps(results, indent=1))
+    if "vqa_baselines" not in results:
+        from vlap.demo import load_model
+        from vlap.evaluation import vqa_baselines
+
+        first = next(out.glob("*-seed*/final"))
+        majority = majority_answers(datasets.load_from_disk(str(train_data)))
+        results["vqa_baselines"] = vqa_baselines(*load_model(first), sets["validation"]["questions"], majority)
+        results_path.write_text(json.dumps(results, indent=1))
+    print("VQA baselines on the validation questions: " + json.dumps(results["vqa_baselines"]))
+    results = {name: seeds for name, seeds in results.items() if name != "vqa_baselines"}
     metrics = ["caption_colour_shape", "classification_feature", "classification_code", "image_to_text_class_R@1",
                "top5_colour_and_shape", "arithmetic_hit_rate", "vqa", "vqa_colour", "vqa_shape", "vqa_yes/no"]  # fmt: skip
     table = summarise(results, metrics)

@@ -159,6 +159,7 @@ def render_card(
         num_visual_tokens=config.num_visual_tokens or "all", bridge_parameters=f"{bridge_parameters:,}",
         prompt=config.prompt, sinkhorn_epsilon=config.sinkhorn_epsilon, sinkhorn_iterations=config.sinkhorn_iterations,
         assignment_temperature=config.assignment_temperature, assignment_loss_weight=config.assignment_loss_weight,
+        text_representation=config.text_representation, word_marginal_weight=config.word_marginal_weight,
         training={k: training[k] for k in keep if training and training.get(k) is not None},
         training_data=f"`{train_data}`" if train_data else "its training captions", results=results,
         langbridge=config.bridge_type == "langbridge",

@@ -452,6 +452,39 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         embeds = torch.cat([prefix, prompt_embeds], dim=1)
         return embeds, torch.cat([prefix_mask, prompt_attention_mask.long()], dim=1)
 
+    def _caption_logits(self, prefix, input_ids, attention_mask, prompt_input_ids=None, prompt_attention_mask=None):
+        """LLM logits at the caption positions and the tokens they predict: `[B, T, V]`, `[B, T]` (-100 elsewhere)."""
+        embeds, mask = self._prefix_and_prompt(prefix, prompt_input_ids, prompt_attention_mask)
+        labels = input_ids.masked_fill(attention_mask == 0, -100)
+        if self.is_encoder_decoder_llm:
+            mask, embeds = pack_padding(mask, embeds, padding_side="right")
+            return self.language_model(inputs_embeds=embeds, attention_mask=mask, labels=labels).logits, labels
+        caption_embeds = self.language_model.get_input_embeddings()(input_ids)
+        context_labels = torch.full(mask.shape, -100, dtype=labels.dtype, device=labels.device)
+        mask, embeds, labels = pack_padding(
+            torch.cat([mask, attention_mask.long()], dim=1),
+            torch.cat([embeds, caption_embeds], dim=1),
+            torch.cat([context_labels, labels], dim=1),
+            padding_side="right",
+        )
+        # Only positions that predict a caption token go through the LM head (a V-wide projection): from the one before
+        # the earliest caption token to the end.
+        first = int((labels != -100).float().argmax(dim=1).min())
+        keep = torch.arange(max(first - 1, 0), labels.shape[1] - 1, device=labels.device)
+        logits = self.language_model(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=keep).logits
+        return logits, labels[:, keep + 1]
+
+    @torch.no_grad()
+    def caption_log_likelihood(self, input_ids, attention_mask=None, pixel_values=None, vision_hidden_states=None,
+                               prompt_input_ids=None, prompt_attention_mask=None) -> torch.Tensor:  # fmt: skip
+        """`[B]` log p(caption | image, prompt) summed over the caption's tokens (EOS included): scores candidate
+        answers or captions for closed-set VQA and classification by the LLM itself."""
+        prefix = self.get_image_prefix(pixel_values, vision_hidden_states)
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        logits, targets = self._caption_logits(prefix, input_ids, attention_mask, prompt_input_ids, prompt_attention_mask)
+        token_log_probs = -F.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none")
+        return token_log_probs.sum(dim=1)
+
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -477,31 +510,12 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         prefix = self.get_image_prefix(pixel_values, vision_hidden_states)
         if prefix.shape[0] != input_ids.shape[0]:
             raise ValueError(f"got {prefix.shape[0]} images but {input_ids.shape[0]} captions")
-        embeds, mask = self._prefix_and_prompt(prefix, prompt_input_ids, prompt_attention_mask)
-        labels = input_ids.masked_fill(attention_mask == 0, -100)
-
-        if self.is_encoder_decoder_llm:
-            mask, embeds = pack_padding(mask, embeds, padding_side="right")
-            outputs = self.language_model(inputs_embeds=embeds, attention_mask=mask, labels=labels)
-        else:
-            caption_embeds = self.language_model.get_input_embeddings()(input_ids)
-            context_labels = torch.full(mask.shape, -100, dtype=labels.dtype, device=labels.device)
-            mask, embeds, labels = pack_padding(
-                torch.cat([mask, attention_mask.long()], dim=1),
-                torch.cat([embeds, caption_embeds], dim=1),
-                torch.cat([context_labels, labels], dim=1),
-                padding_side="right",
-            )
-            # Only positions that predict a caption token go through the LM head (a V-wide projection): from the one
-            # before the earliest caption token to the end. Same loss as the LLM's own (token mean over the caption).
-            first = int((labels != -100).float().argmax(dim=1).min())
-            keep = torch.arange(max(first - 1, 0), labels.shape[1] - 1, device=labels.device)
-            outputs = self.language_model(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=keep)
-            outputs.loss = F.cross_entropy(outputs.logits.flatten(0, 1).float(), labels[:, keep + 1].flatten())
+        logits, targets = self._caption_logits(prefix, input_ids, attention_mask, prompt_input_ids, prompt_attention_mask)
         if not return_loss:
-            return VLAPOutput(logits=outputs.logits)
+            return VLAPOutput(logits=logits)
+        caption_loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())  # token mean, as the LLM's own
         if self.config.assignment_loss_weight == 0:  # caption-only (LiMBeR-style): skip L_map entirely
-            return VLAPOutput(loss=outputs.loss, caption_loss=outputs.loss, logits=outputs.logits)
+            return VLAPOutput(loss=caption_loss, caption_loss=caption_loss, logits=logits)
 
         with torch.no_grad():  # the LLM is frozen: the caption side carries no gradient
             text_features = self.get_text_features(input_ids, attention_mask)
@@ -513,14 +527,14 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         assignment_loss, image_predicts_text, text_predicts_image, text_targets, image_targets = self.assignment_loss(
             image_codes, text_codes, text_targets
         )
-        loss = outputs.loss + self.config.assignment_loss_weight * assignment_loss
+        loss = caption_loss + self.config.assignment_loss_weight * assignment_loss
         return VLAPOutput(
             loss=loss,
-            caption_loss=outputs.loss,
+            caption_loss=caption_loss,
             assignment_loss=assignment_loss,
             image_predicts_text=image_predicts_text,
             text_predicts_image=text_predicts_image,
-            logits=outputs.logits,
+            logits=logits,
             image_codes=image_codes,
             text_codes=text_codes,
             image_targets=image_targets,

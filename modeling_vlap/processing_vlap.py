@@ -126,18 +126,20 @@ class VLAPProcessor(ProcessorMixin):
             data.update(self._pad([ids + [self.tokenizer.eos_token_id] for ids in caption_ids]))
         return BatchFeature(data=data, tensor_type=return_tensors)
 
-    def caption_token_ids(self, captions: list[str]) -> list[list[int]]:
-        """Token ids of captions as they continue `self.prompt`: ids(prompt + " " + caption) minus ids(prompt).
+    def caption_token_ids(self, captions: list[str], prompt: str | None = None) -> list[list[int]]:
+        """Token ids of captions as they continue `prompt` (default `self.prompt`): ids(prompt + " " + caption) minus
+        ids(prompt).
 
         A byte-level BPE spells a word after a space differently from the same word opening a text; the LLM reads
         the caption after the prompt, so that is how it is tokenised. Where the tokenizer merges across the seam
         (the prompt's ids are not a prefix of the joint ids) the caption is tokenised with a leading space instead.
         """
-        if not self.prompt:
+        prompt = self.prompt if prompt is None else prompt
+        if not prompt:
             return self.tokenizer(captions, add_special_tokens=False)["input_ids"]
-        separator = "" if self.prompt[-1].isspace() else " "
-        prompt_ids = self.tokenizer(self.prompt, add_special_tokens=False)["input_ids"]
-        joint = self.tokenizer([self.prompt + separator + c for c in captions], add_special_tokens=False)["input_ids"]
+        separator = "" if prompt[-1].isspace() else " "
+        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        joint = self.tokenizer([prompt + separator + c for c in captions], add_special_tokens=False)["input_ids"]
         spaced = self.tokenizer([separator + c for c in captions], add_special_tokens=False)["input_ids"]
         return [ids[len(prompt_ids) :] if ids[: len(prompt_ids)] == prompt_ids else alone for ids, alone in zip(joint, spaced)]
 
@@ -154,6 +156,12 @@ class VLAPProcessor(ProcessorMixin):
         padded = self._pad(self.tokenizer(prompts, add_special_tokens=False)["input_ids"])
         data = {"prompt_input_ids": padded["input_ids"], "prompt_attention_mask": padded["attention_mask"]}
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def answer_inputs(self, answers: list[str], prompt: str) -> BatchFeature:
+        """`input_ids` / `attention_mask` of answers tokenised as they continue `prompt`, EOS appended (to score them
+        with `model.caption_log_likelihood`)."""
+        ids = self.caption_token_ids(answers, prompt)
+        return BatchFeature(self._pad([row + [self.tokenizer.eos_token_id] for row in ids]), tensor_type="pt")
 
     def _pad(self, ids: list[list[int]]) -> dict:
         """Right-pad token id lists into `input_ids` and `attention_mask` (the model moves padding as it needs)."""

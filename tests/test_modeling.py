@@ -280,3 +280,25 @@ def test_word_assignment_targets_mix_each_caption_tokens_own_assignment(backbone
         top = out.text_targets[row].topk(len(set(ids))).indices.tolist()
         assert set(top) == set(ids)
     torch.testing.assert_close(out.text_targets.sum(-1), torch.ones(2), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("llm", ["t5", "llama"])
+def test_caption_log_likelihood_is_the_summed_token_loss_and_ranks_answers(backbones, llm):
+    from vlap.tasks import choose_answer
+
+    model, processor = build(backbones, llm)
+    image = images(1)
+    prompt = "Question: what colour is the shape? Answer:"
+    candidates = ["red", "blue circle", "green"]
+    totals = []
+    for candidate in candidates:
+        inputs = processor(images=image, prompt=prompt)
+        answer = processor.answer_inputs([candidate], prompt)
+        with torch.no_grad():
+            loss = model(**inputs, **answer).caption_loss  # token mean over this one answer (EOS included)
+        totals.append(-loss.item() * answer["attention_mask"].sum().item())
+    inputs = processor(images=image * 3, prompt=prompt)
+    scores = model.caption_log_likelihood(**processor.answer_inputs(candidates, prompt), **inputs)
+    torch.testing.assert_close(scores, torch.tensor(totals), atol=1e-4, rtol=1e-5)
+    chosen = choose_answer(model, processor, image, [prompt.split(": ", 1)[1].split(" Answer")[0]], candidates)
+    assert chosen == [candidates[max(range(3), key=totals.__getitem__)]]

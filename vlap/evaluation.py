@@ -185,11 +185,12 @@ def evaluate_shape_world(model, processor, vision_hidden_states, colours, shapes
     - image_to_text_class_R@K, text_to_image_class_R@K: relevance-aware retrieval over the 72 class captions;
     - top5_colour_and_shape: the colour and the shape word both among the image's top-5 words;
     - arithmetic_hit_rate: image - "its colour" + "another colour" lands nearest that class's mean image feature;
-    - vqa, vqa_{colour,shape,yes/no} when (row, question, answers) triples are given (`vqa_baselines` gives the
-      majority-answer and no-image figures of the same questions).
+    - vqa, vqa_{colour,shape,yes/no} when (row, question, answers) triples are given: open-ended generation after
+      "Question: ... Answer:"; closed_set_vqa_*: the most likely of easy-vqa's 13 answers (`tasks.choose_answer`);
+      `vqa_baselines` gives the majority-answer and no-image figures of the same questions.
     """
     from vlap.easy_vqa import TEMPLATES
-    from vlap.shapes import CLASSES, caption_is_right, named, question_type
+    from vlap.shapes import ANSWERS, CLASSES, caption_is_right, named, question_type
 
     labels = [f"{c} {s}" for c, s in zip(colours, shapes)]
     shared = {"vision_hidden_states": vision_hidden_states, "batch_size": batch_size}
@@ -199,11 +200,12 @@ def evaluate_shape_world(model, processor, vision_hidden_states, colours, shapes
     image_features = tasks.image_features(model, processor, **shared)
     class_captions = [TEMPLATES[0].format(colour=n.split()[0], shape=n.split()[1]) for n in CLASSES]
     text_features = tasks.text_features(model, processor, class_captions)
+    tokens = processor(text=class_captions).to(model.device)
     truth = torch.tensor([CLASSES.index(label) for label in labels])
     scores["classification_feature"] = ((image_features @ text_features.T).argmax(1) == truth).float().mean().item()
     tau = model.config.assignment_temperature
     image_log_probs = torch.log_softmax(model.word_codes(image_features) / tau, dim=-1)
-    text_targets = model.assignments(model.word_codes(text_features))
+    text_targets = model.caption_assignments(tokens["input_ids"], tokens["attention_mask"], model.word_codes(text_features))
     scores["classification_code"] = ((image_log_probs @ text_targets.T).argmax(1) == truth).float().mean().item()
 
     all_captions = [t.format(colour=n.split()[0], shape=n.split()[1]) for n in CLASSES for t in TEMPLATES]
@@ -238,6 +240,9 @@ def evaluate_shape_world(model, processor, vision_hidden_states, colours, shapes
         types = [question_type(q) for q in texts]
         scores["vqa"] = load_metric("vqa_accuracy").compute(predictions=predicted, references=[list(a) for _, _, a in questions])["vqa_accuracy"]  # fmt: skip
         scores.update(_vqa_by_type(predicted, questions, types))
+        chosen = tasks.choose_answer(model, processor, vision_hidden_states=vision_hidden_states[rows], questions=texts,
+                                     candidates=ANSWERS, batch_size=4 * batch_size)  # fmt: skip
+        scores.update({f"closed_set_{k}": v for k, v in _vqa_by_type(chosen, questions, types).items()})
         scores["vqa_examples"] = [(q, p) for q, p in zip(texts[:6], predicted[:6])]
     scores["caption_examples"] = captions[:6]
     scores["word_examples"] = [[w for w, _ in top] for top in words[:3]]

@@ -16,6 +16,7 @@ COLOURS = {
 }  # fmt: skip
 SHAPES = ("circle", "rectangle", "triangle")
 CLASSES = [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES]
+ANSWERS = [*COLOURS, *SHAPES, "yes", "no"]  # easy-vqa's 13 answers
 
 
 def named(text: str, names) -> list[str]:

@@ -28,7 +28,7 @@ VALIDATION_ROWS = 500  # carved from the (shuffled) train split; the rest is the
 RENDER_SEED_VALIDATION = 1  # renders used to choose; the README's held-out renders use another seed
 DEMO_BUDGET = {"num_visual_tokens": 9, "batch_size": 16, "max_steps": 200, "learning_rate": 1e-2, "warmup_steps": 20,
                "max_caption_length": 16}  # fmt: skip
-VLAP_METHOD = {"text_representation": "word_embeddings", "word_marginal_weight": 0.01}
+VLAP_METHOD = {"text_representation": "word_assignments", "word_marginal_weight": 0.01}
 
 
 def split_train(out: Path) -> tuple[Path, datasets.Dataset]:
@@ -167,6 +167,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variant", action="append", default=[],
                         help='"name=field=value,..." (TrainConfig fields over the demo budget); repeatable')  # fmt: skip
+    parser.add_argument("--one-seed", nargs="*", default=[], help="variants run with the first seed only")
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--validation-images", type=int, default=240)
     parser.add_argument("--renders-per-class", type=int, default=10)
@@ -189,9 +190,9 @@ def main(argv=None) -> None:
     }  # fmt: skip
     results_path = out / "sweep.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    for name, overrides in variants.items():
-        for seed in args.seeds:
-            if str(seed) in results.get(name, {}):
+    for seed in args.seeds:  # seeds outermost: an interrupted sweep still compares every variant
+        for name, overrides in variants.items():
+            if str(seed) in results.get(name, {}) or (seed != args.seeds[0] and name in args.one_seed):
                 continue
             run = train_run(out, name, train_data, seed, overrides, args.eval_every)
             curve = evaluate_run(run, sets)

@@ -98,6 +98,35 @@ def answer(
 
 
 @torch.no_grad()
+def choose_answer(
+    model, processor, images=None, questions: Sequence[str] = (), candidates: Sequence[str] = (), *,
+    vision_hidden_states=None, template: str = VQA_TEMPLATE, batch_size: int = 64, progress: bool = False,
+) -> list[str]:  # fmt: skip
+    """Closed-set VQA: for each (image, question) the candidate answer the LLM finds most likely after the visual
+    prefix and the question, log p(answer + end token | image, prompt) (rank classification over a known answer set,
+    e.g. a dataset's answer vocabulary)."""
+    count = _count(images, vision_hidden_states)
+    if len(questions) != count:
+        raise ValueError(f"got {count} images but {len(questions)} questions")
+    if not candidates:
+        raise ValueError("choose_answer needs at least one candidate answer")
+    candidates = list(candidates)
+    chosen = []
+    for rows, inputs in _batches(model, processor, images, vision_hidden_states, max(batch_size // len(candidates), 1),
+                                 progress):  # fmt: skip
+        states = inputs.get("vision_hidden_states")
+        if states is None:
+            states = model.get_vision_hidden_states(inputs["pixel_values"])
+        prompts = [template.format(question=q) for q in questions[rows] for _ in candidates]
+        answers = processor.answer_inputs(candidates * (rows.stop - rows.start), prompts[0])  # all prompts end alike
+        answers.update(processor.prompt_inputs(len(prompts), prompts))
+        scores = model.caption_log_likelihood(vision_hidden_states=states.repeat_interleave(len(candidates), dim=0),
+                                              **answers.to(model.device))  # fmt: skip
+        chosen += [candidates[i] for i in scores.view(-1, len(candidates)).argmax(dim=1).tolist()]
+    return chosen
+
+
+@torch.no_grad()
 def image_features(model, processor, images=None, *, vision_hidden_states=None, batch_size: int = 16) -> torch.Tensor:
     """`[N, D]` L2-normalised image features (mean of the mapped visual tokens)."""
     batches = _batches(model, processor, images, vision_hidden_states, batch_size)

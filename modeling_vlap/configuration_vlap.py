@@ -30,11 +30,13 @@ class VLAPConfig(PreTrainedConfig):
         assignment_temperature (`float`): temperature of the swapped-prediction softmax.
         word_marginal_weight (`float`, *optional*): `None` enforces the word prior as the Sinkhorn plan's column
             marginal (the paper); a value lambda >= 0 makes it a KL penalty of that weight (semi-relaxed OT; 0 gives a
-            plain row softmax). With a vocabulary much larger than the batch the balanced plan is nearly uniform.
+            plain row softmax). With a vocabulary much larger than the batch the balanced plan is nearly uniform, so
+            the default (0.01, chosen on validation with `python -m vlap.sweep`) relaxes it.
         text_representation (`str`): what the caption's code is computed from: "hidden_states" (mean of the frozen
             LLM's last hidden states, the paper), "word_embeddings" (frequency-weighted mean of the caption's own
             input word embeddings, SIF weights a / (a + p(w)), special tokens left out) or "word_assignments" (the
-            same features; the caption's target is the SIF-weighted mixture of its tokens' own assignments).
+            same features; the caption's target is the SIF-weighted mixture of its tokens' own assignments; the
+            default, chosen on validation: the paper's pooled LLM states give a near-uniform, contentless target).
         prior_temperature (`float`): temperature of the word prior softmax(frequency / T) fitted by a trainer.
         backbones (`dict`, *optional*): where the frozen backbones came from, `{"vision": {"name_or_path": ...,
             "revision": ...}, "text": {...}}` (Hub ids or local folders); recorded by `from_vision_text_pretrained`.
@@ -65,8 +67,8 @@ class VLAPConfig(PreTrainedConfig):
     sinkhorn_epsilon: float = 0.01
     sinkhorn_iterations: int = 3
     assignment_temperature: float = 0.01
-    word_marginal_weight: float | None = None
-    text_representation: str = "hidden_states"
+    word_marginal_weight: float | None = 0.01
+    text_representation: str = "word_assignments"
     prior_temperature: float = 0.25
     backbones: dict | None = None
     bridge_only: bool = False

@@ -94,7 +94,7 @@ def _plain_sinkhorn(scores, prior, epsilon, iterations):
 
 
 def test_assignment_loss_matches_an_independent_computation(backbones):
-    model, processor = build(backbones, "opt")
+    model, processor = build(backbones, "opt", text_representation="hidden_states", word_marginal_weight=None)
     batch = processor(images=images(4), text=CAPTIONS)
     model.fit_word_prior(torch.arange(model.word_prior.numel()) % 7)
     with torch.no_grad():

@@ -26,10 +26,17 @@ from vlap.assets import cache_root, efficientnet_lite0, smollm2_135m
 from vlap.easy_vqa import easy_vqa_dataset
 from vlap.evaluation import evaluate_captioning, evaluate_shape_world, markdown_table, vqa_baselines
 from vlap.shapes import render_shapes
-from vlap.sweep import DEMO_BUDGET, VLAP_METHOD, majority_answers, questions_of, split_train, vision_states
+from vlap.sweep import (
+    CAPTION_ONLY,
+    DEMO_BUDGET,
+    RENDER_SEED_REPORTED,
+    VLAP_METHOD,
+    majority_answers,
+    questions_of,
+    split_train,
+    vision_states,
+)
 from vlap.tasks import first_line, plot_words, read_words
-
-RENDER_SEED_REPORTED = 2  # out-of-distribution renders reported here; vlap.sweep chooses on seed 1
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -78,25 +85,35 @@ def encode_test_split(test: datasets.Dataset, max_questions: int) -> tuple[torch
     return vision_states(test["image"], f"test-{len(test)}"), questions_of(test, max_questions)
 
 
+DIAGNOSTICS = ("text_target_entropy", "image_target_entropy", "text_target_content_mass",
+               "image_target_content_mass", "top1_agreement")  # vlap.diagnostics, logged by train.py every step
+
+
 def plot_losses(out: Path, runs: dict) -> None:
+    """loss_curves.png: caption loss and both halves of L_map per run; L_map's target diagnostics of the VLAP run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure, (losses, diagnostics) = plt.subplots(1, 2, figsize=(13, 4))
     for name, folder in runs.items():
-        records = [json.loads(line) for line in (folder.parent / "metrics.jsonl").read_text().splitlines()]
-        steps = [r["step"] for r in records if "caption_loss" in r]
-        axis.plot(steps, [r["caption_loss"] for r in records if "caption_loss" in r], label=f"{name}: caption loss")
-        if any("assignment_loss" in r for r in records):
-            axis.plot(steps, [r["assignment_loss"] * 0.1 for r in records if "assignment_loss" in r],
-                      label=f"{name}: 0.1 x assignment loss", linestyle="--")  # fmt: skip
-    axis.set_xlabel("step")
-    axis.set_ylabel("loss")
-    axis.legend()
+        records = [r for r in map(json.loads, (folder.parent / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+        steps = [r["step"] for r in records]
+        losses.plot(steps, [r["caption_loss"] for r in records], label=f"{name}: caption loss")
+        for half in ("image_predicts_text", "text_predicts_image"):
+            if half in records[0]:
+                losses.plot(steps, [r[half] for r in records], linestyle="--", label=f"{name}: L_map {half}")
+        for key in DIAGNOSTICS:
+            if key in records[0]:
+                diagnostics.plot(steps, [r[key] for r in records], label=f"{name}: {key}")
+    losses.set(xlabel="step", ylabel="loss", yscale="log", title="losses")
+    diagnostics.set(xlabel="step", ylim=(0, 1.02), title="assignment targets (entropy as a fraction of log V)")
+    losses.legend(fontsize=7)
+    diagnostics.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(out / "loss_curves.png", dpi=120)
+    plt.close(figure)
 
 
 def show(folder: Path, test: datasets.Dataset) -> list[dict]:
@@ -149,7 +166,7 @@ def main(argv=None) -> None:
     banner("2. VLAP: caption + assignment prediction (frozen-feature cache)")
     runs = {"vlap": train("vlap", out, train_data, vision, llm, args, **VLAP_METHOD)}
     banner("3. caption-only baseline (assignment weight 0), same budget")
-    runs["caption_only"] = train("caption_only", out, train_data, vision, llm, args, assignment_loss_weight=0.0)
+    runs["caption_only"] = train("caption_only", out, train_data, vision, llm, args, **CAPTION_ONLY)
 
     banner("4. evaluation on easy-vqa test and on out-of-distribution renders")
     test_states, questions = encode_test_split(test, args.vqa_questions)

@@ -54,7 +54,7 @@ def render_shape(colour: str, shape: str, rng: random.Random) -> Image.Image:
     side = rng.choice([48, 64, 96, 128, 160, 224])
     background = rng.choice(["white", "pastel", "light gray", "noise", "gradient"])
     if background == "noise":
-        image = Image.effect_noise((side, side), 18).convert("RGB").point(lambda v: 175 + v // 4)
+        image = Image.frombytes("L", (side, side), rng.randbytes(side * side)).point(lambda v: 200 + v // 16).convert("RGB")
     elif background == "gradient":
         image = Image.linear_gradient("L").resize((side, side)).point(lambda v: 200 + v // 5).convert("RGB")
     else:

@@ -1,6 +1,6 @@
 """Choose the demo's budget and method variant on a validation slice of easy-vqa's train split (never its test split).
 
-    python -m vlap.sweep --out outputs/sweep --seeds 0 1 2 --variant vlap=... --variant caption_only=assignment_loss_weight=0
+    python -m vlap.sweep [--out outputs/sweep] [--seeds 0 1 2] [--variant name=field=value,...] [--test vlap caption_only]
 
 Every run goes through train.py (checkpoints every `--eval-every` steps); every checkpoint is evaluated on the
 validation slice and on out-of-distribution renders (vlap.shapes, a seed of their own) with
@@ -8,6 +8,7 @@ validation slice and on out-of-distribution renders (vlap.shapes, a seed of thei
 """
 
 import argparse
+import hashlib
 import json
 import statistics
 import subprocess
@@ -26,9 +27,22 @@ from vlap.shapes import render_shapes
 REPO = Path(__file__).resolve().parent.parent
 VALIDATION_ROWS = 500  # carved from the (shuffled) train split; the rest is the training pool
 RENDER_SEED_VALIDATION = 1  # renders used to choose; the README's held-out renders use another seed
+RENDER_SEED_REPORTED = 2
 DEMO_BUDGET = {"num_visual_tokens": 9, "batch_size": 16, "max_steps": 200, "learning_rate": 1e-2, "warmup_steps": 20,
                "max_caption_length": 16}  # fmt: skip
 VLAP_METHOD = {"text_representation": "word_assignments", "word_marginal_weight": 0.01}
+# The baseline: no L_map, and VLAP's text side (so retrieval and classification compare the same text features).
+CAPTION_ONLY = {"assignment_loss_weight": 0.0, "text_representation": VLAP_METHOD["text_representation"]}
+# What the sweep compares (issue 14's variants): every method field is spelled out, so defaults never leak in.
+VARIANTS = {
+    "caption_only": CAPTION_ONLY,
+    "vlap": VLAP_METHOD,
+    "paper": {"text_representation": "hidden_states", "word_marginal_weight": None},  # LLM states, balanced plan
+    "sif_pooled": {"text_representation": "word_embeddings", "word_marginal_weight": 0.01},
+    "tokens_balanced": {"text_representation": "word_assignments", "word_marginal_weight": None},
+    "tokens_row_softmax": {"text_representation": "word_assignments", "word_marginal_weight": 0.0},
+}
+ONE_SEED = ("sif_pooled", "tokens_balanced", "tokens_row_softmax")  # side variants: the first seed only
 
 
 def split_train(out: Path) -> tuple[Path, datasets.Dataset]:
@@ -43,8 +57,12 @@ def split_train(out: Path) -> tuple[Path, datasets.Dataset]:
 
 @torch.no_grad()
 def vision_states(images, name: str) -> torch.Tensor:
-    """The frozen EfficientNet-Lite0 output of `images`, computed once and kept under the asset cache."""
-    path = cache_root() / "eval-features" / f"{name}.safetensors"
+    """The frozen EfficientNet-Lite0 output of `images`, computed once and kept under the asset cache (keyed by the
+    images' pixels, so other images under the same name are never served stale features)."""
+    digest = hashlib.sha256()
+    for image in images:
+        digest.update(image.convert("RGB").tobytes())
+    path = cache_root() / "eval-features" / f"{name}-{digest.hexdigest()[:16]}.safetensors"
     if path.exists():
         return load_file(path)["states"]
     from modeling_vlap.efficientnet_lite import EfficientNetLiteModel
@@ -100,12 +118,15 @@ def median_and_spread(values: list[float]) -> str:
     return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
 
 
-def evaluate_run(run: Path, sets: dict) -> dict:
-    """Scores of every checkpoint of a run on every evaluation set: {step: {set: scores}}."""
-    from modeling_vlap import VLAPForConditionalGeneration, VLAPProcessor
+def evaluate_run(run: Path, sets: dict, overrides: dict) -> dict:
+    """Scores of every checkpoint of a run on every evaluation set: {step: {set: scores}}. The variant's VLAPConfig
+    fields are applied at load (they equal the saved ones, except a field training never read, such as the text
+    representation of a caption-only run)."""
+    from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration, VLAPProcessor
     from vlap.evaluation import evaluate_shape_world
 
-    model = VLAPForConditionalGeneration.from_pretrained(run / "final").eval()
+    fields = {k: v for k, v in overrides.items() if k in VLAPConfig.__annotations__}
+    model = VLAPForConditionalGeneration.from_pretrained(run / "final", **fields).eval()
     processor = VLAPProcessor.from_pretrained(run / "final")
     curve = {}
     for checkpoint in sorted((run / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1])):
@@ -131,7 +152,7 @@ def summarise(results: dict, metrics: list[str]) -> str:
     """Median [min, max] over seeds of the last checkpoint, per variant and evaluation set."""
     lines = ["| variant | set | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 2) + "|"]
     for variant, seeds in results.items():
-        finals = [curve[max(curve, key=int)] for curve in seeds.values()]
+        finals = [curve[max(curve, key=lambda step: int(step) if step.isdigit() else 0)] for curve in seeds.values()]
         for set_name in finals[0]:
             cells = [median_and_spread([f[set_name][m] for f in finals]) if m in finals[0][set_name] else "-" for m in metrics]
             lines.append(f"| {variant} | {set_name} | " + " | ".join(cells) + " |")
@@ -166,17 +187,22 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="outputs/sweep")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variant", action="append", default=[],
-                        help='"name=field=value,..." (TrainConfig fields over the demo budget); repeatable')  # fmt: skip
-    parser.add_argument("--one-seed", nargs="*", default=[], help="variants run with the first seed only")
-    parser.add_argument("--eval-every", type=int, default=50)
-    parser.add_argument("--validation-images", type=int, default=240)
-    parser.add_argument("--renders-per-class", type=int, default=10)
-    parser.add_argument("--questions", type=int, default=480)
+                        help='"name=field=value,..." (TrainConfig fields over the demo budget); repeatable; '
+                             "default: VARIANTS")  # fmt: skip
+    parser.add_argument("--one-seed", nargs="*", default=list(ONE_SEED), help="variants run with the first seed only")
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--validation-images", type=int, default=200)
+    parser.add_argument("--renders-per-class", type=int, default=5)
+    parser.add_argument("--questions", type=int, default=60)
+    parser.add_argument("--test", nargs="*", default=None, metavar="VARIANT",
+                        help="after choosing: evaluate these variants' final models (every seed) once on all of "
+                             "easy-vqa test and on held-out renders (seed 2); writes test.json / test.md")  # fmt: skip
+    parser.add_argument("--test-questions", type=int, default=300)
+    parser.add_argument("--test-renders-per-class", type=int, default=10)
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    variants = dict(map(parse_variant, args.variant)) or {
-        "vlap": dict(VLAP_METHOD), "caption_only": {"assignment_loss_weight": 0.0}}  # fmt: skip
+    variants = dict(map(parse_variant, args.variant)) or VARIANTS
 
     train_data, validation = split_train(out)
     validation = validation.select(range(args.validation_images))
@@ -195,7 +221,7 @@ def main(argv=None) -> None:
             if str(seed) in results.get(name, {}) or (seed != args.seeds[0] and name in args.one_seed):
                 continue
             run = train_run(out, name, train_data, seed, overrides, args.eval_every)
-            curve = evaluate_run(run, sets)
+            curve = evaluate_run(run, sets, overrides)
             results.setdefault(name, {})[str(seed)] = {str(step): scores for step, scores in curve.items()}
             results_path.write_text(json.dumps(results, indent=1))
     if "vqa_baselines" not in results:
@@ -214,6 +240,62 @@ def main(argv=None) -> None:
     (out / "sweep.md").write_text(table + "\n")
     plot_curves(results, out / "sweep.png")
     print(table)
+    if args.test:
+        test_report(out, {name: variants[name] for name in args.test}, args)
+
+
+def test_report(out: Path, variants: dict, args) -> None:
+    """The chosen variants' final models, every seed, on all captioned easy-vqa test images and held-out renders."""
+    test = datasets.load_from_disk(str(easy_vqa_dataset(cache_root())))["test"]
+    renders, colours, shapes = render_shapes(args.test_renders_per_class, RENDER_SEED_REPORTED)
+    sets = {
+        "test": {"vision_hidden_states": vision_states(test["image"], f"test-{len(test)}"), "colours": test["colour"],
+                 "shapes": test["shape"], "questions": questions_of(test, args.test_questions)},
+        "renders": {"vision_hidden_states": vision_states(renders, f"renders-{RENDER_SEED_REPORTED}-{len(renders)}"),
+                    "colours": colours, "shapes": shapes},
+    }  # fmt: skip
+    path = out / "test.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    for name, overrides in variants.items():
+        for seed in args.seeds:
+            run = out / f"{name}-seed{seed}"
+            if str(seed) in results.get(name, {}) or not (run / "final" / "config.json").exists():
+                continue
+            from modeling_vlap import VLAPConfig
+            from vlap.demo import load_model
+            from vlap.evaluation import evaluate_shape_world
+
+            model, processor = load_model(run / "final")
+            for field, value in overrides.items():
+                if field in VLAPConfig.__annotations__:
+                    setattr(model.config, field, value)
+            scores = {set_name: evaluate_shape_world(model, processor, **data) for set_name, data in sets.items()}
+            results.setdefault(name, {})[str(seed)] = {"final": scores}
+            path.write_text(json.dumps(results, indent=1))
+    metrics = ["caption_colour_shape", "classification_feature", "classification_code", "image_to_text_class_R@1",
+               "text_to_image_class_R@1", "top5_colour_and_shape", "arithmetic_hit_rate", "vqa", "vqa_colour",
+               "vqa_shape", "vqa_yes/no", "closed_set_vqa_colour", "closed_set_vqa_shape", "closed_set_vqa_yes/no"]  # fmt: skip
+    table = summarise(results, metrics)
+    names = list(results)
+    if len(names) == 2:
+        table += "\n\n" + separation(results, *names, metrics)
+    (out / "test.md").write_text(table + "\n")
+    print(table)
+
+
+def separation(results: dict, first: str, second: str, metrics: list[str]) -> str:
+    """Which differences exceed the seed spread: the two variants' [min, max] ranges over seeds do not overlap."""
+    lines = []
+    for set_name in next(iter(results[first].values()))["final"]:
+        for metric in metrics:
+            a = [seed["final"][set_name].get(metric) for seed in results[first].values()]
+            b = [seed["final"][set_name].get(metric) for seed in results[second].values()]
+            if None in a or None in b:
+                continue
+            verdict = "exceeds the spread" if min(a) > max(b) or min(b) > max(a) else "within the spread"
+            diff = statistics.median(a) - statistics.median(b)
+            lines.append(f"- {set_name} {metric}: {first} - {second} = {diff:+.3f} ({verdict})")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

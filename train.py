@@ -60,8 +60,8 @@ class TrainConfig:
     assignment_loss_weight: float = 0.1
     num_visual_tokens: int | None = None
     prior_temperature: float = 0.25
-    word_marginal_weight: float | None = None  # None: balanced Sinkhorn (paper); lambda >= 0: semi-relaxed OT
-    text_representation: str = "hidden_states"  # hidden_states (paper) | word_embeddings (SIF mean of the caption's)
+    word_marginal_weight: float | None = 0.01  # None: balanced Sinkhorn (paper); lambda >= 0: semi-relaxed OT
+    text_representation: str = "word_assignments"  # | word_embeddings | hidden_states (paper); see VLAPConfig
     # Bridge: "linear" (VLAP) or "langbridge" (coefficients over a vocabulary subset; transferable across LLMs)
     bridge_type: str = "linear"
     langbridge_vocab_size: int = 19_200  # the N most frequent caption tokens shared by every transfer LLM
@@ -396,7 +396,7 @@ def main(argv=None) -> Path:
         unwrapped.train()
 
     # ---- the loop
-    content_words = content_word_mask(processor.tokenizer, len(model.word_prior)) if config.assignment_loss_weight else None
+    content_words = content_word_mask(processor.tokenizer, rows) if config.assignment_loss_weight else None
     model.train()
     bad_rows = set(progress["bad_rows"])
     bar = tqdm(total=total_steps, initial=progress["step"], disable=not accelerator.is_local_main_process)

@@ -118,16 +118,21 @@ def median_and_spread(values: list[float]) -> str:
     return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
 
 
-def evaluate_run(run: Path, sets: dict, overrides: dict) -> dict:
-    """Scores of every checkpoint of a run on every evaluation set: {step: {set: scores}}. The variant's VLAPConfig
-    fields are applied at load (they equal the saved ones, except a field training never read, such as the text
-    representation of a caption-only run)."""
+def load_run(run: Path, overrides: dict):
+    """A run's exported model and processor with the variant's VLAPConfig fields applied (they equal the saved ones,
+    except a field training never read, such as the text representation of a caption-only run)."""
     from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration, VLAPProcessor
-    from vlap.evaluation import evaluate_shape_world
 
     fields = {k: v for k, v in overrides.items() if k in VLAPConfig.__annotations__}
     model = VLAPForConditionalGeneration.from_pretrained(run / "final", **fields).eval()
-    processor = VLAPProcessor.from_pretrained(run / "final")
+    return model, VLAPProcessor.from_pretrained(run / "final")
+
+
+def evaluate_run(run: Path, sets: dict, overrides: dict) -> dict:
+    """Scores of every checkpoint of a run on every evaluation set: {step: {set: scores}}."""
+    from vlap.evaluation import evaluate_shape_world
+
+    model, processor = load_run(run, overrides)
     curve = {}
     for checkpoint in sorted((run / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1])):
         model.load_state_dict(load_file(checkpoint / "model.safetensors"), strict=False)
@@ -261,14 +266,9 @@ def test_report(out: Path, variants: dict, args) -> None:
             run = out / f"{name}-seed{seed}"
             if str(seed) in results.get(name, {}) or not (run / "final" / "config.json").exists():
                 continue
-            from modeling_vlap import VLAPConfig
-            from vlap.demo import load_model
             from vlap.evaluation import evaluate_shape_world
 
-            model, processor = load_model(run / "final")
-            for field, value in overrides.items():
-                if field in VLAPConfig.__annotations__:
-                    setattr(model.config, field, value)
+            model, processor = load_run(run, overrides)
             scores = {set_name: evaluate_shape_world(model, processor, **data) for set_name, data in sets.items()}
             results.setdefault(name, {})[str(seed)] = {"final": scores}
             path.write_text(json.dumps(results, indent=1))

@@ -31,6 +31,7 @@ from vlap.sweep import (
     DEMO_BUDGET,
     RENDER_SEED_REPORTED,
     VLAP_METHOD,
+    load_model,
     majority_answers,
     questions_of,
     split_train,
@@ -57,12 +58,6 @@ def train(name: str, out: Path, train_data: Path, vision: Path, llm: Path, args,
     config_path.write_text(yaml.safe_dump(config))
     subprocess.run([sys.executable, str(REPO / "train.py"), "--config", str(config_path)], check=True, cwd=REPO)
     return out / name / "final"
-
-
-def load_model(folder: Path):
-    from modeling_vlap import VLAPForConditionalGeneration, VLAPProcessor
-
-    return VLAPForConditionalGeneration.from_pretrained(folder).eval(), VLAPProcessor.from_pretrained(folder)
 
 
 def evaluate_model(folder: Path, sets: dict, test_captions: list) -> dict:

@@ -118,21 +118,22 @@ def median_and_spread(values: list[float]) -> str:
     return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
 
 
-def load_run(run: Path, overrides: dict):
-    """A run's exported model and processor with the variant's VLAPConfig fields applied (they equal the saved ones,
-    except a field training never read, such as the text representation of a caption-only run)."""
+def load_model(folder: Path, overrides: dict | None = None):
+    """An exported model (in eval mode) and its processor. The VLAPConfig fields among `overrides` (a variant's) are
+    applied at load: they equal the saved ones, except a field training never read, such as the text representation
+    of a caption-only run."""
     from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration, VLAPProcessor
 
-    fields = {k: v for k, v in overrides.items() if k in VLAPConfig.__annotations__}
-    model = VLAPForConditionalGeneration.from_pretrained(run / "final", **fields).eval()
-    return model, VLAPProcessor.from_pretrained(run / "final")
+    fields = {k: v for k, v in (overrides or {}).items() if k in VLAPConfig.__annotations__}
+    model = VLAPForConditionalGeneration.from_pretrained(folder, **fields).eval()
+    return model, VLAPProcessor.from_pretrained(folder)
 
 
 def evaluate_run(run: Path, sets: dict, overrides: dict) -> dict:
     """Scores of every checkpoint of a run on every evaluation set: {step: {set: scores}}."""
     from vlap.evaluation import evaluate_shape_world
 
-    model, processor = load_run(run, overrides)
+    model, processor = load_model(run / "final", overrides)
     curve = {}
     for checkpoint in sorted((run / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1])):
         model.load_state_dict(load_file(checkpoint / "model.safetensors"), strict=False)
@@ -230,7 +231,6 @@ def main(argv=None) -> None:
             results.setdefault(name, {})[str(seed)] = {str(step): scores for step, scores in curve.items()}
             results_path.write_text(json.dumps(results, indent=1))
     if "vqa_baselines" not in results:
-        from vlap.demo import load_model
         from vlap.evaluation import vqa_baselines
 
         first = next(out.glob("*-seed*/final"))
@@ -268,7 +268,7 @@ def test_report(out: Path, variants: dict, args) -> None:
                 continue
             from vlap.evaluation import evaluate_shape_world
 
-            model, processor = load_run(run, overrides)
+            model, processor = load_model(run / "final", overrides)
             scores = {set_name: evaluate_shape_world(model, processor, **data) for set_name, data in sets.items()}
             results.setdefault(name, {})[str(seed)] = {"final": scores}
             path.write_text(json.dumps(results, indent=1))

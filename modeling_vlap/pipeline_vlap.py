@@ -24,7 +24,11 @@ class VLAPImageToTextPipeline(Pipeline):
 
     def preprocess(self, image, prompt=None, timeout=None):
         if isinstance(image, str) and image.startswith(("http://", "https://")):
-            image = load_image(image, timeout=timeout)
+            try:
+                image = load_image(image, timeout=timeout)
+            except Exception as error:  # the HTTP client's own error types (no network, DNS, HTTP status, timeout)
+                cause = " ".join(str(error).split()) or type(error).__name__
+                raise ValueError(f"{image}: could not fetch the image ({type(error).__name__}: {cause})") from None
         return self.processor(images=[image], prompt=prompt, return_tensors="pt")
 
     def _forward(self, model_inputs, generate_kwargs=None):

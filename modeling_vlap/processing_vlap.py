@@ -10,11 +10,19 @@ if is_vision_available():
     from PIL import Image, UnidentifiedImageError
 
 
-def _to_rgb(image: "Image.Image") -> "Image.Image":
-    """Any PIL mode (RGBA, LA, L, P, CMYK, I;16, ...) -> RGB; transparency is composited onto white."""
+def to_rgb(image: "Image.Image") -> "Image.Image":
+    """Any PIL mode -> RGB, the one conversion every route uses (processor, pipeline, CLI, training data).
+
+    Transparency (RGBA, LA, PA, P or L with a transparent colour) is composited onto white; 16- and 32-bit integer
+    images (I;16 PNGs, I) are scaled to 8 bits by their bit depth, not clipped (PIL's own convert("RGB") turns every
+    value above 255 white); other modes (L, 1, CMYK, YCbCr, ...) are converted by PIL.
+    """
     if image.mode == "RGB":
         return image
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode.startswith("I;16") or image.mode == "I":
+        bits = 16 if image.mode.startswith("I;16") or image.getextrema()[1] < 65536 else 32
+        image = image.convert("I").point(lambda value: value * (1 / 2 ** (bits - 8))).convert("L")
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
@@ -22,19 +30,35 @@ def _to_rgb(image: "Image.Image") -> "Image.Image":
     return image.convert("RGB")
 
 
+def open_image(source, name: str | None = None) -> "Image.Image":
+    """An image file (path or binary file object) -> RGB PIL image (`to_rgb`), decoded now.
+
+    Unreadable or truncated files, and images over PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS, twice
+    which PIL refuses outright), are a ValueError naming `name` (default: the path) and the cause.
+    """
+    name = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "image")
+    limit = Image.MAX_IMAGE_PIXELS
+    too_big = f"{name}: over the limit of {limit or 0:,} pixels (PIL.Image.MAX_IMAGE_PIXELS; a decompression bomb?)"
+    try:
+        with Image.open(source) as opened:
+            if limit is not None and opened.width * opened.height > limit:
+                raise ValueError(f"{too_big[:-1]}: {opened.width}x{opened.height})")
+            opened.load()
+            return to_rgb(opened)
+    except Image.DecompressionBombError:  # PIL refuses twice the limit while opening
+        raise ValueError(too_big) from None
+    except (OSError, UnidentifiedImageError, SyntaxError) as error:
+        raise ValueError(f"{name}: not a readable image ({error})") from None
+
+
 def _load_image(item, index: int) -> "Image.Image":
     """A PIL image, a path to one, or a uint8 numpy array -> RGB PIL image; anything else is a ValueError."""
     if isinstance(item, (str, os.PathLike)):
-        try:
-            with Image.open(item) as opened:
-                opened.load()
-                return _to_rgb(opened)
-        except (OSError, UnidentifiedImageError) as error:
-            raise ValueError(f"images[{index}] ({os.fspath(item)!r}) is not a readable image: {error}") from None
+        return open_image(item, f"images[{index}] ({os.fspath(item)!r})")
     if isinstance(item, Image.Image):
-        return _to_rgb(item)
+        return to_rgb(item)
     if type(item).__module__ == "numpy" and getattr(item, "dtype", None) == "uint8" and item.ndim in (2, 3):
-        return _to_rgb(Image.fromarray(item))
+        return to_rgb(Image.fromarray(item))
     raise ValueError(
         f"images[{index}] is a {type(item).__name__}; expected a PIL image, a path to an image file or a uint8 "
         "numpy array of shape (H, W) or (H, W, C)"

@@ -1,5 +1,6 @@
 """`vlap` commands on a tiny saved model, offline: outputs parse and agree with the model; bad input is one line."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from test_modeling import build
 from tiny import shape_image, write_caption_folder
@@ -162,3 +164,22 @@ def test_console_script_reports_errors_without_traceback(saved, tmp_path):
     failed = subprocess.run([VLAP_SCRIPT, "words", tmp_path, "x.png"], capture_output=True, text=True, env=env)
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
     assert failed.stderr.strip().splitlines() == ["vlap words: error: x.png: no such file or folder"]
+
+
+def test_cli_on_a_folder_answers_the_good_files_and_reports_each_bad_one(saved, capsys, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.open(saved["images"] / "red_circle.png").save(folder / "a_good.png")
+    (folder / "b_text.png").write_text("not an image")
+    (folder / "c_cut.png").write_bytes((folder / "a_good.png").read_bytes()[:50])
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    code, out, err = run(capsys, "caption", saved["model"], folder, "--json", "--max-new-tokens", 3)
+    assert code == 1
+    assert [row["image"].rsplit("/", 1)[1] for row in json.loads(out)] == ["a_good.png"]
+    (error,) = [line for line in err.splitlines() if "error" in line]  # one line, after the model's progress bars
+    assert error.startswith("vlap caption: error: 2 of 3 images could not be read")
+    assert "b_text.png: not a readable image" in error and "c_cut.png: not a readable image" in error
+    assert "Traceback" not in err
+    assert before == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    code, out, err = run(capsys, "caption", saved["model"], folder / "b_text.png")  # one bad file: nothing to answer
+    assert code == 1 and out == "" and "b_text.png: not a readable image" in err

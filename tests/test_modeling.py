@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -6,6 +8,7 @@ from transformers import CLIPVisionModel
 
 from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration, VLAPProcessor
 from modeling_vlap.modeling_vlap import pack_padding
+from vlap.tasks import PAPER_VQA_TEMPLATE, first_line
 
 LLMS = ["t5", "opt", "llama"]
 CAPTIONS = ["a red circle", "a blue square on a plain background", "a green star", "a white cross"]
@@ -300,5 +303,31 @@ def test_caption_log_likelihood_is_the_summed_token_loss_and_ranks_answers(backb
     inputs = processor(images=image * 3, prompt=prompt)
     scores = model.caption_log_likelihood(**processor.answer_inputs(candidates, prompt), **inputs)
     torch.testing.assert_close(scores, torch.tensor(totals), atol=1e-4, rtol=1e-5)
-    chosen = choose_answer(model, processor, image, [prompt.split(": ", 1)[1].split(" Answer")[0]], candidates)
+    chosen = choose_answer(model, processor, image, [prompt.split(": ", 1)[1].split(" Answer")[0]], candidates,
+                           template=PAPER_VQA_TEMPLATE)  # fmt: skip
     assert chosen == [candidates[max(range(3), key=totals.__getitem__)]]
+
+
+def test_vqa_prompts_describe_the_image_in_the_trained_layout_first(backbones):
+    """The default VQA layout: the model's own caption after the processor's prompt, then the question."""
+    from vlap.tasks import VQA_TEMPLATE, answer, caption, vqa_prompts
+
+    model, processor = build(backbones, "llama")
+    pictures, questions = images(2), ["what colour is it?", "is there a circle?"]
+    captions = caption(model, processor, pictures, max_new_tokens=12)
+    prompts = vqa_prompts(model, processor, pictures, questions, None, VQA_TEMPLATE, batch_size=1)
+    for prompt, text, question in zip(prompts, captions, questions):
+        assert f"{processor.prompt} {text.rstrip('.')}.\nQuestion: {question}\nAnswer:" in prompt
+        assert prompt.endswith("Answer:")
+    # Without {caption} nothing is generated first: the question is the whole prompt.
+    assert vqa_prompts(model, processor, pictures, questions, None, PAPER_VQA_TEMPLATE, 2) == [
+        f"Question: {q} Answer:" for q in questions
+    ]
+    direct = processor.batch_decode(model.generate(**processor(images=pictures, prompt=prompts), max_new_tokens=3),
+                                    skip_special_tokens=True)  # fmt: skip
+    assert answer(model, processor, pictures, questions, max_new_tokens=3) == [first_line(t) for t in direct]
+    for bad, named in [("{question} {colour}", "colour"), ("no field", "{question}")]:
+        with pytest.raises(ValueError, match=re.escape(named)):
+            vqa_prompts(model, processor, pictures, questions, None, bad, 2)
+    with pytest.raises(ValueError, match="2 images but 1 questions"):
+        answer(model, processor, pictures, questions[:1])

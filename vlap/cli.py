@@ -39,18 +39,33 @@ def expand_images(specs: list[str]) -> list[Path]:
     return paths
 
 
-def open_images(paths: list[Path]) -> list:
-    """Decode every image before any model work, so a bad file fails fast and names itself."""
-    from PIL import Image, UnidentifiedImageError
+def open_images(paths: list[Path], keep_going: bool = False) -> tuple[list[Path], list, list[str]]:
+    """Decode every image before any model work (the processor's `open_image`: one conversion for every route).
 
-    images = []
+    Returns (the readable paths, their images, one message per unreadable file). A bad file is an error at once,
+    or with `keep_going` (folders and globs: the good files still get their answer) is reported after the results;
+    no readable image at all is an error.
+    """
+    from modeling_vlap.processing_vlap import open_image
+
+    kept, images, failures = [], [], []
     for path in paths:
         try:
-            with Image.open(path) as image:
-                images.append(image.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as error:
-            raise CLIError(f"{path}: not a readable image ({error})") from None
-    return images
+            images.append(open_image(path))
+            kept.append(path)
+        except ValueError as error:
+            if not keep_going:
+                raise CLIError(str(error)) from None
+            failures.append(str(error))
+    if not images:
+        raise CLIError("; ".join(failures))
+    return kept, images, failures
+
+
+def report_failures(failures: list[str], total: int) -> None:
+    """After the readable images' results: each unreadable file, and exit status 1."""
+    if failures:
+        raise CLIError(f"{len(failures)} of {total} images could not be read: " + "; ".join(failures))
 
 
 def one_image(spec: str) -> Path:
@@ -105,36 +120,38 @@ def emit(args, data, text: str) -> None:
 def cmd_caption(args) -> None:
     from vlap.tasks import caption
 
-    paths = expand_images(args.images)
-    images = open_images(paths)
+    found = expand_images(args.images)
+    paths, images, failures = open_images(found, keep_going=True)
     model, processor = load_model(args)
     captions = caption(model, processor, images, prompt=args.prompt, batch_size=args.batch_size,
                        max_new_tokens=args.max_new_tokens, progress=True)  # fmt: skip
     data = [{"image": str(path), "caption": text} for path, text in zip(paths, captions)]
     emit(args, data, "\n".join(f"{row['image']}: {row['caption']}" for row in data))
+    report_failures(failures, len(found))
 
 
 def cmd_vqa(args) -> None:
-    from vlap.tasks import answer
+    from vlap.tasks import VQA_TEMPLATE, answer
 
-    paths = expand_images([args.image])
-    images = open_images(paths)
+    found = expand_images([args.image])
+    paths, images, failures = open_images(found, keep_going=True)
     model, processor = load_model(args)
-    answers = answer(model, processor, images, [args.question] * len(images), template=args.template,
+    answers = answer(model, processor, images, [args.question] * len(images), template=args.template or VQA_TEMPLATE,
                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=True)  # fmt: skip
     data = [{"image": str(path), "question": args.question, "answer": text} for path, text in zip(paths, answers)]
     emit(args, data, "\n".join(f"{row['image']}: {row['answer']}" for row in data))
+    report_failures(failures, len(found))
 
 
 def cmd_retrieve(args) -> None:
     from vlap.tasks import image_features, rank, text_features
 
-    paths = expand_images([args.images])
+    found = expand_images([args.images])
     candidates = read_lines(args.texts) if args.texts else []
     queries = candidates + list(args.query or [])
     if not queries:
         raise CLIError("give texts to rank: --texts FILE and/or --query TEXT")
-    images = open_images(paths)
+    paths, images, failures = open_images(found, keep_going=True)
     model, processor = load_model(args)
     image_vectors = image_features(model, processor, images, batch_size=args.batch_size)
     text_vectors = text_features(model, processor, queries, batch_size=args.batch_size)
@@ -151,13 +168,14 @@ def cmd_retrieve(args) -> None:
     for row in data["text_to_image"]:
         lines += [f"{row['text']!r}:"] + [f"  {hit['score']:+.3f}  {hit['image']}" for hit in row["images"]]
     emit(args, data, "\n".join(lines))
+    report_failures(failures, len(found))
 
 
 def cmd_words(args) -> None:
     from vlap.tasks import plot_words, read_words
 
     path = one_image(args.image)
-    images = open_images([path])
+    _, images, _ = open_images([path])
     model, processor = load_model(args)
     words = read_words(model, processor, images, top_k=args.top_k)[0]
     if args.plot:
@@ -175,7 +193,7 @@ def cmd_arithmetic(args) -> None:
     terms = parse_terms(args.terms)
     path = one_image(args.image)
     candidate_paths = expand_images([args.images]) if args.images else []
-    image, *candidates = open_images([path] + candidate_paths)
+    _, (image, *candidates), _ = open_images([path] + candidate_paths)
     model, processor = load_model(args)
     result = arithmetic(model, processor, image, terms, top_k=args.top_k, images=candidates)
     expression = " ".join([str(path)] + [f"{sign} {word}" for sign, word in terms])
@@ -246,7 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("vqa", cmd_vqa, "answer a question about an image (zero-shot, prompted)")
     sub.add_argument("image", metavar="IMAGE", help="an image file (or a folder/glob: the question for each)")
     sub.add_argument("question", metavar="QUESTION")
-    sub.add_argument("--template", default="Question: {question} Answer:", help="prompt template with {question}")
+    sub.add_argument("--template", default=None,
+                     help="prompt template with {question}, optionally {caption} (the model's caption of the image) "
+                          "and {prompt} (the model's caption prompt); default: vlap.tasks.VQA_TEMPLATE")  # fmt: skip
     sub.add_argument("--max-new-tokens", type=int, default=10)
 
     sub = command("retrieve", cmd_retrieve, "rank texts for each image and images for each text")

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from modeling_vlap.processing_vlap import open_image, to_rgb
+
 FORMATS = ("auto", "imagefolder", "json", "csv", "disk", "hub", "webdataset")
 
 
@@ -90,20 +92,19 @@ def caption_list(value) -> list[str]:
 
 
 def decode_image(value, base_dir: str | None) -> Image.Image | None:
-    """A datasets Image cell ({"bytes", "path"}), a PIL image or a path -> RGB image, or None if unreadable."""
+    """A datasets Image cell ({"bytes", "path"}), a PIL image or a path -> RGB image (the processor's conversion,
+    `to_rgb`), or None if unreadable or over the decompression-bomb limit."""
     try:
         if isinstance(value, Image.Image):
-            return value.convert("RGB")
+            return to_rgb(value)
+        name = None
         if isinstance(value, dict):
-            if value.get("bytes"):
-                value = io.BytesIO(value["bytes"])
-            else:
-                value = value["path"]
+            name = value.get("path")
+            value = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
         if isinstance(value, str) and base_dir is not None and not os.path.isabs(value):
             value = os.path.join(base_dir, value)
-        with Image.open(value) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError, KeyError, TypeError):
+        return open_image(value, name)
+    except (ValueError, KeyError, TypeError):
         return None
 
 

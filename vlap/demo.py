@@ -30,11 +30,13 @@ from vlap.sweep import (
     CAPTION_ONLY,
     DEMO_BUDGET,
     RENDER_SEED_REPORTED,
+    TRAIN_RENDERS_PER_CLASS,
     VLAP_METHOD,
     load_model,
     majority_answers,
     questions_of,
     split_train,
+    training_set,
     vision_states,
 )
 from vlap.tasks import first_line, plot_words, read_words
@@ -152,11 +154,9 @@ def main(argv=None) -> None:
     train_split = pool.select(range(min(args.train_images, len(pool))))
     splits = datasets.load_from_disk(str(easy_vqa_dataset(cache_root())))
     test = splits["test"].select(range(min(args.test_images, len(splits["test"]))))
-    train_data = out / f"easy-vqa-train-{len(train_split)}"
-    if not (train_data / "state.json").exists():
-        train_split.save_to_disk(str(train_data))
+    train_data = training_set(out, train_split)
     print(f"vision {vision}\nLLM {llm}\neasy-vqa: {len(train_split)} train images (of {len(pool)} in the training "
-          f"pool), {len(test)} test images")  # fmt: skip
+          f"pool) + {TRAIN_RENDERS_PER_CLASS} renders of each of the 24 classes, {len(test)} test images")  # fmt: skip
 
     banner("2. VLAP: caption + assignment prediction (frozen-feature cache)")
     runs = {"vlap": train("vlap", out, train_data, vision, llm, args, **VLAP_METHOD)}
@@ -173,7 +173,8 @@ def main(argv=None) -> None:
                     "colours": colours, "shapes": shapes},
     }  # fmt: skip
     results = {name: evaluate_model(folder, sets, test["caption"]) for name, folder in runs.items()}
-    baselines = vqa_baselines(*load_model(runs["vlap"]), questions, majority_answers(train_split))
+    baselines = vqa_baselines(*load_model(runs["vlap"]), questions, majority_answers(train_split), test["colour"],
+                              test["shape"])  # fmt: skip
     results["vqa_baselines"] = baselines
     markdown = markdown_table({"VLAP (caption + assignment)": results["vlap"]["scores"],
                                "caption-only baseline": results["caption_only"]["scores"],

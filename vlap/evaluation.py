@@ -153,15 +153,25 @@ def _vqa_by_type(predicted, questions, types) -> dict:
     return scores
 
 
+NO_IMAGE_TEMPLATE = tasks.FORMAT_EXAMPLE + "Question: {question}\nAnswer:"
+
+
 @torch.no_grad()
-def answer_without_image(model, processor, questions: list[str], template: str = tasks.VQA_TEMPLATE,
+def answer_without_image(model, processor, questions: list[str], descriptions: list[str] | None = None,
                          batch_size: int = 32, max_new_tokens: int = 4) -> list[str]:  # fmt: skip
-    """The bare frozen LLM's answers to the same prompts, no visual prefix: what the text alone makes likely."""
+    """The bare frozen LLM's answers, no visual prefix. Without `descriptions`: to the question alone (what the text
+    alone makes likely). With them (e.g. each image's true caption): to `tasks.VQA_TEMPLATE` with that description
+    in place of the model's caption, i.e. how well the LLM answers from a perfect caption."""
     from modeling_vlap.modeling_vlap import pack_padding
 
+    if descriptions is None:
+        texts = [NO_IMAGE_TEMPLATE.format(question=q, prompt=processor.prompt) for q in questions]
+    else:
+        texts = [tasks.VQA_TEMPLATE.format(question=q, caption=c, prompt=processor.prompt)
+                 for q, c in zip(questions, descriptions)]  # fmt: skip
     tokenizer, answers = processor.tokenizer, []
     for start in range(0, len(questions), batch_size):
-        prompts = [template.format(question=q) for q in questions[start : start + batch_size]]
+        prompts = texts[start : start + batch_size]
         inputs = processor.prompt_inputs(len(prompts), prompts)
         ids, mask = inputs["prompt_input_ids"], inputs["prompt_attention_mask"]
         embeds = model.language_model.get_input_embeddings()(ids.to(model.device))
@@ -185,9 +195,11 @@ def evaluate_shape_world(model, processor, vision_hidden_states, colours, shapes
     - image_to_text_class_R@K, text_to_image_class_R@K: relevance-aware retrieval over the 72 class captions;
     - top5_colour_and_shape: the colour and the shape word both among the image's top-5 words;
     - arithmetic_hit_rate: image - "its colour" + "another colour" lands nearest that class's mean image feature;
-    - vqa, vqa_{colour,shape,yes/no} when (row, question, answers) triples are given: open-ended generation after
-      "Question: ... Answer:"; closed_set_vqa_*: the most likely of easy-vqa's 13 answers (`tasks.choose_answer`);
-      `vqa_baselines` gives the majority-answer and no-image figures of the same questions.
+    - vqa, vqa_{colour,shape,yes/no} when (row, question, answers) triples are given: open-ended generation in
+      `tasks.VQA_TEMPLATE`'s layout (the model's caption, then the question); vqa_paper_layout: the same after the
+      paper's "Question: ... Answer:" straight after the visual prefix; closed_set_vqa_*: the most likely of easy-vqa's
+      13 answers (`tasks.choose_answer`); `vqa_baselines` gives the majority-answer, no-image and true-caption
+      figures of the same questions.
     """
     from vlap.easy_vqa import TEMPLATES
     from vlap.shapes import ANSWERS, CLASSES, caption_is_right, named, question_type
@@ -240,6 +252,9 @@ def evaluate_shape_world(model, processor, vision_hidden_states, colours, shapes
         types = [question_type(q) for q in texts]
         scores["vqa"] = load_metric("vqa_accuracy").compute(predictions=predicted, references=[list(a) for _, _, a in questions])["vqa_accuracy"]  # fmt: skip
         scores.update(_vqa_by_type(predicted, questions, types))
+        paper = tasks.answer(model, processor, vision_hidden_states=vision_hidden_states[rows], questions=texts,
+                             template=tasks.PAPER_VQA_TEMPLATE, batch_size=batch_size, max_new_tokens=4)  # fmt: skip
+        scores["vqa_paper_layout"] = load_metric("vqa_accuracy").compute(predictions=paper, references=[list(a) for _, _, a in questions])["vqa_accuracy"]  # fmt: skip
         chosen = tasks.choose_answer(model, processor, vision_hidden_states=vision_hidden_states[rows], questions=texts,
                                      candidates=ANSWERS, batch_size=4 * batch_size)  # fmt: skip
         scores.update({f"closed_set_{k}": v for k, v in _vqa_by_type(chosen, questions, types).items()})
@@ -249,14 +264,22 @@ def evaluate_shape_world(model, processor, vision_hidden_states, colours, shapes
     return scores
 
 
-def vqa_baselines(model, processor, questions, majority_answers: dict, batch_size: int = 32) -> dict:
-    """Per question type: the majority training answer of the type, and the bare frozen LLM with no image."""
+def vqa_baselines(model, processor, questions, majority_answers: dict, colours=None, shapes=None,
+                  batch_size: int = 32) -> dict:  # fmt: skip
+    """Per question type: the majority training answer of the type, the bare frozen LLM with no image and, given the
+    images' `colours` and `shapes`, the bare LLM reading each image's true caption (the answers a perfect caption
+    would allow this LLM: the ceiling of the describe-then-answer layout)."""
+    from vlap.easy_vqa import TEMPLATES
     from vlap.shapes import question_type
 
     texts = [question for _, question, _ in questions]
     types = [question_type(q) for q in texts]
     blind = answer_without_image(model, processor, texts, batch_size=batch_size)
     scores = {f"no_image_{k}": v for k, v in _vqa_by_type(blind, questions, types).items()}
+    if colours is not None:
+        truth = [TEMPLATES[0].format(colour=colours[row], shape=shapes[row]) for row, _, _ in questions]
+        read = answer_without_image(model, processor, texts, truth, batch_size=batch_size)
+        scores.update({f"true_caption_{k}": v for k, v in _vqa_by_type(read, questions, types).items()})
     guess = [majority_answers[t] for t in types]
     scores.update({f"majority_{k}": v for k, v in _vqa_by_type(guess, questions, types).items()})
     return scores

@@ -85,3 +85,19 @@ def render_shapes(per_class: int, seed: int) -> tuple[list[Image.Image], list[st
                 colours.append(colour)
                 shapes.append(shape)
     return images, colours, shapes
+
+
+def render_dataset(per_class: int, seed: int):
+    """`render_shapes` as a training set in easy-vqa's columns: image, caption (easy-vqa's caption templates, but for
+    the one that says "on a white background"), colour, shape. Mixed into training so that colour and shape are
+    learned across sizes, positions and backgrounds."""
+    import datasets
+
+    from vlap.easy_vqa import TEMPLATES
+
+    images, colours, shapes = render_shapes(per_class, seed)
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Sequence(datasets.Value("string")),
+                                  "colour": datasets.Value("string"), "shape": datasets.Value("string")})  # fmt: skip
+    captions = [[t.format(colour=c, shape=s) for t in TEMPLATES if "background" not in t] for c, s in zip(colours, shapes)]
+    return datasets.Dataset.from_dict({"image": images, "caption": captions, "colour": colours, "shape": shapes},
+                                      features=features)  # fmt: skip

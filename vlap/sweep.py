@@ -22,10 +22,12 @@ from safetensors.torch import load_file, save_file
 
 from vlap.assets import cache_root, efficientnet_lite0, smollm2_135m
 from vlap.easy_vqa import easy_vqa_dataset
-from vlap.shapes import render_shapes
+from vlap.shapes import render_dataset, render_shapes
 
 REPO = Path(__file__).resolve().parent.parent
 VALIDATION_ROWS = 500  # carved from the (shuffled) train split; the rest is the training pool
+RENDER_SEED_TRAIN = 0  # renders mixed into training (TRAIN_RENDERS_PER_CLASS of each of the 24 classes)
+TRAIN_RENDERS_PER_CLASS = 20
 RENDER_SEED_VALIDATION = 1  # renders used to choose; the README's held-out renders use another seed
 RENDER_SEED_REPORTED = 2
 DEMO_BUDGET = {"num_visual_tokens": 9, "batch_size": 16, "max_steps": 200, "learning_rate": 1e-2, "warmup_steps": 20,
@@ -53,6 +55,17 @@ def split_train(out: Path) -> tuple[Path, datasets.Dataset]:
     if not (folder / "state.json").exists():
         pool.save_to_disk(str(folder))
     return folder, validation
+
+
+def training_set(out: Path, easy_vqa_rows: datasets.Dataset, renders_per_class: int = TRAIN_RENDERS_PER_CLASS) -> Path:
+    """The folder train.py reads: `easy_vqa_rows` (of the training pool) plus `renders_per_class` renders of every
+    class (seed RENDER_SEED_TRAIN), in the columns both share."""
+    folder = out / f"train-{len(easy_vqa_rows)}-renders{renders_per_class}"
+    if not (folder / "state.json").exists():
+        renders = render_dataset(renders_per_class, RENDER_SEED_TRAIN)
+        rows = easy_vqa_rows.select_columns(list(renders.features)).cast(renders.features)
+        datasets.concatenate_datasets([rows, renders]).save_to_disk(str(folder))
+    return folder
 
 
 @torch.no_grad()
@@ -196,6 +209,8 @@ def main(argv=None) -> None:
                         help='"name=field=value,..." (TrainConfig fields over the demo budget); repeatable; '
                              "default: VARIANTS")  # fmt: skip
     parser.add_argument("--one-seed", nargs="*", default=list(ONE_SEED), help="variants run with the first seed only")
+    parser.add_argument("--train-renders-per-class", type=int, default=TRAIN_RENDERS_PER_CLASS,
+                        help="renders of each class mixed into training (0: easy-vqa images only)")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--validation-images", type=int, default=200)
     parser.add_argument("--renders-per-class", type=int, default=5)
@@ -210,7 +225,8 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     variants = dict(map(parse_variant, args.variant)) or VARIANTS
 
-    train_data, validation = split_train(out)
+    pool, validation = split_train(out)
+    train_data = training_set(out, datasets.load_from_disk(str(pool)), args.train_renders_per_class)
     validation = validation.select(range(args.validation_images))
     renders, render_colours, render_shapes_ = render_shapes(args.renders_per_class, RENDER_SEED_VALIDATION)
     sets = {
@@ -234,8 +250,9 @@ def main(argv=None) -> None:
         from vlap.evaluation import vqa_baselines
 
         first = next(out.glob("*-seed*/final"))
-        majority = majority_answers(datasets.load_from_disk(str(train_data)))
-        results["vqa_baselines"] = vqa_baselines(*load_model(first), sets["validation"]["questions"], majority)
+        majority = majority_answers(datasets.load_from_disk(str(pool)))
+        results["vqa_baselines"] = vqa_baselines(*load_model(first), sets["validation"]["questions"], majority,
+                                                 validation["colour"], validation["shape"])  # fmt: skip
         results_path.write_text(json.dumps(results, indent=1))
     print("VQA baselines on the validation questions: " + json.dumps(results["vqa_baselines"]))
     results = {name: seeds for name, seeds in results.items() if name != "vqa_baselines"}
@@ -272,10 +289,21 @@ def test_report(out: Path, variants: dict, args) -> None:
             scores = {set_name: evaluate_shape_world(model, processor, **data) for set_name, data in sets.items()}
             results.setdefault(name, {})[str(seed)] = {"final": scores}
             path.write_text(json.dumps(results, indent=1))
+    if "vqa_baselines" not in results:
+        from vlap.evaluation import vqa_baselines
+
+        majority = majority_answers(datasets.load_from_disk(str(out / "train-pool")))
+        first = next(out / f"{name}-seed{seed}" / "final" for name in variants for seed in args.seeds)
+        results["vqa_baselines"] = vqa_baselines(*load_model(first), sets["test"]["questions"], majority,
+                                                 test["colour"], test["shape"])  # fmt: skip
+        path.write_text(json.dumps(results, indent=1))
+    baselines = results.pop("vqa_baselines")
     metrics = ["caption_colour_shape", "classification_feature", "classification_code", "image_to_text_class_R@1",
                "text_to_image_class_R@1", "top5_colour_and_shape", "arithmetic_hit_rate", "vqa", "vqa_colour",
-               "vqa_shape", "vqa_yes/no", "closed_set_vqa_colour", "closed_set_vqa_shape", "closed_set_vqa_yes/no"]  # fmt: skip
+               "vqa_shape", "vqa_yes/no", "vqa_paper_layout", "closed_set_vqa_colour", "closed_set_vqa_shape",
+               "closed_set_vqa_yes/no"]  # fmt: skip
     table = summarise(results, metrics)
+    table += "\n\nVQA baselines on the same test questions: " + ", ".join(f"{k} {v:.3f}" for k, v in baselines.items())
     names = list(results)
     if len(names) == 2:
         table += "\n\n" + separation(results, *names, metrics)

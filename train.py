@@ -259,7 +259,7 @@ def main(argv=None) -> Path:
         train_set = CaptionedImages(dataset, *columns, base_dir=base_dir, seed=config.seed)
         prior_rows = dataset[config.caption_column]
     captions = [caption for cell in prior_rows for caption in caption_list(cell)]
-    counts = caption_token_counts(captions, processor, len(processor.tokenizer))
+    counts = caption_token_counts(captions, processor, len(processor.tokenizer), config.max_caption_length)
 
     # ---- models: frozen backbones + a fresh bridge
     bridge_kwargs = {}

@@ -452,6 +452,16 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         embeds = torch.cat([prefix, prompt_embeds], dim=1)
         return embeds, torch.cat([prefix_mask, prompt_attention_mask.long()], dim=1)
 
+    def _check_positions(self, length: int, visual: int, what: str) -> None:
+        """A decoder-only LLM has `max_position_embeddings` positions; beyond them it fails (IndexError) or silently
+        reads garbage. T5's relative positions have no such limit."""
+        limit = getattr(self.language_model.config, "max_position_embeddings", None)
+        if not self.is_encoder_decoder_llm and limit is not None and length > limit:
+            raise ValueError(
+                f"{length} tokens ({visual} visual + {what}) exceed the LLM's {limit} positions: "
+                "shorten the prompt or the caption (processor max_length) or generate fewer tokens"
+            )
+
     def _caption_logits(self, prefix, input_ids, attention_mask, prompt_input_ids=None, prompt_attention_mask=None):
         """LLM logits at the caption positions and the tokens they predict: `[B, T, V]`, `[B, T]` (-100 elsewhere)."""
         embeds, mask = self._prefix_and_prompt(prefix, prompt_input_ids, prompt_attention_mask)
@@ -467,6 +477,7 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
             torch.cat([context_labels, labels], dim=1),
             padding_side="right",
         )
+        self._check_positions(int(mask.sum(dim=1).max()), prefix.shape[1], "prompt + caption")
         # Only positions that predict a caption token go through the LM head (a V-wide projection): from the one before
         # the earliest caption token to the end.
         first = int((labels != -100).float().argmax(dim=1).min())
@@ -562,6 +573,7 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         embeds, mask = self._prefix_and_prompt(prefix, prompt_input_ids, prompt_attention_mask)
         side = "right" if self.is_encoder_decoder_llm else "left"
         mask, embeds = pack_padding(mask, embeds, padding_side=side)
+        self._check_positions(mask.shape[1] + (generation_config.max_new_tokens or 0), prefix.shape[1], "prompt + new tokens")
         return self.language_model.generate(
             inputs_embeds=embeds, attention_mask=mask, generation_config=generation_config, **model_kwargs
         )

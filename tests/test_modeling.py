@@ -331,3 +331,20 @@ def test_vqa_prompts_describe_the_image_in_the_trained_layout_first(backbones):
             vqa_prompts(model, processor, pictures, questions, None, bad, 2)
     with pytest.raises(ValueError, match="2 images but 1 questions"):
         answer(model, processor, pictures, questions[:1])
+
+
+@pytest.mark.parametrize("llm", ["opt", "llama"])
+def test_inputs_beyond_the_llms_positions_are_an_error_naming_the_limit(backbones, llm):
+    model, processor = build(backbones, llm)
+    limit = model.language_model.config.max_position_embeddings
+    long_prompt = " ".join(["red"] * limit)
+    with pytest.raises(ValueError, match=f"exceed the LLM's {limit} positions"):
+        model.generate(**processor(images=images(1), prompt=long_prompt), max_new_tokens=2)
+    with pytest.raises(ValueError, match=f"exceed the LLM's {limit} positions"):
+        model(**processor(images=images(1), text=[long_prompt]))
+    inputs = processor(images=images(1))
+    visual = model.get_image_prefix(inputs["pixel_values"]).shape[1]
+    room = limit - visual - inputs["prompt_input_ids"].shape[1]
+    model.generate(**inputs, max_new_tokens=room)  # exactly up to the limit: fine
+    with pytest.raises(ValueError, match=f"{limit + 1} tokens \\({visual} visual"):
+        model.generate(**inputs, max_new_tokens=room + 1)

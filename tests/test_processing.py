@@ -89,3 +89,18 @@ def test_prompts_default_and_per_image(processor):
     assert default["prompt_input_ids"][0].tolist() == expected
     mixed = processor(images=[image, image], prompt=["Question: is there a circle? Answer:", ""])
     assert mixed["prompt_attention_mask"][1].sum() == 0
+
+
+def test_word_prior_counts_the_truncated_tokens_training_sees(processor):
+    import torch
+
+    from vlap.data import caption_token_counts
+
+    captions = ["a red circle", " ".join(["blue"] * 500) + " square", "a green triangle on a white background"]
+    vocab = len(processor.tokenizer)
+    batch = processor(text=captions, max_length=6)  # what the collator feeds training
+    expected = torch.bincount(batch["input_ids"][batch["attention_mask"].bool()], minlength=vocab).double()
+    torch.testing.assert_close(caption_token_counts(captions, processor, vocab, max_length=6), expected)
+    untruncated = caption_token_counts(captions, processor, vocab)
+    blue = processor.tokenizer(" blue", add_special_tokens=False)["input_ids"][0]
+    assert untruncated[blue] >= 500 > expected[blue]  # the long caption would have swamped the prior

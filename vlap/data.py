@@ -198,11 +198,13 @@ class Collator:
         return batch
 
 
-def caption_token_counts(captions, processor, vocab_size: int) -> torch.Tensor:
-    """Caption token frequencies as the processor tokenises them (after the prompt, EOS appended): `[vocab_size]`."""
+def caption_token_counts(captions, processor, vocab_size: int, max_length: int | None = None) -> torch.Tensor:
+    """Caption token frequencies as training sees them (tokenised after the prompt, truncated to `max_length` tokens
+    with EOS appended, as `processor(text=..., max_length=...)` does): `[vocab_size]`."""
     counts = torch.zeros(vocab_size, dtype=torch.float64)
     eos = processor.tokenizer.eos_token_id
     for start in range(0, len(captions), 1024):
         for ids in processor.caption_token_ids(captions[start : start + 1024]):
-            counts += torch.bincount(torch.tensor(ids + [eos]), minlength=vocab_size).double()
+            kept = ids if max_length is None else ids[: max_length - 1]
+            counts += torch.bincount(torch.tensor(kept + [eos]), minlength=vocab_size).double()
     return counts

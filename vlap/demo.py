@@ -68,7 +68,8 @@ def evaluate_model(folder: Path, sets: dict, test_captions: list) -> dict:
     test_states = sets["test"]["vision_hidden_states"]
     caption = evaluate_captioning(model, processor, references=test_captions, vision_hidden_states=test_states,
                                   max_new_tokens=12, batch_size=32)  # fmt: skip
-    worlds = {name: evaluate_shape_world(model, processor, **data) for name, data in sets.items()}
+    worlds = {name: evaluate_shape_world(model, processor, **data, other_vqa_layouts=False)
+              for name, data in sets.items()}  # fmt: skip
     scores = {**caption["scores"]}
     for name, world in worlds.items():
         scores.update({f"{name}: {k}": v for k, v in world.items() if isinstance(v, float)})

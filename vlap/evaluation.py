@@ -185,7 +185,7 @@ def answer_without_image(model, processor, questions: list[str], descriptions: l
 
 @torch.no_grad()
 def evaluate_shape_world(model, processor, vision_hidden_states, colours, shapes, questions=(), batch_size: int = 32,
-                         arithmetic_per_class: int = 4) -> dict:  # fmt: skip
+                         arithmetic_per_class: int = 4, other_vqa_layouts: bool = True) -> dict:  # fmt: skip
     """Everything a model of easy-vqa's 24 coloured-shape classes should get right, on images of known class.
 
     - caption_colour_shape: the caption names the image's colour and shape (and no other);
@@ -198,8 +198,8 @@ def evaluate_shape_world(model, processor, vision_hidden_states, colours, shapes
     - vqa, vqa_{colour,shape,yes/no} when (row, question, answers) triples are given: open-ended generation in
       `tasks.VQA_TEMPLATE`'s layout (the model's caption, then the question); vqa_paper_layout: the same after the
       paper's "Question: ... Answer:" straight after the visual prefix; closed_set_vqa_*: the most likely of easy-vqa's
-      13 answers (`tasks.choose_answer`); `vqa_baselines` gives the majority-answer, no-image and true-caption
-      figures of the same questions.
+      13 answers (`tasks.choose_answer`); these two only with `other_vqa_layouts`; `vqa_baselines` gives the
+      majority-answer, no-image and true-caption figures of the same questions.
     """
     from vlap.easy_vqa import TEMPLATES
     from vlap.shapes import ANSWERS, CLASSES, caption_is_right, named, question_type
@@ -252,12 +252,13 @@ def evaluate_shape_world(model, processor, vision_hidden_states, colours, shapes
         types = [question_type(q) for q in texts]
         scores["vqa"] = load_metric("vqa_accuracy").compute(predictions=predicted, references=[list(a) for _, _, a in questions])["vqa_accuracy"]  # fmt: skip
         scores.update(_vqa_by_type(predicted, questions, types))
-        paper = tasks.answer(model, processor, vision_hidden_states=vision_hidden_states[rows], questions=texts,
-                             template=tasks.PAPER_VQA_TEMPLATE, batch_size=batch_size, max_new_tokens=4)  # fmt: skip
-        scores["vqa_paper_layout"] = load_metric("vqa_accuracy").compute(predictions=paper, references=[list(a) for _, _, a in questions])["vqa_accuracy"]  # fmt: skip
-        chosen = tasks.choose_answer(model, processor, vision_hidden_states=vision_hidden_states[rows], questions=texts,
-                                     candidates=ANSWERS, batch_size=4 * batch_size)  # fmt: skip
-        scores.update({f"closed_set_{k}": v for k, v in _vqa_by_type(chosen, questions, types).items()})
+        if other_vqa_layouts:
+            paper = tasks.answer(model, processor, vision_hidden_states=vision_hidden_states[rows], questions=texts,
+                                 template=tasks.PAPER_VQA_TEMPLATE, batch_size=batch_size, max_new_tokens=4)  # fmt: skip
+            scores["vqa_paper_layout"] = load_metric("vqa_accuracy").compute(predictions=paper, references=[list(a) for _, _, a in questions])["vqa_accuracy"]  # fmt: skip
+            chosen = tasks.choose_answer(model, processor, vision_hidden_states=vision_hidden_states[rows],
+                                         questions=texts, candidates=ANSWERS, batch_size=4 * batch_size)  # fmt: skip
+            scores.update({f"closed_set_{k}": v for k, v in _vqa_by_type(chosen, questions, types).items()})
         scores["vqa_examples"] = [(q, p) for q, p in zip(texts[:6], predicted[:6])]
     scores["caption_examples"] = captions[:6]
     scores["word_examples"] = [[w for w, _ in top] for top in words[:3]]

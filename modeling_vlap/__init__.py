@@ -6,7 +6,12 @@ each other). Importing the package registers them with the Auto classes, so `sav
 """
 
 from .configuration_vlap import VLAPConfig
-from .modeling_vlap import VLAPForConditionalGeneration, VLAPOutput, VLAPPreTrainedModel
+from .modeling_vlap import (
+    VLAPForConditionalGeneration,
+    VLAPForZeroShotImageClassification,
+    VLAPOutput,
+    VLAPPreTrainedModel,
+)
 from .optimal_transport import sinkhorn_knopp
 from .pipeline_vlap import VLAPImageToTextPipeline
 from .processing_vlap import VLAPProcessor
@@ -18,6 +23,7 @@ VLAPProcessor.register_for_auto_class("AutoProcessor")
 __all__ = [
     "VLAPConfig",
     "VLAPForConditionalGeneration",
+    "VLAPForZeroShotImageClassification",
     "VLAPImageToTextPipeline",
     "VLAPOutput",
     "VLAPPreTrainedModel",

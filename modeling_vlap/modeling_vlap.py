@@ -20,6 +20,7 @@ from transformers import (
     GenerationMixin,
     PreTrainedModel,
 )
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import load_state_dict
 from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput, cached_file, logging
 
@@ -263,13 +264,16 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         return model.eval()
 
     def save_pretrained(self, save_directory, *args, bridge_only: bool = False, **kwargs):
-        """As PreTrainedModel's; a registered model is also reachable through AutoModel (auto_map holds one class).
+        """As PreTrainedModel's; a registered model is also reachable through AutoModel and, as
+        VLAPForZeroShotImageClassification (the same weights), AutoModelForZeroShotImageClassification.
 
         `bridge_only=True` writes only the bridge and word prior (and a config naming the backbones in
         `config.backbones`, from which `from_pretrained` loads them back).
         """
         if self._auto_class is not None:
-            auto_model = {"AutoModel": f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"}
+            module = type(self).__module__.split(".")[-1]
+            auto_model = {"AutoModel": f"{module}.{type(self).__name__}",
+                          "AutoModelForZeroShotImageClassification": f"{module}.VLAPForZeroShotImageClassification"}  # fmt: skip
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **auto_model}
         if not bridge_only:
             return super().save_pretrained(save_directory, *args, **kwargs)
@@ -505,16 +509,22 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         prompt_attention_mask: torch.Tensor | None = None,
         vision_hidden_states: torch.Tensor | None = None,
         return_loss: bool | None = None,
-    ) -> VLAPOutput:
+    ) -> VLAPOutput | BaseModelOutputWithPooling:
         r"""
         Args:
             pixel_values: `[B, 3, H, W]` images (or pass `vision_hidden_states`, the cached frozen vision output).
             input_ids, attention_mask: `[B, T]` captions, tokenised by the processor (no BOS, EOS appended).
             prompt_input_ids, prompt_attention_mask: `[B, P]` text after the visual prefix ("A picture of").
             return_loss: compute `loss`, `caption_loss` and `assignment_loss` (default: when captions are given).
+
+        Without captions the LLM is not run: the output is the image features (what the image-feature-extraction
+        pipeline reads), `last_hidden_state` `[B, K, D]` the mapped visual tokens and `pooler_output` `[B, D]` their
+        normalised mean (`get_image_features`). To caption images call generate().
         """
         if input_ids is None:
-            raise ValueError("forward() needs captions (input_ids); to caption images call generate()")
+            prefix = self.get_image_prefix(pixel_values, vision_hidden_states)
+            pooled = F.normalize(prefix.float().mean(dim=1), dim=-1)
+            return BaseModelOutputWithPooling(last_hidden_state=prefix, pooler_output=pooled)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         return_loss = True if return_loss is None else return_loss
@@ -579,4 +589,36 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         )
 
 
-__all__ = ["VLAPPreTrainedModel", "VLAPForConditionalGeneration", "VLAPOutput", "LangBridge"]
+@dataclass
+class VLAPZeroShotOutput(ModelOutput):
+    """
+    CLIP's output convention (what the zero-shot-image-classification pipeline reads).
+
+    Args:
+        logits_per_image: `[images, texts]` scaled cosine similarities; `logits_per_text` is its transpose.
+        image_embeds, text_embeds: `[N, D]` the normalised features they compare.
+    """
+
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+
+
+class VLAPForZeroShotImageClassification(VLAPForConditionalGeneration):
+    """The same model (same weights) with CLIP's zero-shot interface: images and candidate texts in, their scaled
+    cosine similarities out. The logit scale is fixed at 1 / `assignment_temperature` (100: the sharpness L_map trains
+    the image codes with), so softmax(logits_per_image) ranks the labels as the code space does."""
+
+    def forward(self, input_ids: torch.Tensor, pixel_values=None, attention_mask=None, vision_hidden_states=None,
+                **kwargs) -> VLAPZeroShotOutput:  # fmt: skip
+        """`input_ids` `[T, L]`: the candidate texts (tokenised plainly); `pixel_values` `[N, 3, H, W]`."""
+        image_embeds = self.get_image_features(pixel_values, vision_hidden_states)
+        text_embeds = self.get_text_features(input_ids, attention_mask)
+        logits_per_image = image_embeds @ text_embeds.T / self.config.assignment_temperature
+        return VLAPZeroShotOutput(logits_per_image=logits_per_image, logits_per_text=logits_per_image.T,
+                                  image_embeds=image_embeds, text_embeds=text_embeds)  # fmt: skip
+
+
+__all__ = ["VLAPPreTrainedModel", "VLAPForConditionalGeneration", "VLAPForZeroShotImageClassification", "VLAPOutput",
+           "VLAPZeroShotOutput", "LangBridge"]  # fmt: skip

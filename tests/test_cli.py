@@ -183,3 +183,19 @@ def test_cli_on_a_folder_answers_the_good_files_and_reports_each_bad_one(saved, 
     assert before == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
     code, out, err = run(capsys, "caption", saved["model"], folder / "b_text.png")  # one bad file: nothing to answer
     assert code == 1 and out == "" and "b_text.png: not a readable image" in err
+
+
+def test_classify_matches_the_zero_shot_pipeline(saved, capsys):
+    from transformers import pipeline
+
+    image = saved["images"] / "red_circle.png"
+    code, out, _ = run(capsys, "classify", saved["model"], image, "--labels", "red circle, blue square,green triangle",
+                       "--json")  # fmt: skip
+    (row,) = json.loads(out)
+    classifier = pipeline("zero-shot-image-classification", model=str(saved["model"]), trust_remote_code=True)
+    expected = classifier(str(image), candidate_labels=["red circle", "blue square", "green triangle"],
+                          hypothesis_template="a photo of a {}.")  # fmt: skip
+    assert code == 0 and [hit["label"] for hit in row["labels"]] == [hit["label"] for hit in expected]
+    assert [hit["score"] for hit in row["labels"]] == pytest.approx([hit["score"] for hit in expected], abs=1e-5)
+    code, _, err = run(capsys, "classify", saved["model"], image, "--labels", "cat")
+    assert code == 1 and "at least two distinct labels" in err

@@ -199,10 +199,12 @@ def test_bad_config_values_are_rejected():
         VLAPConfig(num_visual_tokens=0)
 
 
-def test_forward_needs_captions_and_matching_counts(backbones):
+def test_forward_without_captions_gives_image_features_and_counts_must_match(backbones):
     model, processor = build(backbones, "t5")
-    with pytest.raises(ValueError, match="needs captions"):
-        model(**processor(images=images(2)))
+    pixels = processor(images=images(2))["pixel_values"]
+    out = model(pixel_values=pixels)
+    torch.testing.assert_close(out.last_hidden_state, model.get_image_prefix(pixels))
+    torch.testing.assert_close(out.pooler_output, model.get_image_features(pixels))
     batch = processor(images=images(2))
     batch.update(processor(text=CAPTIONS[:3]))
     with pytest.raises(ValueError, match="2 images but 3 captions"):

@@ -29,6 +29,7 @@ LOAD_IN_FRESH_PROCESS = textwrap.dedent(
     from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor, pipeline
 
     folder, image_path, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    LABELS, TEMPLATE = ["red circle", "blue square", "green triangle"], "a photo of a {}."
     image = Image.open(image_path)
     model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
@@ -42,6 +43,10 @@ LOAD_IN_FRESH_PROCESS = textwrap.dedent(
         "caption": captioner(image, **settings)[0]["generated_text"],
         "answer": captioner(image, prompt="Question: what colour is the shape? Answer:", **settings)[0]["generated_text"],
         "image_features": model.get_image_features(processor(images=[image])["pixel_values"]).tolist(),
+        "zero_shot": pipeline("zero-shot-image-classification", model=folder, trust_remote_code=True)(
+            image, candidate_labels=LABELS, hypothesis_template=TEMPLATE),
+        "tokens": pipeline("image-feature-extraction", model=folder, trust_remote_code=True)(image, return_tensors=True).tolist(),
+        "pooled": pipeline("image-feature-extraction", model=folder, trust_remote_code=True)(image, pool=True),
     }))
     """
 )
@@ -80,5 +85,18 @@ def test_saved_folder_loads_offline_in_a_fresh_process(backbones, llm, tmp_path)
     assert loaded["caption"] == processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
     assert loaded["answer"] == processor.batch_decode(answer_ids, skip_special_tokens=True)[0].strip()
     torch.testing.assert_close(torch.tensor(loaded["image_features"]), features)
+    # zero-shot-image-classification: softmax over labels of cos(image, text) / temperature, texts tokenised plainly.
+    labels = ["red circle", "blue square", "green triangle"]
+    tokens = processor.tokenizer([f"a photo of a {label}." for label in labels], padding=True, return_tensors="pt")
+    text = model.get_text_features(tokens["input_ids"], tokens["attention_mask"])
+    probabilities = torch.softmax(features @ text.T / model.config.assignment_temperature, dim=-1)[0]
+    expected = sorted(zip(probabilities.tolist(), labels), reverse=True)
+    assert [row["label"] for row in loaded["zero_shot"]] == [label for _, label in expected]
+    torch.testing.assert_close(torch.tensor([row["score"] for row in loaded["zero_shot"]]),
+                               torch.tensor([score for score, _ in expected]), atol=1e-5, rtol=0)  # fmt: skip
+    # image-feature-extraction: the mapped visual tokens, and pooled: the image features.
+    prefix = model.get_image_prefix(processor(images=[image])["pixel_values"])
+    torch.testing.assert_close(torch.tensor(loaded["tokens"]), prefix, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.tensor(loaded["pooled"]), features, atol=1e-5, rtol=1e-5)
     noise = [line for line in result.stderr.splitlines() if "warn" in line.lower() or "traceback" in line.lower()]
     assert not noise, result.stderr

@@ -171,6 +171,22 @@ def cmd_retrieve(args) -> None:
     report_failures(failures, len(found))
 
 
+def cmd_classify(args) -> None:
+    from vlap.tasks import classify
+
+    labels = [label.strip() for label in args.labels.split(",") if label.strip()]
+    found = expand_images(args.images)
+    paths, images, failures = open_images(found, keep_going=True)
+    model, processor = load_model(args)
+    ranked = classify(model, processor, images, labels, template=args.template, batch_size=args.batch_size)
+    data = [{"image": str(path), "labels": [{"label": label, "score": score} for label, score in scores]}
+            for path, scores in zip(paths, ranked)]  # fmt: skip
+    emit(args, data, "\n".join(f"{row['image']}: " + ", ".join(f"{hit['label']} {hit['score']:.3f}"
+                                                              for hit in row["labels"][: args.top_k])
+                               for row in data))  # fmt: skip
+    report_failures(failures, len(found))
+
+
 def cmd_words(args) -> None:
     from vlap.tasks import plot_words, read_words
 
@@ -273,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--images", required=True, metavar="DIR", help="folder (or glob) of images")
     sub.add_argument("--texts", metavar="FILE", help="candidate texts, one per line")
     sub.add_argument("--query", action="append", metavar="TEXT", help="a text to rank the images for (repeatable)")
+    sub.add_argument("--top-k", type=int, default=5)
+
+    sub = command("classify", cmd_classify, "zero-shot classification among labels (CLIP-style, by feature cosine)")
+    sub.add_argument("images", metavar="IMAGE", nargs="+", help="image files, globs or folders")
+    sub.add_argument("--labels", required=True, help="comma-separated candidate labels, e.g. 'cat,dog,car'")
+    sub.add_argument("--template", default="a photo of a {}.", help="label text template with {} (as the pipeline's)")
     sub.add_argument("--top-k", type=int, default=5)
 
     sub = command("words", cmd_words, "read an image as words: the top of its assignment over the vocabulary")

@@ -163,6 +163,28 @@ def text_features(model, processor, texts: Sequence[str], batch_size: int = 64) 
     return torch.cat(features)
 
 
+LABEL_TEMPLATE = "a photo of a {}."  # as pipeline("zero-shot-image-classification")'s hypothesis_template
+
+
+@torch.no_grad()
+def classify(model, processor, images=None, labels: Sequence[str] = (), *, vision_hidden_states=None,
+             template: str = LABEL_TEMPLATE, batch_size: int = 16) -> list[list[tuple[str, float]]]:  # fmt: skip
+    """Zero-shot classification, CLIP-style: each image's labels, best first, with softmax(cos / temperature) scores.
+
+    The same numbers as `pipeline("zero-shot-image-classification", hypothesis_template=template)` on the saved
+    model (the label texts are tokenised plainly, as that pipeline does)."""
+    labels = list(labels)
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise ValueError(f"give at least two distinct labels, got {labels}")
+    if "{}" not in template:
+        raise ValueError(f"the label template {template!r} has no {{}} for the label")
+    tokens = processor.tokenizer([template.format(label) for label in labels], padding=True, return_tensors="pt")
+    text = model.get_text_features(tokens["input_ids"].to(model.device), tokens["attention_mask"].to(model.device))
+    image = image_features(model, processor, images, vision_hidden_states=vision_hidden_states, batch_size=batch_size)
+    scores = torch.softmax(image @ text.cpu().T / model.config.assignment_temperature, dim=-1)
+    return [[(labels[i], p) for i, p in ranked] for ranked in rank(scores, len(labels))]
+
+
 def rank(similarity: torch.Tensor, top_k: int) -> list[list[tuple[int, float]]]:
     """Each row's `top_k` columns, best first, with their scores."""
     scores, indices = similarity.topk(min(top_k, similarity.shape[1]), dim=1)

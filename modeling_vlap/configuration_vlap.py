@@ -7,10 +7,12 @@ from transformers.configuration_utils import SubConfigSpec
 # can name it as its vision_config (the `from .x import y` form is what remote-code loading follows).
 from .efficientnet_lite import EfficientNetLiteConfig  # noqa: F401
 
-# The pipeline that `pipeline("image-to-text", model=<saved folder>, trust_remote_code=True)` resolves to.
-IMAGE_TO_TEXT_PIPELINE = {
-    "image-to-text": {"impl": "pipeline_vlap.VLAPImageToTextPipeline", "pt": ["AutoModel"], "type": "multimodal"}
-}
+# The pipelines that `pipeline(task, model=<saved folder>, trust_remote_code=True)` resolves to.
+CUSTOM_PIPELINES = {
+    "image-to-text": {"impl": "pipeline_vlap.VLAPImageToTextPipeline", "pt": ["AutoModel"], "type": "multimodal"},
+    "image-text-to-text": {"impl": "pipeline_vlap.VLAPImageTextToTextPipeline", "pt": ["AutoModel"],
+                           "type": "multimodal"},
+}  # fmt: skip
 
 
 class VLAPConfig(PreTrainedConfig):
@@ -81,7 +83,7 @@ class VLAPConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if getattr(self, "custom_pipelines", None) is None:
-            self.custom_pipelines = IMAGE_TO_TEXT_PIPELINE
+            self.custom_pipelines = CUSTOM_PIPELINES
         positive = {
             "sinkhorn_epsilon": self.sinkhorn_epsilon,
             "sinkhorn_iterations": self.sinkhorn_iterations,

@@ -1,11 +1,16 @@
-"""`pipeline("image-to-text", model=<VLAP folder>, trust_remote_code=True)` (remote code: transformers only).
+"""`pipeline("image-to-text" | "image-text-to-text", model=<VLAP folder>, trust_remote_code=True)` (remote code:
+transformers only).
 
-transformers 5 maps "image-to-text" to ImageTextToTextPipeline, which demands text; a VLAP folder names this class
-in `config.custom_pipelines` instead, so captioning needs no text and `prompt=` turns it into prompted VQA.
+transformers 5 maps "image-to-text" to ImageTextToTextPipeline, which demands text; a VLAP folder names
+VLAPImageToTextPipeline in `config.custom_pipelines` instead, so captioning needs no text and `prompt=` turns it into
+prompted VQA. "image-text-to-text" is the standard pipeline (text prompts or chat messages, batching, return_full_text)
+with two steps adapted: a VLAP processor takes the prompt as `prompt` (its `text` means captions), and generate
+returns only the new tokens.
 """
 
 from transformers import GenerationConfig, Pipeline
 from transformers.image_utils import load_image
+from transformers.pipelines.image_text_to_text import Chat, ImageTextToTextPipeline
 
 
 class VLAPImageToTextPipeline(Pipeline):
@@ -38,3 +43,27 @@ class VLAPImageToTextPipeline(Pipeline):
     def postprocess(self, model_outputs):
         texts = self.processor.batch_decode(model_outputs["generated_ids"], skip_special_tokens=True)
         return [{"generated_text": text.strip()} for text in texts]
+
+
+class VLAPImageTextToTextPipeline(ImageTextToTextPipeline):
+    """`pipe(images=image, text="Question: ... Answer:")` or `pipe(text=[chat messages with an image item])`: the
+    standard image-text-to-text interface. The visual prefix always comes first; chat messages are rendered by
+    `VLAPProcessor.apply_chat_template` (the LLM's chat template, image items taken out of the text)."""
+
+    def preprocess(self, inputs=None, timeout=None, continue_final_message=None, **processing_kwargs):
+        if isinstance(inputs, Chat):
+            return super().preprocess(inputs, timeout=timeout, continue_final_message=continue_final_message,
+                                      **processing_kwargs)  # fmt: skip
+        if isinstance(inputs, (list, tuple, str)) or inputs.get("images") is None:
+            raise ValueError("a VLAP model needs an image with the text: pipe(images=..., text=...)")
+        images = [load_image(image, timeout=timeout) if isinstance(image, str) and image.startswith(("http://", "https://"))
+                  else image for image in (inputs["images"] if isinstance(inputs["images"], list) else [inputs["images"]])]  # fmt: skip
+        model_inputs = self.processor(images=images, prompt=inputs["text"], return_tensors="pt").to(dtype=self.dtype)
+        model_inputs["text"] = inputs["text"]
+        return model_inputs
+
+    def _forward(self, model_inputs, generate_kwargs=None):
+        prompt_text = model_inputs.pop("text")
+        generate_kwargs = self._prepare_generate_kwargs(generate_kwargs or {}, return_dict_in_generate=False)
+        generated = self.model.generate(**model_inputs, **generate_kwargs)  # the new tokens only
+        return {"generated_sequence": generated, "prompt_text": prompt_text, "input_ids": model_inputs["prompt_input_ids"]}

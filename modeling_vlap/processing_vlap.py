@@ -4,6 +4,7 @@ import os
 from collections.abc import Sequence
 
 from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
+from transformers.image_utils import load_image
 from transformers.utils import is_vision_available
 
 if is_vision_available():
@@ -52,7 +53,12 @@ def open_image(source, name: str | None = None) -> "Image.Image":
 
 
 def _load_image(item, index: int) -> "Image.Image":
-    """A PIL image, a path to one, or a uint8 numpy array -> RGB PIL image; anything else is a ValueError."""
+    """A PIL image, a path or http(s) URL of one, or a uint8 numpy array -> RGB PIL image; else a ValueError."""
+    if isinstance(item, str) and item.startswith(("http://", "https://")):
+        try:
+            return to_rgb(load_image(item))
+        except Exception as error:  # the HTTP client's own error types (no network, DNS, HTTP status, timeout)
+            raise ValueError(f"images[{index}] ({item}): could not fetch the image ({type(error).__name__})") from None
     if isinstance(item, (str, os.PathLike)):
         return open_image(item, f"images[{index}] ({os.fspath(item)!r})")
     if isinstance(item, Image.Image):
@@ -195,6 +201,43 @@ class VLAPProcessor(ProcessorMixin):
             "input_ids": [row + [pad_id] * (width - len(row)) for row in ids],
             "attention_mask": [[1] * len(row) + [0] * (width - len(row)) for row in ids],
         }
+
+    def apply_chat_template(self, conversation, chat_template: str | None = None, add_generation_prompt: bool = False,
+                            tokenize: bool = False, return_dict: bool = False, return_tensors: str | None = "pt",
+                            continue_final_message: bool = False, **kwargs):  # fmt: skip
+        """Chat messages (one conversation or a list of them) -> the prompt after each image's visual prefix.
+
+        Image items of the content (`{"type": "image", "image" | "url" | "path": ...}`) are taken out of the text: the
+        model always reads the image first. The text turns are rendered with `chat_template`, else the processor's or
+        the LLM tokenizer's; an LLM without one (a plain OPT or T5) gets the turns' text joined by new lines.
+        `tokenize=True` returns the model inputs, `processor(images=..., prompt=...)`, one image per conversation;
+        otherwise the prompt string(s).
+        """
+        batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
+        prompts, images = [], []
+        template = chat_template or getattr(self, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
+        for messages in conversation if batched else [conversation]:
+            turns = []
+            for message in messages:
+                content = message["content"]
+                if not isinstance(content, str):
+                    for item in content:
+                        if item.get("type") == "image":
+                            images.append(item.get("image", item.get("url", item.get("path"))))
+                    content = " ".join(item["text"] for item in content if item.get("type") == "text")
+                turns.append({"role": message["role"], "content": content})
+            if template:
+                prompts.append(self.tokenizer.apply_chat_template(
+                    turns, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt,
+                    continue_final_message=continue_final_message))  # fmt: skip
+            else:
+                prompts.append("\n".join(turn["content"] for turn in turns if turn["content"]))
+        if not tokenize:
+            return prompts if batched else prompts[0]
+        if len(images) != len(prompts):
+            raise ValueError(f"each conversation needs exactly one image item, got {len(images)} image(s) for "
+                             f"{len(prompts)} conversation(s)")  # fmt: skip
+        return self(images=images, prompt=prompts, return_tensors=return_tensors)
 
     def decode_words(self, token_ids) -> list[list[str]]:
         """`[B, k]` token ids (e.g. from `model.image_to_words`) -> the words they spell, one list per image."""

@@ -100,3 +100,83 @@ def test_saved_folder_loads_offline_in_a_fresh_process(backbones, llm, tmp_path)
     torch.testing.assert_close(torch.tensor(loaded["pooled"]), features, atol=1e-5, rtol=1e-5)
     noise = [line for line in result.stderr.splitlines() if "warn" in line.lower() or "traceback" in line.lower()]
     assert not noise, result.stderr
+
+
+CHAT_IN_FRESH_PROCESS = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class NoRepoImports(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("modeling_vlap", "vlap"):
+                raise ImportError(f"{name} must come from the saved folder, not from the repository")
+
+    sys.meta_path.insert(0, NoRepoImports())
+    from transformers import AutoModel, AutoProcessor, pipeline
+
+    folder, image, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    chat = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+            {"role": "user", "content": [{"type": "image", "image": image},
+                                         {"type": "text", "text": "What colour is the shape?"}]}]
+    pipe = pipeline("image-text-to-text", model=folder, trust_remote_code=True)
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    inputs = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)
+    print(json.dumps({
+        "text": pipe(images=image, text="Question: what colour is it? Answer:", return_full_text=False, **settings),
+        "full": pipe(images=image, text="Question: what colour is it? Answer:", **settings),
+        "batch": pipe(images=[image, image], text=["A picture of", "Question: is it red? Answer:"],
+                      return_full_text=False, **settings),
+        "chat": pipe(text=chat, **settings),
+        "tensors": pipe(images=image, text="Question: what colour is it? Answer:", return_tensors=True,
+                        **settings)[0]["generated_token_ids"].tolist(),
+        "chat_ids": model.generate(**inputs, **settings).tolist(),
+        "rendered": processor.apply_chat_template(chat, add_generation_prompt=True),
+    }))
+    """
+)
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}"
+    "<|assistant|>{% endif %}"
+)
+
+
+@pytest.mark.parametrize("llm", ["t5", "llama"])
+def test_image_text_to_text_pipeline_with_prompts_and_chat_messages(backbones, llm, tmp_path):
+    """The standard pipeline on a saved folder in a fresh process: text prompts (batched, with and without the
+    prompt in the output) and chat messages with a system turn, each equal to the direct generate call."""
+    model, processor = build(backbones, llm)
+    model.eval()
+    if llm == "llama":  # a chat LLM: its tokenizer's template renders the turns; T5 has none (turns joined by lines)
+        processor.tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    folder, image_path = tmp_path / "vlap", tmp_path / "photo.png"
+    Image.fromarray(np.random.RandomState(5).randint(0, 255, (40, 48, 3), dtype=np.uint8)).save(image_path)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    script = tmp_path / "chat.py"
+    script.write_text(CHAT_IN_FRESH_PROCESS)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, str(script), str(folder), str(image_path), json.dumps(GENERATION)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+
+    def generate(prompt: str) -> torch.Tensor:
+        return model.generate(**processor(images=[Image.open(image_path)], prompt=prompt), **GENERATION)
+
+    def reply(prompt: str) -> str:
+        return processor.batch_decode(generate(prompt), skip_special_tokens=True)[0]
+
+    question = "Question: what colour is it? Answer:"
+    assert loaded["tensors"] == generate(question)[0].tolist()  # the same ids (tiny T5's decode to "")
+    assert loaded["text"] == [{"input_text": question, "generated_text": reply(question)}]
+    assert loaded["full"][0]["generated_text"] == question + reply(question)
+    assert [row["generated_text"] for row in loaded["batch"]] == [
+        reply("A picture of"), reply("Question: is it red? Answer:")
+    ]
+    rendered = ("<|system|>Be brief.\n<|user|>What colour is the shape?\n<|assistant|>" if llm == "llama"
+                else "Be brief.\nWhat colour is the shape?")  # fmt: skip
+    assert loaded["rendered"] == rendered
+    assert loaded["chat_ids"] == generate(rendered).tolist()
+    answer = loaded["chat"][0]["generated_text"][-1]
+    assert answer["role"] == "assistant" and answer["content"] == reply(rendered)

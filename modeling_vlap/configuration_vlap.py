@@ -12,6 +12,8 @@ CUSTOM_PIPELINES = {
     "image-to-text": {"impl": "pipeline_vlap.VLAPImageToTextPipeline", "pt": ["AutoModel"], "type": "multimodal"},
     "image-text-to-text": {"impl": "pipeline_vlap.VLAPImageTextToTextPipeline", "pt": ["AutoModel"],
                            "type": "multimodal"},
+    "zero-shot-image-classification": {"impl": "pipeline_vlap.VLAPZeroShotImageClassificationPipeline",
+                                       "pt": ["AutoModelForZeroShotImageClassification"], "type": "multimodal"},
 }  # fmt: skip
 
 

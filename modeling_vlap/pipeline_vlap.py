@@ -11,6 +11,11 @@ returns only the new tokens.
 from transformers import GenerationConfig, Pipeline
 from transformers.image_utils import load_image
 from transformers.pipelines.image_text_to_text import Chat, ImageTextToTextPipeline
+from transformers.pipelines.zero_shot_image_classification import ZeroShotImageClassificationPipeline
+
+# VLAP's text features weight each word by its rarity in the training captions (SIF), so a template word the captions
+# never held ("photo", ".") outweighs the label itself: the default label text has the captions' form.
+LABEL_TEMPLATE = "a {}"
 
 
 class VLAPImageToTextPipeline(Pipeline):
@@ -67,3 +72,26 @@ class VLAPImageTextToTextPipeline(ImageTextToTextPipeline):
         generate_kwargs = self._prepare_generate_kwargs(generate_kwargs or {}, return_dict_in_generate=False)
         generated = self.model.generate(**model_inputs, **generate_kwargs)  # the new tokens only
         return {"generated_sequence": generated, "prompt_text": prompt_text, "input_ids": model_inputs["prompt_input_ids"]}
+
+
+class VLAPZeroShotImageClassificationPipeline(ZeroShotImageClassificationPipeline):
+    """`pipe(image, candidate_labels=[...], hypothesis_template="a {}")`: the standard zero-shot interface and output,
+    with the label texts tokenised by the VLAP processor as captions are in training (after the prompt), not by the
+    bare tokenizer (a byte-level BPE spells "a" at the start of a text differently from " a" inside one)."""
+
+    _load_processor = True
+    _load_image_processor = False
+    _load_tokenizer = False
+
+    def preprocess(self, image, candidate_labels=None, hypothesis_template=LABEL_TEMPLATE, timeout=None, **kwargs):
+        if isinstance(image, str) and image.startswith(("http://", "https://")):
+            image = load_image(image, timeout=timeout)
+        inputs = self.processor(images=[image], return_tensors="pt")
+        texts = self.processor(text=[hypothesis_template.format(label) for label in candidate_labels])
+        return {"pixel_values": inputs["pixel_values"].to(self.dtype), "candidate_labels": candidate_labels,
+                "text_inputs": [{"input_ids": texts["input_ids"], "attention_mask": texts["attention_mask"]}]}  # fmt: skip
+
+    def _forward(self, model_inputs):
+        text_inputs = model_inputs.pop("text_inputs")[0]
+        outputs = self.model(**text_inputs, pixel_values=model_inputs["pixel_values"])
+        return {"candidate_labels": model_inputs["candidate_labels"], "logits": outputs.logits_per_image}

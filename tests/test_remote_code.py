@@ -85,9 +85,9 @@ def test_saved_folder_loads_offline_in_a_fresh_process(backbones, llm, tmp_path)
     assert loaded["caption"] == processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
     assert loaded["answer"] == processor.batch_decode(answer_ids, skip_special_tokens=True)[0].strip()
     torch.testing.assert_close(torch.tensor(loaded["image_features"]), features)
-    # zero-shot-image-classification: softmax over labels of cos(image, text) / temperature, texts tokenised plainly.
+    # zero-shot-image-classification: softmax over labels of cos(image, text) / temperature.
     labels = ["red circle", "blue square", "green triangle"]
-    tokens = processor.tokenizer([f"a photo of a {label}." for label in labels], padding=True, return_tensors="pt")
+    tokens = processor(text=[f"a photo of a {label}." for label in labels])  # tokenised as captions are
     text = model.get_text_features(tokens["input_ids"], tokens["attention_mask"])
     probabilities = torch.softmax(features @ text.T / model.config.assignment_temperature, dim=-1)[0]
     expected = sorted(zip(probabilities.tolist(), labels), reverse=True)

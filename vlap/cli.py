@@ -229,6 +229,10 @@ def cmd_eval(args) -> None:
                           args.limit)  # fmt: skip
     model, processor = load_model(args)
     generation = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
+    if args.template is not None:
+        if args.task != "vqa":
+            raise CLIError("--template is the VQA prompt template: it needs --task vqa")
+        generation["template"] = args.template
     result = evaluate_task(model, processor, data, args.task, batch_size=args.batch_size, progress=True, **generation)
     full = {"model": args.model, "task": args.task, "data": args.data, "command": "vlap " + shlex.join(args.argv),
             "num_images": len(data["images"]), "skipped_images": data["skipped"], **result}  # fmt: skip
@@ -294,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("classify", cmd_classify, "zero-shot classification among labels (CLIP-style, by feature cosine)")
     sub.add_argument("images", metavar="IMAGE", nargs="+", help="image files, globs or folders")
     sub.add_argument("--labels", required=True, help="comma-separated candidate labels, e.g. 'cat,dog,car'")
-    sub.add_argument("--template", default="a photo of a {}.", help="label text template with {} (as the pipeline's)")
+    sub.add_argument("--template", default="a {}", help="label text template with {} (as the pipeline's hypothesis_template; "
+                     "default 'a {}', the form of the training captions)")
     sub.add_argument("--top-k", type=int, default=5)
 
     sub = command("words", cmd_words, "read an image as words: the top of its assignment over the vocabulary")
@@ -318,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--caption-column", default="caption")
     sub.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     sub.add_argument("--max-new-tokens", type=int, default=None, help="caption: 20, vqa: 10 (default)")
+    sub.add_argument("--template", default=None, help="vqa: the prompt template (as `vlap vqa --template`)")
     sub.add_argument("--out", metavar="FILE.json", help="also write the report (with predictions) and FILE.md")
 
     sub = command("transfer", cmd_transfer, "move a LangBridge model to another LLM without training (re-index words)")

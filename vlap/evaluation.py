@@ -191,7 +191,8 @@ def evaluate_shape_world(model, processor, vision_hidden_states, colours, shapes
     - caption_colour_shape: the caption names the image's colour and shape (and no other);
     - classification_feature / classification_code: zero-shot classification among the 24 captions "a {colour}
       {shape}", by feature cosine and by the code space (log-likelihood of each caption's assignment under the
-      image's predicted assignment over words);
+      image's predicted assignment over words); classification_pipeline: among the 24 labels "{colour} {shape}"
+      as pipeline("zero-shot-image-classification") does it (template "a photo of a {}.", `tasks.classify`);
     - image_to_text_class_R@K, text_to_image_class_R@K: relevance-aware retrieval over the 72 class captions;
     - top5_colour_and_shape: the colour and the shape word both among the image's top-5 words;
     - arithmetic_hit_rate: image - "its colour" + "another colour" lands nearest that class's mean image feature;
@@ -219,6 +220,8 @@ def evaluate_shape_world(model, processor, vision_hidden_states, colours, shapes
     image_log_probs = torch.log_softmax(model.word_codes(image_features) / tau, dim=-1)
     text_targets = model.caption_assignments(tokens["input_ids"], tokens["attention_mask"], model.word_codes(text_features))
     scores["classification_code"] = ((image_log_probs @ text_targets.T).argmax(1) == truth).float().mean().item()
+    ranked = tasks.classify(model, processor, labels=CLASSES, **shared)  # = pipeline("zero-shot-image-classification")
+    scores["classification_pipeline"] = sum(r[0][0] == label for r, label in zip(ranked, labels)) / len(labels)
 
     all_captions = [t.format(colour=n.split()[0], shape=n.split()[1]) for n in CLASSES for t in TEMPLATES]
     similarity = image_features @ tasks.text_features(model, processor, all_captions).T

@@ -298,8 +298,8 @@ def test_report(out: Path, variants: dict, args) -> None:
                                                  test["colour"], test["shape"])  # fmt: skip
         path.write_text(json.dumps(results, indent=1))
     baselines = results.pop("vqa_baselines")
-    metrics = ["caption_colour_shape", "classification_feature", "classification_code", "image_to_text_class_R@1",
-               "text_to_image_class_R@1", "top5_colour_and_shape", "arithmetic_hit_rate", "vqa", "vqa_colour",
+    metrics = ["caption_colour_shape", "classification_feature", "classification_code", "classification_pipeline",
+               "image_to_text_class_R@1", "text_to_image_class_R@1", "top5_colour_and_shape", "arithmetic_hit_rate", "vqa", "vqa_colour",
                "vqa_shape", "vqa_yes/no", "vqa_paper_layout", "closed_set_vqa_colour", "closed_set_vqa_shape",
                "closed_set_vqa_yes/no"]  # fmt: skip
     table = summarise(results, metrics)

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from modeling_vlap.pipeline_vlap import LABEL_TEMPLATE
+
 # Zero-shot VQA layout. The bridge is trained on one layout only (visual prefix, the processor's prompt "A picture of",
 # a caption, the end token), so a question put straight after the prefix meets what training made likely there: the
 # end token (empty answers). Instead the image is first described in its trained layout ({prompt} {caption}: the
@@ -163,25 +165,19 @@ def text_features(model, processor, texts: Sequence[str], batch_size: int = 64) 
     return torch.cat(features)
 
 
-LABEL_TEMPLATE = "a photo of a {}."  # as pipeline("zero-shot-image-classification")'s hypothesis_template
-
-
 @torch.no_grad()
 def classify(model, processor, images=None, labels: Sequence[str] = (), *, vision_hidden_states=None,
              template: str = LABEL_TEMPLATE, batch_size: int = 16) -> list[list[tuple[str, float]]]:  # fmt: skip
-    """Zero-shot classification, CLIP-style: each image's labels, best first, with softmax(cos / temperature) scores.
-
-    The same numbers as `pipeline("zero-shot-image-classification", hypothesis_template=template)` on the saved
-    model (the label texts are tokenised plainly, as that pipeline does)."""
+    """Zero-shot classification, CLIP-style: each image's labels, best first, with softmax(cos / temperature) scores:
+    the numbers of `pipeline("zero-shot-image-classification", hypothesis_template=template)` on the saved model."""
     labels = list(labels)
     if len(labels) < 2 or len(set(labels)) != len(labels):
         raise ValueError(f"give at least two distinct labels, got {labels}")
     if "{}" not in template:
         raise ValueError(f"the label template {template!r} has no {{}} for the label")
-    tokens = processor.tokenizer([template.format(label) for label in labels], padding=True, return_tensors="pt")
-    text = model.get_text_features(tokens["input_ids"].to(model.device), tokens["attention_mask"].to(model.device))
+    text = text_features(model, processor, [template.format(label) for label in labels])
     image = image_features(model, processor, images, vision_hidden_states=vision_hidden_states, batch_size=batch_size)
-    scores = torch.softmax(image @ text.cpu().T / model.config.assignment_temperature, dim=-1)
+    scores = torch.softmax(image @ text.T / model.config.assignment_temperature, dim=-1)
     return [[(labels[i], p) for i, p in ranked] for ranked in rank(scores, len(labels))]
 
 

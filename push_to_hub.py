@@ -31,6 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
 CARD_TEMPLATE = REPO / "model_cards" / "vlap.md"
+CARD_USAGE = REPO / "model_cards" / "usage.py"  # the card's pipeline blocks; the tests run this file as it is
 REMOTE_CODE = sorted(p.name for p in (REPO / "modeling_vlap").glob("*.py") if p.name != "__init__.py")
 
 VERIFY_SCRIPT = textwrap.dedent(
@@ -117,6 +118,16 @@ def card_eval_results(results: list[dict], model_name: str) -> list:
     return entries
 
 
+def usage_blocks(repo_id: str) -> list[tuple[str, str]]:
+    """(title, code) of each "# --- title" block of model_cards/usage.py, MODEL and IMAGE spelled out."""
+    parts = re.split(r"^# --- (.+)$", CARD_USAGE.read_text(), flags=re.MULTILINE)
+    blocks = []
+    for title, code in zip(parts[1::2], parts[2::2]):
+        code = re.sub(r"\bMODEL\b", json.dumps(repo_id), code.strip())
+        blocks.append((title, re.sub(r"\bIMAGE\b", '"photo.jpg"', code)))
+    return blocks
+
+
 def render_card(
     model, repo_id: str, training: dict | None, results: list[dict], bridge_only: bool, license: str,
     datasets: list[str] = (),
@@ -162,7 +173,7 @@ def render_card(
         text_representation=config.text_representation, word_marginal_weight=config.word_marginal_weight,
         training={k: training[k] for k in keep if training and training.get(k) is not None},
         training_data=f"`{train_data}`" if train_data else "its training captions", results=results,
-        langbridge=config.bridge_type == "langbridge",
+        langbridge=config.bridge_type == "langbridge", usage_blocks=usage_blocks(repo_id),
     )  # fmt: skip
 
 

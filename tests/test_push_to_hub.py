@@ -1,5 +1,6 @@
 """push_to_hub.py against a loopback stub Hub: assembled, verified, uploaded, downloaded back, loaded the same."""
 
+import ast
 import json
 import os
 import subprocess
@@ -153,6 +154,8 @@ def test_card_renders_and_validates(trained, tmp_path, with_results):
     assert metadata["datasets"] == ["user/shape-captions"]
     assert "tester/card" in card.text and "trust_remote_code=True" in card.text and "park2024bridging" in card.text
     assert "| learning_rate | 0.001 |" in card.text
+    for task in ("image-to-text", "image-text-to-text", "zero-shot-image-classification", "image-feature-extraction"):
+        assert f'pipeline("{task}", model="tester/card", trust_remote_code=True)' in card.text
     if with_results:
         entries = metadata["model-index"][0]["results"]
         values = {m["name"]: m["value"] for entry in entries for m in entry["metrics"]}
@@ -172,3 +175,20 @@ def test_bad_card_metadata_is_rejected(trained):
     card = ModelCard("---\nlibrary_name: transformers\npipeline_tag: text-generation\n---\n# x\n")
     with pytest.raises(push_to_hub.PushError, match="pipeline_tag"):
         push_to_hub.validate_card(card)
+
+
+def test_the_cards_usage_blocks_run_on_a_saved_model(trained, tmp_path):
+    """model_cards/usage.py, the source of the card's pipeline blocks, runs as written in a fresh offline process."""
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "photo.png")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, str(REPO / "model_cards" / "usage.py"), trained / "final",
+                             tmp_path / "photo.png"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("[{'generated_text':") and "'role': 'assistant'" in lines[3]
+    labels = [row["label"] for row in ast.literal_eval(lines[4])]
+    assert sorted(labels) == ["blue rectangle", "green triangle", "red circle"]
+    assert lines[5].startswith("(1, 4, ")  # 4 visual tokens

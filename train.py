@@ -15,6 +15,7 @@ import re
 import resource
 import shutil
 import time
+import typing
 from pathlib import Path
 
 import datasets
@@ -112,32 +113,61 @@ def parse_config(argv=None) -> TrainConfig:
         if unknown:
             raise SystemExit(f"unknown config field(s): {', '.join(sorted(unknown))}")
     args.pop("config", None)
-    for name, text in args.items():
-        values[name] = _convert(text, fields[name].default)
-    config = TrainConfig(**values)
+    values.update(args)
+    config = TrainConfig(**{name: _parse(name, value, fields[name].type) for name, value in values.items()})
     if not config.train_data:
         raise SystemExit("train_data is required (--train-data PATH or in the --config file)")
     checks = {"batch_size": config.batch_size >= 1, "gradient_accumulation_steps": config.gradient_accumulation_steps >= 1,
               "learning_rate": config.learning_rate is None or config.learning_rate >= 0,
-              "max_steps": config.max_steps is None or config.max_steps >= 1}  # fmt: skip
+              "max_steps": config.max_steps is None or config.max_steps >= 1, "num_epochs": config.num_epochs >= 1,
+              "max_caption_length": config.max_caption_length >= 2, "max_bad_fraction": 0 <= config.max_bad_fraction <= 1,
+              "num_visual_tokens": config.num_visual_tokens is None or config.num_visual_tokens >= 1,
+              "warmup_steps": config.warmup_steps is None or config.warmup_steps >= 0,
+              "warmup_epochs": config.warmup_epochs >= 0, "weight_decay": config.weight_decay >= 0,
+              "checkpointing_steps": config.checkpointing_steps >= 1, "eval_steps": config.eval_steps >= 0,
+              "assignment_loss_weight": config.assignment_loss_weight >= 0,
+              "word_marginal_weight": config.word_marginal_weight is None or config.word_marginal_weight >= 0}  # fmt: skip
     for name, ok in checks.items():
         if not ok:
             raise SystemExit(f"{name}={getattr(config, name)} is out of range")
+    choices = {"text_representation": ("word_assignments", "word_embeddings", "hidden_states"),
+               "bridge_type": ("linear", "langbridge"), "mixed_precision": ("no", "bf16", "fp16"),
+               "langbridge_coefficients": ("softmax", "linear")}  # fmt: skip
+    for name, allowed in choices.items():
+        if getattr(config, name) not in allowed:
+            raise SystemExit(f"{name}={getattr(config, name)!r} is not one of {', '.join(allowed)}")
+    for name in ("train_data", "validation_data", "vision_model", "text_model"):
+        path = getattr(config, name)  # a Hub id is left to its loader; a local path must exist
+        if path and path.startswith(("/", ".", "~")) and not Path(path).expanduser().exists():
+            raise SystemExit(f"{name}: {path} does not exist")
     return config
 
 
-def _convert(text: str, default):
-    if text.lower() in ("none", "null"):
-        return None
-    if isinstance(default, bool):
-        return text.lower() in ("1", "true", "yes")
-    for kind in (int, float):
-        if isinstance(default, kind) or default is None:
-            try:
-                return kind(text)
-            except ValueError:
-                pass
-    return text
+def _parse(name: str, value, kind):
+    """A flag (text) or YAML value as its TrainConfig field's declared type (`int`, `float | None`, `bool`, `str`)."""
+    kinds = typing.get_args(kind) or (kind,)
+    optional, base = type(None) in kinds, next(k for k in kinds if k is not type(None))
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if optional:
+            return None
+    elif base is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "0", "false", "no"):
+            return str(value).lower() in ("1", "true", "yes")
+    elif isinstance(value, bool):
+        pass  # YAML's true/false is not a number or a text
+    elif base in (int, float):
+        try:
+            number = base(value)  # int("2.5") and int(2.5)-style truncation are refused below
+        except (TypeError, ValueError):
+            number = None
+        if number is not None and (base is float or float(value) == number):
+            return number
+    elif base is str:
+        return str(value)
+    expected = f"{base.__name__}{' or none' if optional else ''}"
+    raise SystemExit(f"{name}={value!r} is not a valid {expected}")
 
 
 class EpochShuffle(torch.utils.data.Sampler):

@@ -279,9 +279,14 @@ def main(argv=None) -> int:
             url = upload(staging, args.repo_id, args.private, args.revision, args.commit_message)
         print(f"uploaded {len(files)} files to {url}")
     except Exception as error:  # noqa: BLE001  (one line, no traceback; huggingface_hub errors carry no token)
-        if not isinstance(error, (PushError, ValueError, OSError)) and type(error).__module__.split(".")[0] != "huggingface_hub":
+        network = type(error).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "requests", "urllib3")
+        if not (isinstance(error, (PushError, ValueError, OSError)) or network
+                or type(error).__module__.split(".")[0] == "huggingface_hub"):  # fmt: skip
             raise
-        print(f"push_to_hub: error: {' '.join(str(error).split())}", file=sys.stderr)
+        from huggingface_hub import constants
+
+        where = f"{constants.ENDPOINT}: {type(error).__name__}: " if network else ""
+        print(f"push_to_hub: error: {where}{' '.join(str(error).split())}", file=sys.stderr)
         return 1
     return 0
 

@@ -237,7 +237,13 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         if not isinstance(config, VLAPConfig):
             config = VLAPConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         if not config.bridge_only:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            try:
+                return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            except Exception as error:  # safetensors' own error type (matched by name: remote code imports transformers only)
+                if type(error).__name__ != "SafetensorError":
+                    raise
+                raise OSError(f"{pretrained_model_name_or_path}: a weights file is truncated or not safetensors "
+                              f"({error})") from None  # fmt: skip
 
         backbone_kwargs = {k: kwargs[k] for k in ("cache_dir", "token", "local_files_only", "dtype") if k in kwargs}
         vision, text = (config.backbones or {}).get("vision"), (config.backbones or {}).get("text")

@@ -55,6 +55,9 @@ class VLAPImageTextToTextPipeline(ImageTextToTextPipeline):
     standard image-text-to-text interface. The visual prefix always comes first; chat messages are rendered by
     `VLAPProcessor.apply_chat_template` (the LLM's chat template, image items taken out of the text)."""
 
+    def check_model_type(self, supported_models):
+        """A VLAP folder's own pipeline: transformers' list of supported classes does not know remote-code models."""
+
     def preprocess(self, inputs=None, timeout=None, continue_final_message=None, **processing_kwargs):
         if isinstance(inputs, Chat):
             return super().preprocess(inputs, timeout=timeout, continue_final_message=continue_final_message,
@@ -82,6 +85,8 @@ class VLAPZeroShotImageClassificationPipeline(ZeroShotImageClassificationPipelin
     _load_processor = True
     _load_image_processor = False
     _load_tokenizer = False
+
+    check_model_type = VLAPImageTextToTextPipeline.check_model_type
 
     def preprocess(self, image, candidate_labels=None, hypothesis_template=LABEL_TEMPLATE, timeout=None, **kwargs):
         if isinstance(image, str) and image.startswith(("http://", "https://")):

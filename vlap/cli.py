@@ -260,10 +260,21 @@ def cmd_transfer(args) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ parser
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (a usage error, exit status 2, otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    common.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    common.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass (default 16)")
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     parser = argparse.ArgumentParser(prog="vlap", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -279,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("caption", cmd_caption, "one caption per image")
     sub.add_argument("images", metavar="IMAGE", nargs="+", help="image files, globs or folders")
     sub.add_argument("--prompt", default=None, help="text after the visual prefix (default: the model's, 'A picture of')")
-    sub.add_argument("--max-new-tokens", type=int, default=20)
+    sub.add_argument("--max-new-tokens", type=positive_int, default=20)
 
     sub = command("vqa", cmd_vqa, "answer a question about an image (zero-shot, prompted)")
     sub.add_argument("image", metavar="IMAGE", help="an image file (or a folder/glob: the question for each)")
@@ -287,24 +298,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--template", default=None,
                      help="prompt template with {question}, optionally {caption} (the model's caption of the image) "
                           "and {prompt} (the model's caption prompt); default: vlap.tasks.VQA_TEMPLATE")  # fmt: skip
-    sub.add_argument("--max-new-tokens", type=int, default=10)
+    sub.add_argument("--max-new-tokens", type=positive_int, default=10)
 
     sub = command("retrieve", cmd_retrieve, "rank texts for each image and images for each text")
     sub.add_argument("--images", required=True, metavar="DIR", help="folder (or glob) of images")
     sub.add_argument("--texts", metavar="FILE", help="candidate texts, one per line")
     sub.add_argument("--query", action="append", metavar="TEXT", help="a text to rank the images for (repeatable)")
-    sub.add_argument("--top-k", type=int, default=5)
+    sub.add_argument("--top-k", type=positive_int, default=5)
 
     sub = command("classify", cmd_classify, "zero-shot classification among labels (CLIP-style, by feature cosine)")
     sub.add_argument("images", metavar="IMAGE", nargs="+", help="image files, globs or folders")
     sub.add_argument("--labels", required=True, help="comma-separated candidate labels, e.g. 'cat,dog,car'")
     sub.add_argument("--template", default="a {}", help="label text template with {} (as the pipeline's hypothesis_template; "
                      "default 'a {}', the form of the training captions)")
-    sub.add_argument("--top-k", type=int, default=5)
+    sub.add_argument("--top-k", type=positive_int, default=5)
 
     sub = command("words", cmd_words, "read an image as words: the top of its assignment over the vocabulary")
     sub.add_argument("image", metavar="IMAGE")
-    sub.add_argument("--top-k", type=int, default=10)
+    sub.add_argument("--top-k", type=positive_int, default=10)
     sub.add_argument("--plot", metavar="PNG", help="also draw the words as a bar chart into this file")
 
     sub = command("arithmetic", cmd_arithmetic, "visual semantic arithmetic: IMAGE - word + word -> nearest words",
@@ -312,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("image", metavar="IMAGE")
     sub.add_argument("terms", metavar="TERM", nargs="+", help="'-' or '+' followed by a word, repeated")
     sub.add_argument("--images", metavar="DIR", help="also rank these images by the result")
-    sub.add_argument("--top-k", type=int, default=10)
+    sub.add_argument("--top-k", type=positive_int, default=10)
 
     sub = command("eval", cmd_eval, "evaluate on a dataset: metrics as a markdown table (or --json)")
     sub.add_argument("--task", required=True, choices=["caption", "vqa", "retrieval"])
@@ -321,8 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--split", default=None, help="default: test, or train when there is no test split")
     sub.add_argument("--image-column", default="image")
     sub.add_argument("--caption-column", default="caption")
-    sub.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    sub.add_argument("--max-new-tokens", type=int, default=None, help="caption: 20, vqa: 10 (default)")
+    sub.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N images")
+    sub.add_argument("--max-new-tokens", type=positive_int, default=None, help="caption: 20, vqa: 10 (default)")
     sub.add_argument("--template", default=None, help="vqa: the prompt template (as `vlap vqa --template`)")
     sub.add_argument("--out", metavar="FILE.json", help="also write the report (with predictions) and FILE.md")
 

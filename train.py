@@ -491,12 +491,16 @@ def main(argv=None) -> Path:
         evaluate(step)
 
     # ---- export: save_pretrained + processor, loadable with AutoModel / pipeline and trust_remote_code
-    final = output_dir / "final"
+    # Written to a temporary folder and renamed into place: a kill at any moment leaves a complete final/ or none.
+    final, partial = output_dir / "final", output_dir / ".partial-final"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
         unwrapped = merge_lora(accelerator.unwrap_model(model))
-        unwrapped.save_pretrained(final)
-        processor.save_pretrained(final)
+        unwrapped.save_pretrained(partial)
+        processor.save_pretrained(partial)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
     elapsed = time.time() - start_time
     summary = {
         "steps": step,

@@ -41,6 +41,7 @@ from vlap.features import build_feature_cache
 from vlap.langbridge import select_vocabulary
 from vlap.lora import apply_lora, merge_lora
 
+
 @dataclasses.dataclass
 class TrainConfig:
     # Backbones (Hub ids or local folders)

@@ -8,7 +8,14 @@ import time
 import numpy as np
 import torch
 from PIL import Image
-from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+from transformers import (
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration  # noqa: E402

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from common import device_name, photos, vlap_model, write_report
-from transformers import CLIPImageProcessorPil, PreTrainedTokenizerFast
 from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import CLIPImageProcessorPil, PreTrainedTokenizerFast
 
 from modeling_vlap import VLAPProcessor
 from vlap.data import CaptionedImages, Collator, load_source

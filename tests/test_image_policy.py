@@ -4,9 +4,9 @@ oversized and broken files refused with their name (the CLI's folder behaviour i
 import numpy as np
 import pytest
 from PIL import Image
+from tiny import image_processor
 
 from modeling_vlap.processing_vlap import open_image, to_rgb
-from tiny import image_processor
 from vlap.data import decode_image
 
 
@@ -63,8 +63,9 @@ def test_oversized_and_broken_files_are_refused_with_their_name(tmp_path, monkey
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
     with pytest.raises(ValueError, match=r"broken\.png: not a readable image"):
         open_image(broken)
-    from modeling_vlap import VLAPProcessor
     from tiny import bpe_tokenizer
+
+    from modeling_vlap import VLAPProcessor
 
     processor = VLAPProcessor(image_processor=image_processor(), tokenizer=bpe_tokenizer())
     with pytest.raises(ValueError, match=r"images\[1\] .*broken\.png.* not a readable image"):

@@ -9,17 +9,16 @@ import sys
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoTokenizer
-
 from test_modeling import build, images
 from test_remote_code import LOAD_IN_FRESH_PROCESS
 from test_train import caption_folder, run_train, write_config  # noqa: F401  (caption_folder is a fixture)
 from tiny import CORPUS, image_processor
+from transformers import AutoTokenizer
+
+from modeling_vlap import VLAPForConditionalGeneration, VLAPProcessor
 from vlap.cli import main
 from vlap.data import caption_token_counts
 from vlap.langbridge import select_vocabulary, string_to_id, token_strings, transfer
-
-from modeling_vlap import VLAPForConditionalGeneration, VLAPProcessor
 
 
 def langbridge(backbones, llm="llama", size=40, coefficients="softmax", transfer_to=()):

@@ -242,7 +242,7 @@ def test_caption_loss_from_caption_positions_equals_the_full_lm_loss(backbones, 
         width = max(len(r) for r in rows)
         embeds = torch.stack([torch.cat([r, r.new_zeros(width - len(r), r.shape[1])]) for r in rows])
         mask = torch.stack([torch.arange(width) < len(r) for r in rows]).long()
-        label = torch.stack([torch.cat([l, torch.full((width - len(l),), -100)]) for l in labels])
+        label = torch.stack([torch.cat([row, torch.full((width - len(row),), -100)]) for row in labels])
         expected = model.language_model(inputs_embeds=embeds, attention_mask=mask, labels=label).loss
     torch.testing.assert_close(out.caption_loss, expected, atol=1e-5, rtol=1e-5)
     assert out.logits.shape[1] < embeds.shape[1]  # the prefix and most of the prompt never reach the LM head
@@ -358,6 +358,7 @@ def test_training_on_a_separable_task_learns_what_it_was_taught(backbones):
     (Tiny OPT: its byte-level pieces of the four colour names overlap least; the tiny Llama spells "yellow" in six
     one-letter pieces that the other names share.)"""
     from tiny import shape_image
+
     from vlap.data import caption_token_counts
     from vlap.tasks import classify
 

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from hub_stub import HubStub
 from huggingface_hub import snapshot_download
 from safetensors import safe_open
-
-from hub_stub import HubStub
 from test_modeling import build
 
 REPO = Path(__file__).resolve().parent.parent

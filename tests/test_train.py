@@ -17,9 +17,9 @@ import torch
 import yaml
 from accelerate import Accelerator
 from safetensors.torch import load_file
-
 from test_remote_code import LOAD_IN_FRESH_PROCESS
 from tiny import shape_image, write_caption_folder
+
 from train import find_checkpoint
 from vlap.data import CaptionedImages, Collator, StreamedCaptionedImages, load_source, validate
 from vlap.features import build_feature_cache

@@ -18,7 +18,6 @@ from transformers import CLIPImageProcessorPil
 
 from modeling_vlap.efficientnet_lite import EfficientNetLiteConfig, EfficientNetLiteForImageClassification
 
-
 EFFICIENTNET_FOLDER, SMOLLM2_FOLDER, GEMMA3_FOLDER = "efficientnet-lite0", "smollm2-135m-instruct", "gemma3-270m"  # under cache_root()
 
 

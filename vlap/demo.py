@@ -116,8 +116,8 @@ def plot_losses(out: Path, runs: dict) -> None:
 
 def show(folder: Path, test: datasets.Dataset) -> list[dict]:
     """Captions and top words through pipeline("image-to-text") loaded from the exported folder (remote code)."""
-    from skimage import data as skimage_data
     from PIL import Image
+    from skimage import data as skimage_data
     from transformers import AutoModel, AutoProcessor, pipeline
 
     captioner = pipeline("image-to-text", model=str(folder), trust_remote_code=True)

@@ -78,8 +78,9 @@ def vision_states(images, name: str) -> torch.Tensor:
     path = cache_root() / "eval-features" / f"{name}-{digest.hexdigest()[:16]}.safetensors"
     if path.exists():
         return load_file(path)["states"]
-    from modeling_vlap.efficientnet_lite import EfficientNetLiteModel
     from transformers import AutoImageProcessor
+
+    from modeling_vlap.efficientnet_lite import EfficientNetLiteModel
 
     folder = efficientnet_lite0()
     model, processor = EfficientNetLiteModel.from_pretrained(folder).eval(), AutoImageProcessor.from_pretrained(folder)

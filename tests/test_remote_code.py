@@ -14,7 +14,8 @@ from test_modeling import build
 
 GENERATION = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
 
-LOAD_IN_FRESH_PROCESS = textwrap.dedent(
+# A fresh process where this repository cannot be imported: everything must come from the saved folder.
+NO_REPO_IMPORTS = textwrap.dedent(
     """
     import importlib.abc, json, sys
 
@@ -24,6 +25,10 @@ LOAD_IN_FRESH_PROCESS = textwrap.dedent(
                 raise ImportError(f"{name} must come from the saved folder, not from the repository")
 
     sys.meta_path.insert(0, NoRepoImports())
+    """
+)
+LOAD_IN_FRESH_PROCESS = NO_REPO_IMPORTS + textwrap.dedent(
+    """
     from PIL import Image
     from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor, pipeline
 
@@ -101,16 +106,8 @@ def test_saved_folder_loads_offline_in_a_fresh_process(backbones, llm, tmp_path)
     assert not noise, result.stderr
 
 
-CHAT_IN_FRESH_PROCESS = textwrap.dedent(
+CHAT_IN_FRESH_PROCESS = NO_REPO_IMPORTS + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class NoRepoImports(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("modeling_vlap", "vlap"):
-                raise ImportError(f"{name} must come from the saved folder, not from the repository")
-
-    sys.meta_path.insert(0, NoRepoImports())
     from transformers import AutoModel, AutoProcessor, pipeline
 
     folder, image, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])

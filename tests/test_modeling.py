@@ -325,9 +325,15 @@ def test_vqa_prompts_describe_the_image_in_the_trained_layout_first(backbones):
     assert vqa_prompts(model, processor, pictures, questions, None, PAPER_VQA_TEMPLATE, 2) == [
         f"Question: {q} Answer:" for q in questions
     ]
+    # The tiny LLM's 128 positions hold the layout without the default's text example.
+    short = "{prompt} {caption}. Q: {question} A:"
+    prompts = vqa_prompts(model, processor, pictures, questions, None, short, batch_size=2)
+    assert prompts == [f"{processor.prompt} {t.rstrip('.')}. Q: {q} A:" for t, q in zip(captions, questions)]
     direct = processor.batch_decode(model.generate(**processor(images=pictures, prompt=prompts), max_new_tokens=3),
                                     skip_special_tokens=True)  # fmt: skip
-    assert answer(model, processor, pictures, questions, max_new_tokens=3) == [first_line(t) for t in direct]
+    assert answer(model, processor, pictures, questions, template=short, max_new_tokens=3) == [
+        first_line(t) for t in direct
+    ]
     for bad, named in [("{question} {colour}", "colour"), ("no field", "{question}")]:
         with pytest.raises(ValueError, match=re.escape(named)):
             vqa_prompts(model, processor, pictures, questions, None, bad, 2)

@@ -43,9 +43,9 @@ def test_bad_images_name_the_item(processor, tmp_path):
     not_an_image = tmp_path / "notes.txt"
     not_an_image.write_text("hello")
     good = Image.new("RGB", (8, 8))
-    with pytest.raises(ValueError, match=r"images\[1\] \(.*notes.txt'\) is not a readable image"):
+    with pytest.raises(ValueError, match=r"images\[1\] \(.*notes.txt'\): not a readable image"):
         processor(images=[good, not_an_image])
-    with pytest.raises(ValueError, match=r"images\[0\] \(.*missing.png'\) is not a readable image"):
+    with pytest.raises(ValueError, match=r"images\[0\] \(.*missing.png'\): not a readable image"):
         processor(images=[tmp_path / "missing.png"])
     with pytest.raises(ValueError, match=r"images\[2\] is a int"):
         processor(images=[good, good, 3])

@@ -22,7 +22,7 @@ import datasets
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
@@ -329,7 +329,7 @@ def main(argv=None) -> Path:
         if len(train_set.features.bad) > config.max_bad_fraction * len(train_set):
             raise SystemExit(
                 f"{len(train_set.features.bad)} of {len(train_set)} images are unreadable "
-                f"(more than max_bad_fraction={config.max_bad_fraction}); first rows: {sorted(train_set.features.bad)[:10]}"
+                f"(more than max_bad_fraction={config.max_bad_fraction}): {train_set.describe_rows(train_set.features.bad)}"
             )
 
     collate = Collator(processor, config.max_caption_length)
@@ -446,7 +446,8 @@ def main(argv=None) -> Path:
             bad_rows.update(batch.pop("bad_rows"))
             progress["images"] += batch.pop("num_items") * accelerator.num_processes
             if "input_ids" not in batch:
-                raise RuntimeError(f"every image of a batch was unreadable (rows {sorted(bad_rows)[-10:]})")
+                where = train_set.describe_rows(bad_rows) if not streamed else f"rows {sorted(bad_rows)[-10:]}"
+                raise SystemExit(f"every image of a batch was unreadable: {where}")
             with accelerator.accumulate(model):
                 out = model(**batch, return_loss=True)
                 accelerator.backward(out.loss)
@@ -458,13 +459,14 @@ def main(argv=None) -> Path:
                 continue
             scheduler.step()
             step += 1
-            total_bad = int(accelerator.reduce(torch.tensor(len(bad_rows), device=accelerator.device), "sum"))
+            # The union over processes (a row can turn up on several across epochs, and a resumed run starts every
+            # process from the saved union): counted once each.
+            bad_rows = set(gather_object(sorted(bad_rows))) if accelerator.num_processes > 1 else bad_rows
             seen = len(train_set) if not streamed else max(progress["images"], 1000)
-            if total_bad > config.max_bad_fraction * seen:
-                raise SystemExit(
-                    f"{total_bad} unreadable images, more than max_bad_fraction={config.max_bad_fraction} of {seen}; "
-                    f"e.g. rows {sorted(bad_rows)[:10]}"
-                )
+            if len(bad_rows) > config.max_bad_fraction * seen:
+                where = train_set.describe_rows(bad_rows) if not streamed else f"rows {sorted(bad_rows)[:10]}"
+                raise SystemExit(f"{len(bad_rows)} unreadable images, more than max_bad_fraction="
+                                 f"{config.max_bad_fraction} of {seen}: {where}")  # fmt: skip
             parts = {name: getattr(out, name) for name in LOGGED_LOSSES if getattr(out, name) is not None}
             reduced = accelerator.reduce(torch.stack(list(parts.values())).detach(), "mean").tolist()
             logs = {**dict(zip(parts, reduced)), "lr": scheduler.get_last_lr()[0]}

@@ -56,7 +56,7 @@ LOAD_IN_FRESH_PROCESS = NO_REPO_IMPORTS + textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("llm", ["t5", "llama"])
+@pytest.mark.parametrize("llm", ["t5", "opt", "llama"])
 def test_saved_folder_loads_offline_in_a_fresh_process(backbones, llm, tmp_path):
     model, processor = build(backbones, llm)
     model.eval()
@@ -137,7 +137,7 @@ TINY_CHAT_TEMPLATE = (
 )
 
 
-@pytest.mark.parametrize("llm", ["t5", "llama"])
+@pytest.mark.parametrize("llm", ["t5", "opt", "llama"])
 def test_image_text_to_text_pipeline_with_prompts_and_chat_messages(backbones, llm, tmp_path):
     """The standard pipeline on a saved folder in a fresh process: text prompts (batched, with and without the
     prompt in the output) and chat messages with a system turn, each equal to the direct generate call."""

@@ -240,6 +240,7 @@ def test_unreadable_images_are_skipped_then_stop_the_run(backbones, caption_fold
     # 1 bad image in 24 is 4%: above a 1% limit the run stops with the rows named, within 10% it trains on.
     result = run_train(write_config(tmp_path / "bad.yaml", backbones, folder, tmp_path / "out", max_steps=6), check=False)
     assert result.returncode != 0 and "unreadable images, more than max_bad_fraction=0.01" in result.stderr
+    assert "0003.png" in result.stderr  # the bad file is named, not only its row
     result = run_train(write_config(tmp_path / "ok.yaml", backbones, folder, tmp_path / "ok", max_steps=6,
                                     max_bad_fraction=0.1))  # fmt: skip
     assert '"unreadable_images": 1' in result.stdout

@@ -129,6 +129,15 @@ class CaptionedImages(torch.utils.data.Dataset):
         self.dataset, self.image_column, self.caption_column = dataset, image_column, caption_column
         self.base_dir, self.seed, self.epoch, self.features = base_dir, seed, 0, features
 
+    def describe_rows(self, rows, limit: int = 10) -> str:
+        """"row 3 (images/0003.png), ...": the first `limit` rows with the file each image came from, when known."""
+        described = []
+        for row in sorted(rows)[:limit]:
+            cell = self.dataset[row][self.image_column]
+            name = cell.get("path") if isinstance(cell, dict) else cell if isinstance(cell, str) else None
+            described.append(f"row {row} ({name})" if name else f"row {row}")
+        return ", ".join(described)
+
     def __len__(self) -> int:
         return len(self.dataset)
 

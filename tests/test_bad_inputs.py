@@ -86,6 +86,10 @@ CLI_CASES = {
     "eval: vqa on caption data": (["eval", "{model}", "--task", "vqa", "--data", "{captions}", "--out",
                                    "{root}/report.json"], "VQA data needs"),
     "eval: no such data": (["eval", "{model}", "--task", "caption", "--data", "{root}/missing.jsonl"], "missing.jsonl"),
+    "words: plot onto a full disk": (["words", "{model}", "{images}/a.png", "--plot", "/dev/full"],
+                                     "No space left on device"),
+    "eval: report onto a full disk": (["eval", "{model}", "--task", "caption", "--data", "{captions}", "--out",
+                                       "/dev/full"], "No space left on device"),
 }  # fmt: skip
 
 

@@ -10,6 +10,7 @@ Every function takes `images` (PIL images or paths) or, instead, `vision_hidden_
 of those images (`model.get_vision_hidden_states`), so one vision pass can serve several models or tasks.
 """
 
+import io
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from string import Formatter
@@ -256,5 +257,7 @@ def plot_words(words: Sequence[tuple[str, float]], title: str, path) -> None:
     axis.set_xlabel("weight in the image's assignment over the vocabulary")
     axis.set_title(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    buffer = io.BytesIO()  # rendered first, then written: a write error (a full disk) is raised, not swallowed
+    figure.savefig(buffer, format="png", dpi=120)
+    Path(path).write_bytes(buffer.getvalue())
     plt.close(figure)

@@ -9,13 +9,19 @@ returns only the new tokens.
 """
 
 from transformers import GenerationConfig, Pipeline
-from transformers.image_utils import load_image
 from transformers.pipelines.image_text_to_text import Chat, ImageTextToTextPipeline
 from transformers.pipelines.zero_shot_image_classification import ZeroShotImageClassificationPipeline
+
+from .processing_vlap import fetch_image
 
 # VLAP's text features weight each word by its rarity in the training captions (SIF), so a template word the captions
 # never held ("photo", ".") outweighs the label itself: the default label text has the captions' form.
 LABEL_TEMPLATE = "a {}"
+
+
+def _fetched(image, timeout):
+    """An http(s) URL fetched with the pipeline's `timeout` (the processor's own `fetch_image`); anything else as is."""
+    return fetch_image(image, timeout) if isinstance(image, str) and image.startswith(("http://", "https://")) else image
 
 
 class VLAPImageToTextPipeline(Pipeline):
@@ -33,13 +39,7 @@ class VLAPImageToTextPipeline(Pipeline):
         return {"prompt": prompt, "timeout": timeout}, {"generate_kwargs": {**(generate_kwargs or {}), **generation_params}}, {}
 
     def preprocess(self, image, prompt=None, timeout=None):
-        if isinstance(image, str) and image.startswith(("http://", "https://")):
-            try:
-                image = load_image(image, timeout=timeout)
-            except Exception as error:  # the HTTP client's own error types (no network, DNS, HTTP status, timeout)
-                cause = " ".join(str(error).split()) or type(error).__name__
-                raise ValueError(f"{image}: could not fetch the image ({type(error).__name__}: {cause})") from None
-        return self.processor(images=[image], prompt=prompt, return_tensors="pt")
+        return self.processor(images=[_fetched(image, timeout)], prompt=prompt, return_tensors="pt")
 
     def _forward(self, model_inputs, generate_kwargs=None):
         generate_kwargs = self._prepare_generate_kwargs(generate_kwargs or {})
@@ -64,8 +64,8 @@ class VLAPImageTextToTextPipeline(ImageTextToTextPipeline):
                                       **processing_kwargs)  # fmt: skip
         if isinstance(inputs, (list, tuple, str)) or inputs.get("images") is None:
             raise ValueError("a VLAP model needs an image with the text: pipe(images=..., text=...)")
-        images = [load_image(image, timeout=timeout) if isinstance(image, str) and image.startswith(("http://", "https://"))
-                  else image for image in (inputs["images"] if isinstance(inputs["images"], list) else [inputs["images"]])]  # fmt: skip
+        images = inputs["images"] if isinstance(inputs["images"], list) else [inputs["images"]]
+        images = [_fetched(image, timeout) for image in images]
         model_inputs = self.processor(images=images, prompt=inputs["text"], return_tensors="pt").to(dtype=self.dtype)
         model_inputs["text"] = inputs["text"]
         return model_inputs
@@ -89,9 +89,7 @@ class VLAPZeroShotImageClassificationPipeline(ZeroShotImageClassificationPipelin
     check_model_type = VLAPImageTextToTextPipeline.check_model_type
 
     def preprocess(self, image, candidate_labels=None, hypothesis_template=LABEL_TEMPLATE, timeout=None, **kwargs):
-        if isinstance(image, str) and image.startswith(("http://", "https://")):
-            image = load_image(image, timeout=timeout)
-        inputs = self.processor(images=[image], return_tensors="pt")
+        inputs = self.processor(images=[_fetched(image, timeout)], return_tensors="pt")
         texts = self.processor(text=[hypothesis_template.format(label) for label in candidate_labels])
         return {"pixel_values": inputs["pixel_values"].to(self.dtype), "candidate_labels": candidate_labels,
                 "text_inputs": [{"input_ids": texts["input_ids"], "attention_mask": texts["attention_mask"]}]}  # fmt: skip

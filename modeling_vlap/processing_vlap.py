@@ -52,13 +52,19 @@ def open_image(source, name: str | None = None) -> "Image.Image":
         raise ValueError(f"{name}: not a readable image ({error})") from None
 
 
+def fetch_image(url: str, timeout: float | None = None) -> "Image.Image":
+    """An http(s) image; a failure (no network, DNS, HTTP status, timeout) is a ValueError naming the URL."""
+    try:
+        return load_image(url, timeout=timeout)
+    except Exception as error:  # the HTTP client's own error types
+        cause = " ".join(str(error).split()) or type(error).__name__
+        raise ValueError(f"{url}: could not fetch the image ({type(error).__name__}: {cause})") from None
+
+
 def _load_image(item, index: int) -> "Image.Image":
     """A PIL image, a path or http(s) URL of one, or a uint8 numpy array -> RGB PIL image; else a ValueError."""
     if isinstance(item, str) and item.startswith(("http://", "https://")):
-        try:
-            return to_rgb(load_image(item))
-        except Exception as error:  # the HTTP client's own error types (no network, DNS, HTTP status, timeout)
-            raise ValueError(f"images[{index}] ({item}): could not fetch the image ({type(error).__name__})") from None
+        return to_rgb(fetch_image(item))
     if isinstance(item, (str, os.PathLike)):
         return open_image(item, f"images[{index}] ({os.fspath(item)!r})")
     if isinstance(item, Image.Image):

@@ -192,7 +192,8 @@ def evaluate_shape_world(model, processor, vision_hidden_states, colours, shapes
     - classification_feature / classification_code: zero-shot classification among the 24 captions "a {colour}
       {shape}", by feature cosine and by the code space (log-likelihood of each caption's assignment under the
       image's predicted assignment over words); classification_pipeline: among the 24 labels "{colour} {shape}"
-      as pipeline("zero-shot-image-classification") does it (template "a photo of a {}.", `tasks.classify`);
+      as pipeline("zero-shot-image-classification") does it (its default template "a {}", `tasks.classify`; the
+      same texts as classification_feature, so the same figure: a check that the pipeline path agrees);
     - image_to_text_class_R@K, text_to_image_class_R@K: relevance-aware retrieval over the 72 class captions;
     - top5_colour_and_shape: the colour and the shape word both among the image's top-5 words;
     - arithmetic_hit_rate: image - "its colour" + "another colour" lands nearest that class's mean image feature;

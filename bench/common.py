@@ -76,6 +76,26 @@ def batch(size: int, caption_tokens: int = 12, prompt_tokens: int = 3, seed: int
     }
 
 
+def real_batch(model: VLAPForConditionalGeneration, size: int, seed: int = 0) -> dict:
+    """What a `make demo` training step sees: cached vision output (the frozen EfficientNet-Lite0 map, not re-run)
+    and easy-vqa captions in their templates, tokenised by the VLAP processor with the "A picture of" prompt."""
+    from modeling_vlap import VLAPProcessor
+    from vlap.assets import efficientnet_lite0, smollm2_135m
+    from vlap.easy_vqa import TEMPLATES
+    from vlap.shapes import COLOURS, SHAPES
+
+    processor = VLAPProcessor.from_vision_text_pretrained(str(efficientnet_lite0()), str(smollm2_135m()))
+    generator = torch.Generator().manual_seed(seed)
+    colours, picks = list(COLOURS), torch.randint(0, 1000, (size, 3), generator=generator).tolist()
+    captions = [TEMPLATES[t % len(TEMPLATES)].format(colour=colours[c % len(colours)], shape=SHAPES[s % len(SHAPES)])
+                for t, c, s in picks]  # fmt: skip
+    inputs = dict(processor(text=captions))
+    inputs.update(processor.prompt_inputs(size))
+    with torch.no_grad():
+        inputs["vision_hidden_states"] = model.get_vision_hidden_states(torch.randn(size, 3, 224, 224, generator=generator))
+    return inputs
+
+
 def photos(count: int, size: int = 224) -> list[Image.Image]:
     return [Image.fromarray(np.random.RandomState(i).randint(0, 255, (size, size, 3), dtype=np.uint8))
             for i in range(count)]  # fmt: skip

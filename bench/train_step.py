@@ -5,6 +5,7 @@ into its parts timed alone: the caption's text code and target (paper: a frozen 
 embedding rows), the image target's Sinkhorn, and the image code + swapped-prediction loss (forward and backward),
 for the paper's text code and for the one `make demo` ships. Memory: trainable parameters and AdamW
 state of the bridge against the frozen total, for the bench models and for the paper's backbones (from configs).
+With --real the step is `make demo`'s training step: the demo's models, cached vision output, easy-vqa captions.
 
     python bench/train_step.py [--batch-size 32] [--repeats 5] [--json out.json]
 """
@@ -12,7 +13,7 @@ state of the bridge against the frozen total, for the bench models and for the p
 import argparse
 
 import torch
-from common import batch, bench_kinds, device_name, interleaved_medians, vlap_model, write_report
+from common import REAL, batch, bench_kinds, device_name, interleaved_medians, real_batch, vlap_model, write_report
 from transformers import AutoConfig, CLIPVisionConfig, T5Config
 
 from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration
@@ -31,7 +32,8 @@ def step_fn(model, inputs):
 
 
 def breakdown(model, inputs, repeats):
-    prefix = model.get_image_prefix(inputs["pixel_values"]).detach().requires_grad_()
+    prefix = model.get_image_prefix(inputs.get("pixel_values"), inputs.get("vision_hidden_states"))
+    prefix = prefix.detach().requires_grad_()
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     with torch.no_grad():
         text_codes = model.word_codes(model.get_text_features(ids, mask))
@@ -97,7 +99,7 @@ def main():
     for kind, (method, overrides) in ((k, m) for k in bench_kinds(args.real) for m in methods.items()):
         vlap = vlap_model(kind, **overrides).train()
         caption_only = vlap_model(kind, assignment_loss_weight=0.0).train()
-        inputs = batch(args.batch_size, vocab=vlap.word_prior.numel())
+        inputs = real_batch(vlap, args.batch_size) if kind == REAL else batch(args.batch_size, vocab=vlap.word_prior.numel())
         times = interleaved_medians({"vlap": step_fn(vlap, inputs), "caption_only": step_fn(caption_only, inputs)},
                                     args.repeats)  # fmt: skip
         parts = breakdown(vlap, inputs, args.repeats)

@@ -383,21 +383,38 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
     def caption_assignments(self, input_ids, attention_mask, text_codes) -> torch.Tensor:
         """`[B, V]` the captions' targets. "word_assignments": each caption token's own embedding is assigned to words
         (one row per token, so a caption's colour and its shape both get mass) and the caption's target is the
-        SIF-weighted mixture of its tokens' rows; otherwise the assignment of the pooled text code."""
+        SIF-weighted mixture of its tokens' rows; otherwise the assignment of the pooled text code.
+
+        Rows of the same token are identical, so the plan is computed once per distinct token with its count as a
+        row weight (`sinkhorn_knopp(row_weights=)`: exactly the plan of the repeated rows)."""
         if self.config.text_representation != "word_assignments":
             return self.assignments(text_codes)
         weights = self._sif_weights(input_ids, attention_mask)
         rows = weights > 0
-        token_targets = self.assignments(self.word_codes(self.language_model.get_input_embeddings()(input_ids[rows])))
-        mixture = torch.zeros_like(text_codes, dtype=torch.float32)
+        tokens, which = torch.unique(input_ids[rows], return_inverse=True)
+        token_targets = self.assignments(self.word_codes(self.language_model.get_input_embeddings()(tokens)),
+                                         row_weights=torch.bincount(which, minlength=len(tokens)))  # fmt: skip
         sample = torch.arange(len(input_ids), device=input_ids.device).unsqueeze(1).expand_as(input_ids)[rows]
-        mixture.index_add_(0, sample, token_targets * weights[rows].unsqueeze(1))
-        return mixture / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
+        mixing = torch.zeros(len(input_ids), len(tokens), device=input_ids.device)  # [B, distinct tokens]
+        mixing.index_put_((sample, which), weights[rows].float(), accumulate=True)
+        return mixing @ token_targets / mixing.sum(dim=1, keepdim=True).clamp(min=1e-12)
 
     def word_codes(self, features: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of `[B, D]` features to every word embedding: `[B, V]` float32."""
-        words = F.normalize(self.word_embeddings.float(), dim=-1)
-        return F.normalize(features.float(), dim=-1) @ words.T
+        return (F.normalize(features.float(), dim=-1) @ self.word_embeddings.float().T) * self._inverse_word_norms()
+
+    def _inverse_word_norms(self) -> torch.Tensor:
+        """`[V]` 1 / |word embedding|, kept until the (frozen) embedding matrix changes: normalising the whole
+        matrix at every step costs as much as the codes themselves."""
+        weight = self.word_embeddings
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        if weight.requires_grad or getattr(self, "_inverse_norms_key", None) != key:
+            with torch.set_grad_enabled(weight.requires_grad):
+                inverse = 1.0 / weight.float().norm(dim=-1).clamp(min=1e-12)
+            if weight.requires_grad:
+                return inverse
+            self._inverse_norms, self._inverse_norms_key = inverse, key
+        return self._inverse_norms
 
     @torch.no_grad()
     def fit_word_prior(self, token_counts: torch.Tensor) -> torch.Tensor:
@@ -428,11 +445,11 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         probabilities = torch.softmax(codes / self.config.assignment_temperature, dim=-1)
         return probabilities.topk(top_k, dim=-1)
 
-    def assignments(self, codes: torch.Tensor) -> torch.Tensor:
+    def assignments(self, codes: torch.Tensor, row_weights: torch.Tensor | None = None) -> torch.Tensor:
         """`[B, V]` codes -> `[B, V]` Sinkhorn assignments Q (rows are distributions over words; no gradient)."""
         config = self.config
         return sinkhorn_knopp(codes.detach(), self.word_prior, config.sinkhorn_epsilon, config.sinkhorn_iterations,
-                              marginal_weight=config.word_marginal_weight)  # fmt: skip
+                              marginal_weight=config.word_marginal_weight, row_weights=row_weights)  # fmt: skip
 
     def assignment_loss(self, image_codes, text_codes, text_targets=None) -> tuple[torch.Tensor, ...]:
         """Swapped prediction: softmax(image code / tau) predicts the caption's assignment and vice versa.
@@ -546,7 +563,7 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
 
         with torch.no_grad():  # the LLM is frozen: the caption side carries no gradient
             text_features = self.get_text_features(input_ids, attention_mask)
-        # One product with the (normalised once) embedding matrix for both modalities.
+        # One product with the embedding matrix for both modalities.
         codes = self.word_codes(torch.cat([prefix.float().mean(dim=1), text_features]))
         image_codes, text_codes = codes[: len(input_ids)], codes[len(input_ids) :].detach()
         with torch.no_grad():

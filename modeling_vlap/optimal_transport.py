@@ -46,15 +46,6 @@ def _all_reduce(tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
     return tensor
 
 
-def global_batch_size(local_batch_size: int, device: torch.device) -> int:
-    """Number of samples across all processes (the local size when not distributed)."""
-    if not _distributed():
-        return local_batch_size
-    size = torch.tensor([local_batch_size], device=device, dtype=torch.long)
-    dist.all_reduce(size)
-    return int(size.item())
-
-
 @torch.no_grad()
 def sinkhorn_knopp(
     scores: torch.Tensor,
@@ -62,6 +53,7 @@ def sinkhorn_knopp(
     epsilon: float = 0.01,
     iterations: int = 3,
     marginal_weight: float | None = None,
+    row_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Assign each sample to words under a word-prior marginal.
 
@@ -73,6 +65,9 @@ def sinkhorn_knopp(
         iterations: number of (column, row) normalisation rounds.
         marginal_weight: None for the balanced plan (the word marginal is a constraint); lambda >= 0 for the
             semi-relaxed plan (the word marginal is a KL penalty of weight lambda; 0 gives the row softmax).
+        row_weights: `[B]` positive counts: row i stands for `row_weights[i]` identical samples. The plan is exactly
+            that of the batch with each row repeated (identical rows get identical scalings), at the cost of the
+            distinct rows only; B is then the (global) sum of the weights.
 
     Returns:
         `[B, V]` float32 Q. Rows sum to 1; columns sum to B * word_prior (B global) as iterations grow (balanced).
@@ -85,7 +80,12 @@ def sinkhorn_knopp(
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     if marginal_weight is not None and marginal_weight < 0:
         raise ValueError(f"marginal_weight must be >= 0 or None (balanced), got {marginal_weight}")
-    batch = global_batch_size(scores.shape[0], scores.device)
+    if row_weights is None:
+        row_weights = torch.ones(scores.shape[0], device=scores.device)
+    elif row_weights.shape != scores.shape[:1] or (row_weights <= 0).any():
+        raise ValueError(f"row_weights must be {scores.shape[0]} positive counts, got {row_weights.tolist()}")
+    row_weights = row_weights.float()
+    batch = _all_reduce(row_weights.sum())
     prior = word_prior.float()
 
     column_max = _all_reduce(scores.amax(dim=0).float(), dist.ReduceOp.MAX)
@@ -95,7 +95,7 @@ def sinkhorn_knopp(
 
     row_scale = torch.ones(kernel.shape[0], device=kernel.device)
     for _ in range(iterations):
-        column_mass = _all_reduce(row_scale @ kernel)  # K^T a over the global batch
+        column_mass = _all_reduce((row_weights * row_scale) @ kernel)  # K^T a over the global batch, repeats counted
         if marginal_weight is None:
             column_scale = batch * prior / column_mass  # columns sum to B * prior (global batch)
         else:  # semi-relaxed: b = (c / K^T a)^f in the unshifted kernel, i.e. log b = (1 - f) m_j + f log(c / K^T a)

@@ -287,6 +287,41 @@ def test_word_assignment_targets_mix_each_caption_tokens_own_assignment(backbone
     torch.testing.assert_close(out.text_targets.sum(-1), torch.ones(2), atol=1e-5, rtol=0)
 
 
+def test_word_codes_are_cosines_and_follow_a_changed_embedding_matrix(backbones):
+    model, _ = build(backbones, "llama")
+    features = torch.randn(3, model.word_embeddings.shape[1])
+
+    def cosines():
+        return torch.nn.functional.cosine_similarity(features.unsqueeze(1), model.word_embeddings.unsqueeze(0), dim=-1)
+
+    torch.testing.assert_close(model.word_codes(features), cosines(), atol=1e-5, rtol=0)
+    with torch.no_grad():  # the cached norms must not outlive an in-place change (load_state_dict copies in place)
+        model.word_embeddings[3].add_(torch.randn(model.word_embeddings.shape[1]))
+    torch.testing.assert_close(model.word_codes(features), cosines(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("marginal_weight", [None, 0.01])
+def test_word_assignment_targets_equal_the_plan_over_every_token_row(backbones, marginal_weight):
+    """Computed once per distinct token, the targets must be those of one Sinkhorn row per caption token."""
+    from modeling_vlap.optimal_transport import sinkhorn_knopp
+
+    model, processor = build(backbones, "llama", text_representation="word_assignments",
+                             word_marginal_weight=marginal_weight)  # fmt: skip
+    model.fit_word_prior(torch.arange(model.word_prior.numel()).double() % 7 + 1)
+    batch = processor(text=CAPTIONS[:4] + CAPTIONS[:2])  # repeated captions: repeated token rows
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    targets = model.caption_assignments(ids, mask, text_codes=None)
+    weights = model._sif_weights(ids, mask)
+    rows = weights > 0
+    words = torch.nn.functional.normalize(model.word_embeddings.detach(), dim=-1)
+    every_row = sinkhorn_knopp(words[ids[rows]] @ words.T, model.word_prior, model.config.sinkhorn_epsilon,
+                               model.config.sinkhorn_iterations, marginal_weight)  # fmt: skip
+    for sample in range(len(ids)):
+        mine = rows.nonzero()[:, 0] == sample
+        expected = (weights[rows][mine].unsqueeze(1) * every_row[mine]).sum(0) / weights[sample].sum()
+        torch.testing.assert_close(targets[sample], expected, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("llm", ["t5", "llama"])
 def test_caption_log_likelihood_is_the_summed_token_loss_and_ranks_answers(backbones, llm):
     from vlap.tasks import choose_answer

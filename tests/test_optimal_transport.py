@@ -73,6 +73,20 @@ def test_bad_shapes_are_rejected():
         sinkhorn_knopp(torch.zeros(5), torch.full((5,), 0.2))
 
 
+@pytest.mark.parametrize("marginal_weight", [None, 0.01])
+def test_row_weights_give_the_plan_of_the_repeated_rows(marginal_weight):
+    scores, prior = cosine_scores(5, 30, seed=9), random_prior(30, seed=10)
+    counts = torch.tensor([1, 3, 2, 1, 4])
+    repeated = sinkhorn_knopp(scores.repeat_interleave(counts, dim=0), prior, 0.05, 3, marginal_weight)
+    weighted = sinkhorn_knopp(scores, prior, 0.05, 3, marginal_weight, row_weights=counts)
+    torch.testing.assert_close(weighted.repeat_interleave(counts, dim=0), repeated, atol=1e-6, rtol=1e-5)
+    # Weights matter: the same distinct rows with unit weights give another plan.
+    assert (sinkhorn_knopp(scores, prior, 0.05, 3, marginal_weight) - weighted).abs().max() > 1e-3
+    for bad in (torch.tensor([1, 2]), torch.tensor([1, 0, 1, 1, 1])):
+        with pytest.raises(ValueError, match="row_weights"):
+            sinkhorn_knopp(scores, prior, row_weights=bad)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -85,6 +99,8 @@ def _sinkhorn_on_a_shard(rank, world_size, port, scores, prior, results):
     try:
         shard = scores.chunk(world_size)[rank]
         results[rank] = sinkhorn_knopp(shard, prior, epsilon=0.05, iterations=3)
+        weights = torch.arange(1, len(scores) + 1).chunk(world_size)[rank]
+        results[f"weighted{rank}"] = sinkhorn_knopp(shard, prior, epsilon=0.05, iterations=3, row_weights=weights)
     finally:
         dist.destroy_process_group()
 
@@ -99,6 +115,10 @@ def test_two_processes_share_one_global_sample_marginal():
     # The local-only plan differs: the marginal really spans both processes.
     local = torch.cat([sinkhorn_knopp(half, prior, epsilon=0.05, iterations=3) for half in scores.chunk(2)])
     assert (local - distributed).abs().max() > 1e-3
+    # Row weights (repeat counts) are global too: the weighted shards give the weighted plan of the whole batch.
+    weights = torch.arange(1, 11)
+    torch.testing.assert_close(torch.cat([results["weighted0"], results["weighted1"]]),
+                               sinkhorn_knopp(scores, prior, epsilon=0.05, iterations=3, row_weights=weights))  # fmt: skip
 
 
 @pytest.mark.parametrize("marginal_weight", [0.0, 0.02, 1.0])

@@ -6,10 +6,15 @@ our `evaluate` modules (vlap/metric_modules) through evaluate's `compute()`.
 - caption, retrieval: an image column and a caption column (a string or a list of reference captions per image).
 - vqa: `question` + `answers` (list of human answers) or `answer`, one question per row; or `questions` + `answers`,
   a list of questions per image with one answer (or a list of answers) per question.
+- classification: an image column and a label column (a class index or name; the names come from `labels` or from a
+  `datasets.ClassLabel` feature).
 """
 
+import re
 from itertools import islice
+from pathlib import Path
 
+import datasets
 import torch
 import torch.nn.functional as F
 
@@ -17,14 +22,16 @@ from vlap import tasks
 from vlap.data import caption_list, decode_image, load_source, undecoded_images
 from vlap.metrics import class_retrieval_recall, load_metric
 
-TASKS = ("caption", "vqa", "retrieval")
+TASKS = ("caption", "vqa", "retrieval", "classification")
 
 
 def load_eval_data(
     source: str, task: str, data_format: str = "auto", split: str | None = None, image_column: str = "image",
-    caption_column: str = "caption", limit: int | None = None,
+    caption_column: str = "caption", limit: int | None = None, label_column: str = "label",
+    labels: list[str] | None = None,
 ) -> dict:  # fmt: skip
-    """Readable images and their references: {"images", "references" | "questions", "skipped"}.
+    """Readable images and their references: {"images", "references" | "questions" | "labels" + "class_names",
+    "skipped"}.
 
     `split` defaults to "test", or "train" when the source has no test split (a plain image folder, a jsonl file).
     Unreadable images are skipped and counted; missing columns and empty data are errors naming the source.
@@ -38,7 +45,9 @@ def load_eval_data(
             raise
         dataset, base_dir = load_source(source, data_format, "train")
     dataset = undecoded_images(dataset, image_column)
-    needed = [image_column] + ([caption_column] if task != "vqa" else [])
+    needed = [image_column] + {"vqa": [], "classification": [label_column]}.get(task, [caption_column])
+    if task == "classification":
+        class_names = _class_names(dataset, label_column, labels, source)
     images, references, questions, skipped = [], [], [], 0
     for index, row in enumerate(islice(dataset, limit)):
         missing = [column for column in needed if column not in row]
@@ -51,6 +60,8 @@ def load_eval_data(
         if task == "vqa":
             pairs = _questions_of(row, source, index)
             questions += [(len(images), question, answers) for question, answers in pairs]
+        elif task == "classification":
+            references.append(_label_index(row[label_column], class_names, source, index))
         else:
             captions = caption_list(row[caption_column])
             if not captions:
@@ -60,8 +71,35 @@ def load_eval_data(
     if not images:
         raise ValueError(f"{source}: no readable images ({skipped} unreadable)")
     data = {"images": images, "skipped": skipped}
-    data.update({"questions": questions} if task == "vqa" else {"references": references})
+    if task == "vqa":
+        data["questions"] = questions
+    elif task == "classification":
+        data.update(labels=references, class_names=class_names)
+    else:
+        data["references"] = references
     return data
+
+
+def _class_names(dataset, label_column: str, labels: list[str] | None, source: str) -> list[str]:
+    """The class names: given, or those of the label column's `datasets.ClassLabel` feature."""
+    if labels:
+        if len(set(labels)) != len(labels) or len(labels) < 2:
+            raise ValueError(f"give at least two distinct class names, got {labels}")
+        return list(labels)
+    feature = (getattr(dataset, "features", None) or {}).get(label_column)
+    if isinstance(feature, datasets.ClassLabel):
+        return list(feature.names)
+    raise ValueError(f"{source}: the {label_column!r} column has no class names (not a datasets.ClassLabel): "
+                     "give them with --labels")  # fmt: skip
+
+
+def _label_index(value, class_names: list[str], source: str, index: int) -> int:
+    if isinstance(value, str) and value in class_names:
+        return class_names.index(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(class_names):
+        return value
+    raise ValueError(f"{source}: row {index} has label {value!r}, not one of the {len(class_names)} classes "
+                     f"({', '.join(class_names)}) nor an index of one")  # fmt: skip
 
 
 def _questions_of(row: dict, source: str, index: int) -> list[tuple[str, list[str]]]:
@@ -129,7 +167,81 @@ def evaluate_task(model, processor, data: dict, task: str, batch_size: int = 16,
     if task == "vqa":
         return evaluate_vqa(model, processor, data["images"], data["questions"], batch_size=batch_size,
                             progress=progress, **generation)  # fmt: skip
+    if task == "classification":
+        return evaluate_classification(model, processor, data["images"], data["labels"], data["class_names"],
+                                       batch_size=batch_size, **generation)  # fmt: skip
     return evaluate_retrieval(model, processor, data["images"], data["references"], batch_size=batch_size)
+
+
+def named_class(caption: str, class_names) -> int | None:
+    """The class a caption names first (whole words, case-insensitive, plural allowed; "shirt" is not named by
+    "t-shirt"), or None when it names none. At one position the longer name wins ("ankle boot" over "boot")."""
+    found = []
+    for k, name in enumerate(class_names):
+        match = re.search(rf"(?<![\w-]){re.escape(name.lower())}(?:e?s)?(?![\w-])", caption.lower())
+        if match:
+            found.append((match.start(), -len(name), k))
+    return min(found)[2] if found else None
+
+
+def _accuracy_by_class(predicted: list, truth: list[int], class_names, prefix: str) -> tuple[dict, list]:
+    """Scores (`{prefix}`: accuracy; `{prefix}_{name}`: per class) and the confusion matrix: rows true class, columns
+    predicted (a last "none" column when a prediction can be None)."""
+    columns = len(class_names) + any(p is None for p in predicted)
+    confusion = torch.zeros(len(class_names), columns, dtype=torch.long)
+    for p, t in zip(predicted, truth):
+        confusion[t, len(class_names) if p is None else p] += 1
+    scores = {prefix: sum(p == t for p, t in zip(predicted, truth)) / len(truth)}
+    for k, name in enumerate(class_names):
+        if confusion[k].sum() > 0:
+            scores[f"{prefix}_{name}"] = (confusion[k, k] / confusion[k].sum()).item()
+    return scores, confusion.tolist()
+
+
+@torch.no_grad()
+def evaluate_classification(model, processor, images=None, labels=(), class_names=(), *, vision_hidden_states=None,
+                            held_out=(), template: str = tasks.LABEL_TEMPLATE, batch_size: int = 16,
+                            max_new_tokens: int = 12) -> dict:  # fmt: skip
+    """Images of known class (`labels`: indices into `class_names`), two ways:
+
+    - classification: zero-shot among all the class names, as `pipeline("zero-shot-image-classification")` does it
+      (`tasks.classify`, `template`); per class, and the confusion matrix;
+    - caption: the model's caption names the right class first (`named_class`); per class, confusion with "none".
+
+    Returns {"scores", "confusion": {"classification", "caption_names_class"} (rows true, columns predicted),
+    "class_names", "predictions" (the captions), "examples"}; `plot_confusion` draws the matrices.
+
+    `held_out` (class names left out of training) adds both figures on the held-out and on the seen images, and
+    `held_out_classification_among_held_out`: the held-out images classified among the held-out names only.
+    """
+    truth = list(labels)
+    shared = {"vision_hidden_states": vision_hidden_states, "batch_size": batch_size}
+    ranked = tasks.classify(model, processor, images, class_names, template=template, **shared)
+    classified = [list(class_names).index(r[0][0]) for r in ranked]
+    captions = tasks.caption(model, processor, images, max_new_tokens=max_new_tokens, **shared)
+    named = [named_class(caption, class_names) for caption in captions]
+    scores, confusion = {}, {}
+    for name, predicted in (("classification", classified), ("caption_names_class", named)):
+        figures, confusion[name] = _accuracy_by_class(predicted, truth, class_names, name)
+        scores.update(figures)
+    if held_out:
+        unknown = [name for name in held_out if name not in class_names]
+        if unknown:
+            raise ValueError(f"held-out classes {unknown} are not among the class names {list(class_names)}")
+        held = {list(class_names).index(name) for name in held_out}
+        for group, rows in (("held_out", [i for i, t in enumerate(truth) if t in held]),
+                            ("seen", [i for i, t in enumerate(truth) if t not in held])):  # fmt: skip
+            for name, predicted in (("classification", classified), ("caption_names_class", named)):
+                scores[f"{group}_{name}"] = sum(predicted[i] == truth[i] for i in rows) / max(len(rows), 1)
+        rows = [i for i, t in enumerate(truth) if t in held]
+        if rows and len(held) > 1:
+            among = tasks.classify(model, processor, images and [images[i] for i in rows], list(held_out),
+                                   template=template, vision_hidden_states=None if vision_hidden_states is None
+                                   else vision_hidden_states[rows], batch_size=batch_size)  # fmt: skip
+            scores["held_out_classification_among_held_out"] = sum(
+                r[0][0] == class_names[truth[i]] for r, i in zip(among, rows)) / len(rows)  # fmt: skip
+    return {"scores": scores, "confusion": confusion, "class_names": list(class_names), "predictions": captions,
+            "examples": [{"caption": c, "class": class_names[t]} for c, t in zip(captions[:8], truth[:8])]}  # fmt: skip
 
 
 def markdown_table(columns: dict[str, dict]) -> str:
@@ -288,3 +400,35 @@ def vqa_baselines(model, processor, questions, majority_answers: dict, colours=N
     guess = [majority_answers[t] for t in types]
     scores.update({f"majority_{k}": v for k, v in _vqa_by_type(guess, questions, types).items()})
     return scores
+
+
+def plot_confusion(result: dict, path) -> None:
+    """The confusion matrices of `evaluate_classification` side by side, as a PNG (rendered, then written)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = result["class_names"]
+    figure, axes = plt.subplots(1, len(result["confusion"]), figsize=(7 * len(result["confusion"]), 6))
+    for axis, (kind, matrix) in zip(axes, result["confusion"].items()):
+        counts = torch.tensor(matrix, dtype=torch.float)
+        shares = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+        axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+        columns = names + ["none"] * (counts.shape[1] - len(names))
+        axis.set_xticks(range(len(columns)), columns, rotation=60, ha="right", fontsize=8)
+        axis.set_yticks(range(len(names)), names, fontsize=8)
+        for row, column in counts.nonzero().tolist():
+            value = shares[row, column].item()
+            axis.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=6,
+                      color="white" if value > 0.5 else "black")  # fmt: skip
+        accuracy = result["scores"].get(kind)
+        axis.set(xlabel="predicted", ylabel="true class", title=f"{kind}" + (f" (accuracy {accuracy:.3f})"
+                                                                              if accuracy is not None else ""))
+    figure.tight_layout()
+    buffer = io.BytesIO()  # rendered first, then written: a write error (a full disk) is raised, not swallowed
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    Path(path).write_bytes(buffer.getvalue())

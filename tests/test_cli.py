@@ -139,6 +139,50 @@ def test_eval_writes_metrics_that_match_its_predictions(saved, capsys, tmp_path,
         assert report["scores"]["text_to_image_R@10"] == 1.0  # 6 images: every image ranks within 10
 
 
+def test_eval_classification_by_class_with_held_out_classes(saved, capsys, tmp_path):
+    import datasets
+
+    from vlap.evaluation import named_class
+    from vlap.tasks import caption, classify
+
+    names = ["circle", "square", "triangle"]
+    rows = [(colour, shape) for colour in ("red", "blue", "green") for shape in names]
+    images = [shape_image(colour, shape) for colour, shape in rows]
+    labels = [names.index(shape) for _, shape in rows]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    datasets.Dataset.from_dict({"image": images, "label": labels}, features=features).save_to_disk(tmp_path / "data")
+    out, plot = tmp_path / "report.json", tmp_path / "confusion.png"
+    code, stdout, _ = run(capsys, "eval", saved["model"], "--task", "classification", "--data", tmp_path / "data",
+                          "--held-out", "square,triangle", "--max-new-tokens", 4, "--out", out, "--plot", plot)  # fmt: skip
+    assert code == 0 and stdout.startswith("| metric |") and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads(out.read_text())
+    scores, confusion = report["scores"], report["confusion"]
+    model, processor = load(str(saved["model"]))
+    chosen = [names.index(ranked[0][0]) for ranked in classify(model, processor, images, names)]
+    assert scores["classification"] == pytest.approx(sum(c == t for c, t in zip(chosen, labels)) / 9)
+    named = [named_class(text, names) for text in caption(model, processor, images, max_new_tokens=4)]
+    assert scores["caption_names_class"] == pytest.approx(sum(n == t for n, t in zip(named, labels)) / 9)
+    for k, name in enumerate(names):  # rows are true classes: 3 images each; the diagonal gives per-class accuracy
+        assert sum(confusion["classification"][k]) == 3
+        assert scores[f"classification_{name}"] == pytest.approx(confusion["classification"][k][k] / 3)
+        assert confusion["classification"][k][k] == sum(c == t == k for c, t in zip(chosen, labels))
+    held = [i for i, t in enumerate(labels) if t > 0]
+    assert scores["held_out_classification"] == pytest.approx(sum(chosen[i] == labels[i] for i in held) / 6)
+    among = classify(model, processor, [images[i] for i in held], ["square", "triangle"])
+    assert scores["held_out_classification_among_held_out"] == pytest.approx(
+        sum(r[0][0] == names[labels[i]] for r, i in zip(among, held)) / 6)  # fmt: skip
+    # Bad input names the cause: an unknown held-out class, labels beyond the class names, no names at all.
+    code, _, err = run(capsys, "eval", saved["model"], "--task", "classification", "--data", tmp_path / "data",
+                       "--held-out", "hexagon")  # fmt: skip
+    assert code == 1 and "hexagon" in err
+    code, _, err = run(capsys, "eval", saved["model"], "--task", "classification", "--data", tmp_path / "data",
+                       "--labels", "circle,square")  # fmt: skip
+    assert code == 1 and "row 2 has label 2" in err
+    datasets.Dataset.from_dict({"image": images[:2], "label": [0, 1]}).save_to_disk(tmp_path / "plain")
+    code, _, err = run(capsys, "eval", saved["model"], "--task", "classification", "--data", tmp_path / "plain")
+    assert code == 1 and "--labels" in err
+
+
 def bad_inputs(saved, tmp_path) -> list[tuple[list, str]]:
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("not an image")

@@ -223,17 +223,25 @@ def cmd_arithmetic(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from vlap.evaluation import evaluate_task, load_eval_data, markdown_table
+    from vlap.evaluation import evaluate_task, load_eval_data, markdown_table, plot_confusion
 
+    classification = args.task == "classification"
+    if not classification and (args.labels or args.held_out or args.plot):
+        raise CLIError("--labels, --held-out and --plot are for --task classification")
+    labels = [label.strip() for label in args.labels.split(",") if label.strip()] if args.labels else None
     data = load_eval_data(args.data, args.task, args.format, args.split, args.image_column, args.caption_column,
-                          args.limit)  # fmt: skip
+                          args.limit, args.label_column, labels)  # fmt: skip
     model, processor = load_model(args)
     generation = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
     if args.template is not None:
-        if args.task != "vqa":
-            raise CLIError("--template is the VQA prompt template: it needs --task vqa")
+        if args.task not in ("vqa", "classification"):
+            raise CLIError("--template is the VQA prompt or the class label template: it needs --task vqa or "
+                           "classification")  # fmt: skip
         generation["template"] = args.template
-    result = evaluate_task(model, processor, data, args.task, batch_size=args.batch_size, progress=True, **generation)
+    if args.held_out:
+        generation["held_out"] = [name.strip() for name in args.held_out.split(",") if name.strip()]
+    result = evaluate_task(model, processor, data, args.task, batch_size=args.batch_size, progress=not classification,
+                           **generation)  # fmt: skip
     full = {"model": args.model, "task": args.task, "data": args.data, "command": "vlap " + shlex.join(args.argv),
             "num_images": len(data["images"]), "skipped_images": data["skipped"], **result}  # fmt: skip
     report = {key: value for key, value in full.items() if key != "predictions"}
@@ -245,6 +253,11 @@ def cmd_eval(args) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(full, indent=2))
         out.with_suffix(".md").write_text(table + "\n")
+    if args.plot:
+        try:
+            plot_confusion(result, args.plot)
+        except ImportError:
+            raise CLIError("--plot needs matplotlib (pip install matplotlib)") from None
     emit(args, report, table)
 
 
@@ -326,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--top-k", type=positive_int, default=10)
 
     sub = command("eval", cmd_eval, "evaluate on a dataset: metrics as a markdown table (or --json)")
-    sub.add_argument("--task", required=True, choices=["caption", "vqa", "retrieval"])
+    sub.add_argument("--task", required=True, choices=["caption", "vqa", "retrieval", "classification"])
     sub.add_argument("--data", required=True, help="imagefolder, .jsonl/.csv, save_to_disk folder, Hub id or .tar shards")
     sub.add_argument("--format", default="auto", help="data format (default: detected)")
     sub.add_argument("--split", default=None, help="default: test, or train when there is no test split")
@@ -334,7 +347,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--caption-column", default="caption")
     sub.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N images")
     sub.add_argument("--max-new-tokens", type=positive_int, default=None, help="caption: 20, vqa: 10 (default)")
-    sub.add_argument("--template", default=None, help="vqa: the prompt template (as `vlap vqa --template`)")
+    sub.add_argument("--template", default=None, help="vqa: the prompt template (as `vlap vqa --template`); "
+                     "classification: the label template (as `vlap classify --template`)")
+    sub.add_argument("--label-column", default="label", help="classification: class index or name per image")
+    sub.add_argument("--labels", help="classification: comma-separated class names (default: the label column's "
+                     "datasets.ClassLabel names)")
+    sub.add_argument("--held-out", metavar="NAMES", help="classification: comma-separated classes left out of "
+                     "training; adds held-out and seen figures")
+    sub.add_argument("--plot", metavar="PNG", help="classification: draw the confusion matrices into this file")
     sub.add_argument("--out", metavar="FILE.json", help="also write the report (with predictions) and FILE.md")
 
     sub = command("transfer", cmd_transfer, "move a LangBridge model to another LLM without training (re-index words)")

@@ -19,7 +19,7 @@ DEBIAN_FOLDER = "/usr/share/datasets/fashion-mnist"
 # The dataset's 10 labels, in label order, as a caption names them.
 CLASSES = ("t-shirt", "pair of trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
            "ankle boot")  # fmt: skip
-TEMPLATES = ("a photo of a {}", "a {}", "a black and white photo of a {}", "a product photo of a {}")
+TEMPLATES = ("a photo of {}", "{}", "a black and white photo of {}", "a product photo of {}")  # {}: "an ankle boot"
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
          "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}  # fmt: skip
@@ -61,7 +61,7 @@ def split_dataset(folder: Path, split: str) -> datasets.Dataset:
     rows = {
         "image": [Image.fromarray(255 - image) for image in images],  # dark on white, as a catalogue photo
         "label": labels.tolist(),
-        "caption": [[template.format(CLASSES[label]) for template in TEMPLATES] for label in labels],
+        "caption": [[template.format(with_article(CLASSES[label])) for template in TEMPLATES] for label in labels],
     }
     return datasets.Dataset.from_dict(rows, features=features)
 
@@ -75,6 +75,10 @@ def fashion_mnist_dataset(root: Path) -> Path:
     dataset = datasets.DatasetDict({split: split_dataset(source, split) for split in FILES})
     dataset.save_to_disk(str(folder))
     return folder
+
+
+def with_article(name: str) -> str:
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def class_index(name: str) -> int:

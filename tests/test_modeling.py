@@ -300,6 +300,29 @@ def test_word_codes_are_cosines_and_follow_a_changed_embedding_matrix(backbones)
     torch.testing.assert_close(model.word_codes(features), cosines(), atol=1e-5, rtol=0)
 
 
+def test_classify_in_code_space_scores_each_label_target_under_the_image_assignment(backbones):
+    from vlap.tasks import classify
+
+    model, processor = build(backbones, "llama", text_representation="word_assignments", word_marginal_weight=0.01)
+    labels, pictures = ["red circle", "blue square", "green star"], images(4)
+    ranked = classify(model, processor, pictures, labels, method="code")
+    with torch.no_grad():
+        pixels = processor(images=pictures)["pixel_values"]
+        image = model.get_image_prefix(pixels).mean(dim=1)
+        codes = torch.nn.functional.cosine_similarity(image.unsqueeze(1), model.word_embeddings.unsqueeze(0), dim=-1)
+        log_p = torch.log_softmax(codes / model.config.assignment_temperature, dim=-1)
+        tokens = processor(text=[f"a {label}" for label in labels])
+        text = model.get_text_features(tokens["input_ids"], tokens["attention_mask"])
+        targets = model.caption_assignments(tokens["input_ids"], tokens["attention_mask"], model.word_codes(text))
+    expected = torch.softmax(log_p @ targets.T, dim=-1)
+    for row, hits in enumerate(ranked):
+        assert [label for label, _ in hits] == [labels[i] for i in expected[row].argsort(descending=True)]
+        torch.testing.assert_close(torch.tensor([score for _, score in hits]), expected[row].sort(descending=True).values,
+                                   atol=1e-4, rtol=1e-4)  # fmt: skip
+    with pytest.raises(ValueError, match="method"):
+        classify(model, processor, pictures, labels, method="likelihood")
+
+
 @pytest.mark.parametrize("marginal_weight", [None, 0.01])
 def test_word_assignment_targets_equal_the_plan_over_every_token_row(backbones, marginal_weight):
     """Computed once per distinct token, the targets must be those of one Sinkhorn row per caption token."""

@@ -205,10 +205,11 @@ def evaluate_classification(model, processor, images=None, labels=(), class_name
     """Images of known class (`labels`: indices into `class_names`), two ways:
 
     - classification: zero-shot among all the class names, as `pipeline("zero-shot-image-classification")` does it
-      (`tasks.classify`, `template`); per class, and the confusion matrix;
+      (`tasks.classify`, `template`, by feature cosine); classification_code: the same choice in VLAP's word space
+      (`tasks.classify(method="code")`); per class, and the confusion matrices;
     - caption: the model's caption names the right class first (`named_class`); per class, confusion with "none".
 
-    Returns {"scores", "confusion": {"classification", "caption_names_class"} (rows true, columns predicted),
+    Returns {"scores", "confusion": {one per figure above} (rows true, columns predicted),
     "class_names", "predictions" (the captions), "examples"}; `plot_confusion` draws the matrices.
 
     `held_out` (class names left out of training) adds both figures on the held-out and on the seen images, and
@@ -216,13 +217,16 @@ def evaluate_classification(model, processor, images=None, labels=(), class_name
     """
     truth = list(labels)
     shared = {"vision_hidden_states": vision_hidden_states, "batch_size": batch_size}
-    ranked = tasks.classify(model, processor, images, class_names, template=template, **shared)
-    classified = [list(class_names).index(r[0][0]) for r in ranked]
+    predicted = {}
+    for method in tasks.CLASSIFY_METHODS:
+        ranked = tasks.classify(model, processor, images, class_names, template=template, method=method, **shared)
+        name = "classification" if method == "feature" else f"classification_{method}"
+        predicted[name] = [list(class_names).index(r[0][0]) for r in ranked]
     captions = tasks.caption(model, processor, images, max_new_tokens=max_new_tokens, **shared)
-    named = [named_class(caption, class_names) for caption in captions]
+    predicted["caption_names_class"] = [named_class(caption, class_names) for caption in captions]
     scores, confusion = {}, {}
-    for name, predicted in (("classification", classified), ("caption_names_class", named)):
-        figures, confusion[name] = _accuracy_by_class(predicted, truth, class_names, name)
+    for name, guesses in predicted.items():
+        figures, confusion[name] = _accuracy_by_class(guesses, truth, class_names, name)
         scores.update(figures)
     if held_out:
         unknown = [name for name in held_out if name not in class_names]
@@ -231,15 +235,17 @@ def evaluate_classification(model, processor, images=None, labels=(), class_name
         held = {list(class_names).index(name) for name in held_out}
         for group, rows in (("held_out", [i for i, t in enumerate(truth) if t in held]),
                             ("seen", [i for i, t in enumerate(truth) if t not in held])):  # fmt: skip
-            for name, predicted in (("classification", classified), ("caption_names_class", named)):
-                scores[f"{group}_{name}"] = sum(predicted[i] == truth[i] for i in rows) / max(len(rows), 1)
+            for name, guesses in predicted.items():
+                scores[f"{group}_{name}"] = sum(guesses[i] == truth[i] for i in rows) / max(len(rows), 1)
         rows = [i for i, t in enumerate(truth) if t in held]
         if rows and len(held) > 1:
-            among = tasks.classify(model, processor, images and [images[i] for i in rows], list(held_out),
-                                   template=template, vision_hidden_states=None if vision_hidden_states is None
-                                   else vision_hidden_states[rows], batch_size=batch_size)  # fmt: skip
-            scores["held_out_classification_among_held_out"] = sum(
-                r[0][0] == class_names[truth[i]] for r, i in zip(among, rows)) / len(rows)  # fmt: skip
+            subset = {"images": images and [images[i] for i in rows], "batch_size": batch_size,
+                      "vision_hidden_states": None if vision_hidden_states is None else vision_hidden_states[rows]}  # fmt: skip
+            for method in tasks.CLASSIFY_METHODS:
+                among = tasks.classify(model, processor, labels=list(held_out), template=template, method=method, **subset)
+                suffix = "" if method == "feature" else f"_{method}"
+                scores[f"held_out_classification{suffix}_among_held_out"] = sum(
+                    r[0][0] == class_names[truth[i]] for r, i in zip(among, rows)) / len(rows)  # fmt: skip
     return {"scores": scores, "confusion": confusion, "class_names": list(class_names), "predictions": captions,
             "examples": [{"caption": c, "class": class_names[t]} for c, t in zip(captions[:8], truth[:8])]}  # fmt: skip
 
@@ -326,13 +332,10 @@ def evaluate_shape_world(model, processor, vision_hidden_states, colours, shapes
     image_features = tasks.image_features(model, processor, **shared)
     class_captions = [TEMPLATES[0].format(colour=n.split()[0], shape=n.split()[1]) for n in CLASSES]
     text_features = tasks.text_features(model, processor, class_captions)
-    tokens = processor(text=class_captions).to(model.device)
     truth = torch.tensor([CLASSES.index(label) for label in labels])
     scores["classification_feature"] = ((image_features @ text_features.T).argmax(1) == truth).float().mean().item()
-    tau = model.config.assignment_temperature
-    image_log_probs = torch.log_softmax(model.word_codes(image_features) / tau, dim=-1)
-    text_targets = model.caption_assignments(tokens["input_ids"], tokens["attention_mask"], model.word_codes(text_features))
-    scores["classification_code"] = ((image_log_probs @ text_targets.T).argmax(1) == truth).float().mean().item()
+    by_code = tasks.classify(model, processor, labels=CLASSES, method="code", **shared)  # the same "a {}" texts
+    scores["classification_code"] = sum(r[0][0] == label for r, label in zip(by_code, labels)) / len(labels)
     ranked = tasks.classify(model, processor, labels=CLASSES, **shared)  # = pipeline("zero-shot-image-classification")
     scores["classification_pipeline"] = sum(r[0][0] == label for r, label in zip(ranked, labels)) / len(labels)
 
@@ -412,8 +415,11 @@ def plot_confusion(result: dict, path) -> None:
     import matplotlib.pyplot as plt
 
     names = result["class_names"]
-    figure, axes = plt.subplots(1, len(result["confusion"]), figsize=(7 * len(result["confusion"]), 6))
-    for axis, (kind, matrix) in zip(axes, result["confusion"].items()):
+    rows = (len(result["confusion"]) + 1) // 2
+    figure, axes = plt.subplots(rows, 2, figsize=(14, 6 * rows), squeeze=False)
+    for axis in axes.flatten()[len(result["confusion"]) :]:
+        axis.axis("off")
+    for axis, (kind, matrix) in zip(axes.flatten(), result["confusion"].items()):
         counts = torch.tensor(matrix, dtype=torch.float)
         shares = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
         axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)

@@ -166,20 +166,39 @@ def text_features(model, processor, texts: Sequence[str], batch_size: int = 64) 
     return torch.cat(features)
 
 
+CLASSIFY_METHODS = ("feature", "code")
+
+
 @torch.no_grad()
 def classify(model, processor, images=None, labels: Sequence[str] = (), *, vision_hidden_states=None,
-             template: str = LABEL_TEMPLATE, batch_size: int = 16) -> list[list[tuple[str, float]]]:  # fmt: skip
-    """Zero-shot classification, CLIP-style: each image's labels, best first, with softmax(cos / temperature) scores:
-    the numbers of `pipeline("zero-shot-image-classification", hypothesis_template=template)` on the saved model."""
+             template: str = LABEL_TEMPLATE, method: str = "feature",
+             batch_size: int = 16) -> list[list[tuple[str, float]]]:  # fmt: skip
+    """Zero-shot classification: each image's labels, best first, with scores (a softmax over the labels) from
+
+    - "feature": cos(image feature, label text feature) / temperature, CLIP-style: the numbers of
+      `pipeline("zero-shot-image-classification", hypothesis_template=template)` on the saved model;
+    - "code": VLAP's word space: sum over words of the label text's assignment target times the log of the image's
+      predicted assignment (the swapped-prediction score training maximises for matching pairs).
+    """
     labels = list(labels)
     if len(labels) < 2 or len(set(labels)) != len(labels):
         raise ValueError(f"give at least two distinct labels, got {labels}")
     if "{}" not in template:
         raise ValueError(f"the label template {template!r} has no {{}} for the label")
-    text = text_features(model, processor, [template.format(label) for label in labels])
+    if method not in CLASSIFY_METHODS:
+        raise ValueError(f"method {method!r} is not one of {', '.join(CLASSIFY_METHODS)}")
+    texts = [template.format(label) for label in labels]
+    text = text_features(model, processor, texts)
     image = image_features(model, processor, images, vision_hidden_states=vision_hidden_states, batch_size=batch_size)
-    scores = torch.softmax(image @ text.T / model.config.assignment_temperature, dim=-1)
-    return [[(labels[i], p) for i, p in ranked] for ranked in rank(scores, len(labels))]
+    tau = model.config.assignment_temperature
+    if method == "feature":
+        logits = image @ text.T / tau
+    else:
+        tokens = processor(text=texts).to(model.device)
+        targets = model.caption_assignments(tokens["input_ids"], tokens["attention_mask"], model.word_codes(text))
+        logits = torch.cat([torch.log_softmax(model.word_codes(rows) / tau, dim=-1) @ targets.T
+                            for rows in image.split(256)])  # fmt: skip
+    return [[(labels[i], p) for i, p in ranked] for ranked in rank(torch.softmax(logits, dim=-1), len(labels))]
 
 
 def rank(similarity: torch.Tensor, top_k: int) -> list[list[tuple[int, float]]]:

@@ -106,3 +106,22 @@ def test_the_debian_files_when_installed():
         images, labels = (read_idx(folder / name) for name in FILES[split])
         assert images.shape == (count, 28, 28) and images.dtype == np.uint8
         assert np.bincount(labels).tolist() == [count // 10] * 10
+
+
+def test_seed_summary_states_median_spread_and_separation(tmp_path):
+    import json
+
+    from vlap.demo import summarise_seeds
+
+    folders = []
+    for seed, (vlap, caption_only) in enumerate([(0.8, 0.1), (0.9, 0.3), (0.7, 0.2)]):
+        folder = tmp_path / f"seed{seed}"
+        folder.mkdir()
+        scores = {"classification": vlap, "caption_names_class": 0.5 + seed / 10}
+        baseline = {"classification": caption_only, "caption_names_class": 0.55}
+        (folder / "results.json").write_text(json.dumps({"setup": {"seed": seed}, "vlap": {"scores": scores},
+                                                         "caption_only": {"scores": baseline}}))  # fmt: skip
+        folders.append(folder)
+    summary = summarise_seeds(folders)
+    assert "| classification | 0.800 [0.700, 0.900] | 0.200 [0.100, 0.300] | +0.600 (exceeds the spread) |" in summary
+    assert "| caption_names_class | 0.600 [0.500, 0.700] | 0.550 [0.550, 0.550] | +0.050 (within the spread) |" in summary

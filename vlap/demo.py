@@ -21,6 +21,7 @@ and reports how often each model names them anyway.
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -49,6 +50,7 @@ from vlap.sweep import (
     VLAP_METHOD,
     load_model,
     majority_answers,
+    median_and_spread,
     questions_of,
     split_train,
     training_set,
@@ -215,6 +217,22 @@ def finish(out: Path, start: float, results: dict, markdown: str, runs: dict, se
           "(target <= 4096 MB)")
 
 
+def summarise_seeds(folders: list[Path]) -> str:
+    """VLAP and caption-only, median [min, max] over the runs in `folders` (one seed each, their results.json), and
+    whether VLAP - caption-only exceeds the seed spread (the two [min, max] ranges do not overlap)."""
+    runs = [json.loads((folder / "results.json").read_text()) for folder in folders]
+    lines = [f"{len(runs)} seeds ({', '.join(str(run['setup']['seed']) for run in runs)}): median [min, max]", "",
+             "| metric | VLAP (caption + assignment) | caption-only | VLAP - caption-only |", "|---|---|---|---|"]  # fmt: skip
+    for metric, value in runs[0]["vlap"]["scores"].items():
+        if not isinstance(value, float) or metric not in runs[0]["caption_only"]["scores"]:
+            continue
+        a, b = ([run[name]["scores"][metric] for run in runs] for name in ("vlap", "caption_only"))
+        verdict = "exceeds the spread" if min(a) > max(b) or min(b) > max(a) else "within the spread"
+        lines.append(f"| {metric} | {median_and_spread(a)} | {median_and_spread(b)} | "
+                     f"{statistics.median(a) - statistics.median(b):+.3f} ({verdict}) |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=["easy-vqa", "fashion-mnist"], default="easy-vqa")
@@ -228,16 +246,26 @@ def main(argv=None) -> None:
                         help="fashion-mnist: evaluate on test or on the validation slice carved from train")
     parser.add_argument("--steps", type=int, default=DEMO_BUDGET["max_steps"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", help="fashion-mnist: one run per seed into OUT/seed{S}, then "
+                        "OUT/summary.md (median and spread, which differences exceed it)")
     args = parser.parse_args(argv)
     fashion = args.dataset == "fashion-mnist"
-    if args.held_out and not fashion:
-        parser.error("--held-out needs --dataset fashion-mnist")
+    if (args.held_out or args.seeds) and not fashion:
+        parser.error("--held-out and --seeds need --dataset fashion-mnist")
     args.out = args.out or ("outputs/fashion-mnist" if fashion else "outputs/demo")
     args.train_images = args.train_images or (2000 if fashion else 960)
     args.test_images = args.test_images or (1000 if fashion else 120)
     start = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if fashion and args.seeds:
+        folders = [out / f"seed{seed}" for seed in args.seeds]
+        for seed, folder in zip(args.seeds, folders):
+            folder.mkdir(parents=True, exist_ok=True)
+            fashion_mnist(argparse.Namespace(**{**vars(args), "seed": seed}), folder, time.time())
+        summary = summarise_seeds(folders)
+        (out / "summary.md").write_text(summary + "\n")
+        return print(summary)
     if fashion:
         return fashion_mnist(args, out, start)
 

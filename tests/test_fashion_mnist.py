@@ -125,3 +125,12 @@ def test_seed_summary_states_median_spread_and_separation(tmp_path):
     summary = summarise_seeds(folders)
     assert "| classification | 0.800 [0.700, 0.900] | 0.200 [0.100, 0.300] | +0.600 (exceeds the spread) |" in summary
     assert "| caption_names_class | 0.600 [0.500, 0.700] | 0.550 [0.550, 0.550] | +0.050 (within the spread) |" in summary
+
+
+def test_demo_refuses_an_unknown_held_out_class_before_anything_is_written(tmp_path, capsys):
+    from vlap.demo import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--dataset", "fashion-mnist", "--held-out", "sandals,bag", "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2 and "--held-out sandals: not a Fashion-MNIST class" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -157,11 +157,9 @@ FASHION_VALIDATION_ROWS = 1000  # carved from the shuffled train split to choose
 def fashion_mnist(args, out: Path, start: float) -> None:
     """The Fashion-MNIST run: train both models on captioned product photos, evaluate by class on test (or on the
     validation slice), write results.json, results.md, confusion_{run}.png and loss_curves.png."""
-    from vlap.fashion_mnist import CLASSES, class_index, fashion_mnist_dataset, without_classes
+    from vlap.fashion_mnist import CLASSES, fashion_mnist_dataset, without_classes
 
     held_out = [name.strip() for name in (args.held_out or "").split(",") if name.strip()]
-    for name in held_out:
-        class_index(name)  # an unknown class is an error naming the ten, before anything is trained
     banner(f"1. assets (cached under {cache_root()})")
     vision, llm = efficientnet_lite0(), smollm2_135m()
     splits = datasets.load_from_disk(str(fashion_mnist_dataset(cache_root())))
@@ -252,6 +250,12 @@ def main(argv=None) -> None:
     fashion = args.dataset == "fashion-mnist"
     if (args.held_out or args.seeds) and not fashion:
         parser.error("--held-out and --seeds need --dataset fashion-mnist")
+    if args.held_out:
+        from vlap.fashion_mnist import CLASSES
+
+        unknown = [name.strip() for name in args.held_out.split(",") if name.strip() not in CLASSES]
+        if unknown:  # before anything is built or trained
+            parser.error(f"--held-out {', '.join(unknown)}: not a Fashion-MNIST class ({', '.join(CLASSES)})")
     args.out = args.out or ("outputs/fashion-mnist" if fashion else "outputs/demo")
     args.train_images = args.train_images or (2000 if fashion else 960)
     args.test_images = args.test_images or (1000 if fashion else 120)

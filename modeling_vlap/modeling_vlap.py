@@ -408,13 +408,12 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         matrix at every step costs as much as the codes themselves."""
         weight = self.word_embeddings
         key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
-        if weight.requires_grad or getattr(self, "_inverse_norms_key", None) != key:
-            with torch.set_grad_enabled(weight.requires_grad):
-                inverse = 1.0 / weight.float().norm(dim=-1).clamp(min=1e-12)
-            if weight.requires_grad:
-                return inverse
+        if not weight.requires_grad and getattr(self, "_inverse_norms_key", None) == key:
+            return self._inverse_norms
+        inverse = 1.0 / weight.float().norm(dim=-1).clamp(min=1e-12)
+        if not weight.requires_grad:  # a trainable matrix changes every step: nothing to keep
             self._inverse_norms, self._inverse_norms_key = inverse, key
-        return self._inverse_norms
+        return inverse
 
     @torch.no_grad()
     def fit_word_prior(self, token_counts: torch.Tensor) -> torch.Tensor:

@@ -75,6 +75,11 @@ def one_image(spec: str) -> Path:
     return paths[0]
 
 
+def comma_separated(text: str) -> list[str]:
+    """"a, b,,c" -> ["a", "b", "c"]."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def read_lines(path: str) -> list[str]:
     try:
         lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
@@ -174,7 +179,7 @@ def cmd_retrieve(args) -> None:
 def cmd_classify(args) -> None:
     from vlap.tasks import classify
 
-    labels = [label.strip() for label in args.labels.split(",") if label.strip()]
+    labels = comma_separated(args.labels)
     found = expand_images(args.images)
     paths, images, failures = open_images(found, keep_going=True)
     model, processor = load_model(args)
@@ -228,7 +233,7 @@ def cmd_eval(args) -> None:
     classification = args.task == "classification"
     if not classification and (args.labels or args.held_out or args.plot):
         raise CLIError("--labels, --held-out and --plot are for --task classification")
-    labels = [label.strip() for label in args.labels.split(",") if label.strip()] if args.labels else None
+    labels = comma_separated(args.labels) if args.labels else None
     data = load_eval_data(args.data, args.task, args.format, args.split, args.image_column, args.caption_column,
                           args.limit, args.label_column, labels)  # fmt: skip
     model, processor = load_model(args)
@@ -239,7 +244,7 @@ def cmd_eval(args) -> None:
                            "classification")  # fmt: skip
         generation["template"] = args.template
     if args.held_out:
-        generation["held_out"] = [name.strip() for name in args.held_out.split(",") if name.strip()]
+        generation["held_out"] = comma_separated(args.held_out)
     result = evaluate_task(model, processor, data, args.task, batch_size=args.batch_size, progress=not classification,
                            **generation)  # fmt: skip
     full = {"model": args.model, "task": args.task, "data": args.data, "command": "vlap " + shlex.join(args.argv),

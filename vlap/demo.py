@@ -32,6 +32,7 @@ import torch
 import yaml
 
 from vlap.assets import cache_root, efficientnet_lite0, smollm2_135m
+from vlap.cli import comma_separated
 from vlap.easy_vqa import easy_vqa_dataset
 from vlap.evaluation import (
     evaluate_captioning,
@@ -159,7 +160,7 @@ def fashion_mnist(args, out: Path, start: float) -> None:
     validation slice), write results.json, results.md, confusion_{run}.png and loss_curves.png."""
     from vlap.fashion_mnist import CLASSES, fashion_mnist_dataset, without_classes
 
-    held_out = [name.strip() for name in (args.held_out or "").split(",") if name.strip()]
+    held_out = args.held_out
     banner(f"1. assets (cached under {cache_root()})")
     vision, llm = efficientnet_lite0(), smollm2_135m()
     splits = datasets.load_from_disk(str(fashion_mnist_dataset(cache_root())))
@@ -250,10 +251,11 @@ def main(argv=None) -> None:
     fashion = args.dataset == "fashion-mnist"
     if (args.held_out or args.seeds) and not fashion:
         parser.error("--held-out and --seeds need --dataset fashion-mnist")
+    args.held_out = comma_separated(args.held_out or "")
     if args.held_out:
         from vlap.fashion_mnist import CLASSES
 
-        unknown = [name.strip() for name in args.held_out.split(",") if name.strip() not in CLASSES]
+        unknown = [name for name in args.held_out if name not in CLASSES]
         if unknown:  # before anything is built or trained
             parser.error(f"--held-out {', '.join(unknown)}: not a Fashion-MNIST class ({', '.join(CLASSES)})")
     args.out = args.out or ("outputs/fashion-mnist" if fashion else "outputs/demo")

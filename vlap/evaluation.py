@@ -216,13 +216,15 @@ def evaluate_classification(model, processor, images=None, labels=(), class_name
     `held_out_classification_among_held_out`: the held-out images classified among the held-out names only.
     """
     truth = list(labels)
+    if vision_hidden_states is None:  # one vision pass serves every figure below
+        vision_hidden_states = tasks.vision_hidden_states_of(model, processor, images, batch_size)
     shared = {"vision_hidden_states": vision_hidden_states, "batch_size": batch_size}
     predicted = {}
     for method in tasks.CLASSIFY_METHODS:
-        ranked = tasks.classify(model, processor, images, class_names, template=template, method=method, **shared)
+        ranked = tasks.classify(model, processor, labels=class_names, template=template, method=method, **shared)
         name = "classification" if method == "feature" else f"classification_{method}"
         predicted[name] = [list(class_names).index(r[0][0]) for r in ranked]
-    captions = tasks.caption(model, processor, images, max_new_tokens=max_new_tokens, **shared)
+    captions = tasks.caption(model, processor, max_new_tokens=max_new_tokens, **shared)
     predicted["caption_names_class"] = [named_class(caption, class_names) for caption in captions]
     scores, confusion = {}, {}
     for name, guesses in predicted.items():
@@ -233,16 +235,14 @@ def evaluate_classification(model, processor, images=None, labels=(), class_name
         if unknown:
             raise ValueError(f"held-out classes {unknown} are not among the class names {list(class_names)}")
         held = {list(class_names).index(name) for name in held_out}
-        for group, rows in (("held_out", [i for i, t in enumerate(truth) if t in held]),
-                            ("seen", [i for i, t in enumerate(truth) if t not in held])):  # fmt: skip
-            for name, guesses in predicted.items():
-                scores[f"{group}_{name}"] = sum(guesses[i] == truth[i] for i in rows) / max(len(rows), 1)
         rows = [i for i, t in enumerate(truth) if t in held]
+        for group, members in (("held_out", rows), ("seen", [i for i, t in enumerate(truth) if t not in held])):
+            for name, guesses in predicted.items():
+                scores[f"{group}_{name}"] = sum(guesses[i] == truth[i] for i in members) / max(len(members), 1)
         if rows and len(held) > 1:
-            subset = {"images": images and [images[i] for i in rows], "batch_size": batch_size,
-                      "vision_hidden_states": None if vision_hidden_states is None else vision_hidden_states[rows]}  # fmt: skip
             for method in tasks.CLASSIFY_METHODS:
-                among = tasks.classify(model, processor, labels=list(held_out), template=template, method=method, **subset)
+                among = tasks.classify(model, processor, labels=list(held_out), template=template, method=method,
+                                       vision_hidden_states=vision_hidden_states[rows], batch_size=batch_size)  # fmt: skip
                 suffix = "" if method == "feature" else f"_{method}"
                 scores[f"held_out_classification{suffix}_among_held_out"] = sum(
                     r[0][0] == class_names[truth[i]] for r, i in zip(among, rows)) / len(rows)  # fmt: skip

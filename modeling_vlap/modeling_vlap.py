@@ -332,17 +332,28 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
             return F.adaptive_avg_pool1d(vision_hidden_states.transpose(1, 2), k).transpose(1, 2)
         return vision_hidden_states
 
-    def get_image_prefix(self, pixel_values=None, vision_hidden_states=None) -> torch.Tensor:
-        """Mapped visual tokens, the LLM prefix: `[B, K, D]` in the LLM's input-embedding space."""
+    def _bridge_inputs(self, pixel_values=None, vision_hidden_states=None) -> torch.Tensor:
+        """`[B, K, H]` visual tokens in the bridge's dtype, from images or their precomputed vision output."""
         if vision_hidden_states is None:
             if pixel_values is None:
                 raise ValueError("pass pixel_values (images) or precomputed vision_hidden_states")
             vision_hidden_states = self.get_vision_hidden_states(pixel_values)
-        dtype = next(self.bridge.parameters()).dtype
-        tokens = self._visual_tokens(vision_hidden_states).to(dtype)
+        return self._visual_tokens(vision_hidden_states).to(next(self.bridge.parameters()).dtype)
+
+    def get_image_prefix(self, pixel_values=None, vision_hidden_states=None) -> torch.Tensor:
+        """Mapped visual tokens, the LLM prefix: `[B, K, D]` in the LLM's input-embedding space."""
+        tokens = self._bridge_inputs(pixel_values, vision_hidden_states)
         if self.config.bridge_type == "langbridge":
             return self.bridge(tokens, self.language_model.get_input_embeddings()).to(self.word_embeddings.dtype)
         return self.bridge(tokens).to(self.word_embeddings.dtype)
+
+    def get_word_coefficients(self, pixel_values=None, vision_hidden_states=None) -> torch.Tensor:
+        """LangBridge: `[B, K, N]` what each visual token says, its coefficients over `config.langbridge_tokens`
+        (a distribution, or raw coefficients; words this LLM lacks get 0)."""
+        if self.config.bridge_type != "langbridge":
+            raise ValueError("only a LangBridge model (bridge_type='langbridge') speaks in word coefficients per "
+                             "visual token; image_to_words reads any model's image as words")  # fmt: skip
+        return self.bridge.coefficients(self._bridge_inputs(pixel_values, vision_hidden_states))
 
     def get_image_features(self, pixel_values=None, vision_hidden_states=None) -> torch.Tensor:
         """L2-normalised mean of the mapped visual tokens: `[B, D]`, comparable with `get_text_features`."""

@@ -7,6 +7,7 @@ MODEL is a saved VLAP folder or a Hub id (loaded with trust_remote_code). Every 
 import argparse
 import glob
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -277,6 +278,15 @@ def cmd_transfer(args) -> None:
                        f"({report['coverage']:.1%}); saved {report['out']}")  # fmt: skip
 
 
+def cmd_serve(args) -> None:
+    try:
+        from vlap.app import serve
+    except ImportError as error:
+        raise CLIError(f"vlap serve needs the web demo's extra: pip install 'vlap[app]' ({error})") from None
+    device = "cpu" if args.device == "auto" else args.device
+    serve(args.model, args.host, args.port, args.gallery, device=device)
+
+
 # ------------------------------------------------------------------------------------------------------ parser
 def positive_int(text: str) -> int:
     """argparse type: a whole number >= 1 (a usage error, exit status 2, otherwise)."""
@@ -287,6 +297,15 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return value
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """--host, --port and --gallery of `vlap serve` and app.py. Spaces set GRADIO_SERVER_NAME=0.0.0.0; anywhere
+    else the default is loopback, and binding wider is the user's explicit choice."""
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="address to bind (default 127.0.0.1: this machine only)")  # fmt: skip
+    parser.add_argument("--port", type=positive_int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--gallery", metavar="DIR", help="images for Arithmetic and Retrieve (default: the examples)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -361,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "training; adds held-out and seen figures")
     sub.add_argument("--plot", metavar="PNG", help="classification: draw the confusion matrices into this file")
     sub.add_argument("--out", metavar="FILE.json", help="also write the report (with predictions) and FILE.md")
+
+    sub = command("serve", cmd_serve, "serve the web demo (Gradio): caption, ask, words, arithmetic, retrieve")
+    add_serve_arguments(sub)
 
     sub = command("transfer", cmd_transfer, "move a LangBridge model to another LLM without training (re-index words)")
     sub.add_argument("--to-llm", required=True, metavar="LLM", help="the new LLM (Hub id or folder, with its tokenizer)")

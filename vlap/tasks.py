@@ -224,6 +224,22 @@ def read_words(model, processor, images=None, *, vision_hidden_states=None, top_
     return words
 
 
+@torch.no_grad()
+def token_words(model, processor, images=None, *, vision_hidden_states=None, top_k: int = 5, batch_size: int = 16):
+    """LangBridge: what each visual token says, `[[[(word, coefficient), ...] per visual token] per image]`: the top-k
+    of the bridge's coefficients over its vocabulary (`model.get_word_coefficients`), words this LLM lacks left out."""
+    words = model.config.langbridge_tokens or []
+    result = []
+    for _, inputs in _batches(model, processor, images, vision_hidden_states, batch_size):
+        coefficients = model.get_word_coefficients(**inputs).float()
+        present = torch.tensor(model.config.langbridge_token_ids, device=coefficients.device) >= 0
+        top = coefficients.masked_fill(~present, float("-inf")).topk(min(top_k, int(present.sum())), dim=-1)
+        result += [[[(words[i], value) for i, value in zip(ids.tolist(), values.tolist())]
+                    for ids, values in zip(image_ids, image_values)]
+                   for image_ids, image_values in zip(top.indices, top.values)]  # fmt: skip
+    return result
+
+
 def word_ids(processor, word: str) -> list[int]:
     """Token ids of `word` as it appears inside a sentence (after a space), without whitespace-only pieces."""
     tokenizer = processor.tokenizer

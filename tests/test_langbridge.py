@@ -130,3 +130,28 @@ def test_transfer_refuses_low_coverage_and_linear_bridges(backbones, tmp_path, c
     code = main(["transfer", str(tmp_path / "linear"), "--to-llm", str(backbones["t5"]), "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "linear VLAP bridge" in err and "cannot be moved" in err
+
+
+def test_words_per_token_reads_each_visual_tokens_coefficients(backbones, tmp_path, capsys):
+    model, processor = langbridge(backbones, coefficients="linear")
+    model.save_pretrained(tmp_path / "lb")
+    processor.save_pretrained(tmp_path / "lb")
+    images(1)[0].save(tmp_path / "image.png")
+    capsys.readouterr()
+    code = main(["words", str(tmp_path / "lb"), str(tmp_path / "image.png"), "--per-token", "--top-k", "3", "--json"])
+    said = json.loads(capsys.readouterr().out)["visual_tokens"]
+    pixels = processor(images=[str(tmp_path / "image.png")])["pixel_values"]
+    tokens = torch.nn.functional.adaptive_avg_pool1d(model.get_vision_hidden_states(pixels).transpose(1, 2), 4)
+    raw = model.bridge.to_words(model.bridge.mlp(tokens.transpose(1, 2)))[0]  # [K, N] by hand: no softmax in "linear"
+    assert code == 0 and len(said) == 4
+    for token, expected in zip(said, raw):
+        top = expected.topk(3)
+        assert [row["word"] for row in token] == [model.config.langbridge_tokens[i] for i in top.indices]
+        assert [row["coefficient"] for row in token] == pytest.approx(top.values.tolist(), abs=1e-5)
+
+    linear, linear_processor = build(backbones, "llama")
+    linear.save_pretrained(tmp_path / "linear")
+    linear_processor.save_pretrained(tmp_path / "linear")
+    code = main(["words", str(tmp_path / "linear"), str(tmp_path / "image.png"), "--per-token"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the weight-loading progress bars
+    assert code == 1 and last.startswith("vlap words: error: only a LangBridge model")

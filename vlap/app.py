@@ -156,7 +156,7 @@ class Demo:
         return pd.DataFrame([(texts[i], round(s, 4)) for i, s in ranked], columns=["caption", "cosine"])
 
     def _gallery_hits(self, ranked) -> list:
-        return [(str(self.gallery_paths[i]), f"{self.gallery_paths[i].name}  {score:+.3f}") for i, score in ranked]
+        return [(str(self.gallery_paths[i]), f"{score:+.3f} {self.gallery_paths[i].name}") for i, score in ranked]
 
     # -------------------------------------------------------------------------------------------------- layout
     @staticmethod

@@ -3,8 +3,9 @@
 
     python -m vlap.browser MODEL_DIR docs/app.png
 
-which serves MODEL_DIR cold, captions an example image through the page, reads it as words, saves the screenshot and
-prints the start-up and request times it measured.
+which serves MODEL_DIR cold, captions example images through the page and reads one as words, saves screenshots of
+the Caption tab (PNG) and of the Words tab (PNG's name + "_words"), and prints the start-up and request times it
+measured.
 """
 
 import argparse
@@ -126,7 +127,7 @@ def error_messages(page, timeout: float = 30) -> list[str]:
 
 def screenshot(model_dir: str, png: str) -> dict:
     """Serve `model_dir` cold, caption two example images through the page (the first request, then a warm one: what
-    a user waits), read the second as words, and save a screenshot of the Caption tab."""
+    a user waits), read the second as words, and save screenshots of both tabs."""
     with served(model_dir) as (url, start_seconds), browser_page(height=760) as page:
         page.goto(url)
         upload(page, "caption-image", EXAMPLES / "render_red_circle.png")
@@ -137,6 +138,7 @@ def screenshot(model_dir: str, png: str) -> dict:
         upload(page, "words-image", EXAMPLES / "render_blue_triangle.png")
         page.click("#words-button")
         page.locator("#words-chart svg .mark-rect path").first.wait_for()
+        page.screenshot(path=Path(png).with_stem(Path(png).stem + "_words"))
         open_tab(page, "Caption")
         page.screenshot(path=png)
     return {
@@ -161,7 +163,7 @@ def main(argv=None) -> int:
     print(
         f"served in {figures['start_seconds']:.1f} s (cold start); first caption {figures['first_caption_seconds']:.2f}"
         f" s, then {figures['caption_seconds']:.2f} s from the press to the text: {figures['caption']!r}; saved "
-        f"{args.png}"
+        f"{args.png} and {Path(args.png).with_stem(Path(args.png).stem + '_words')}"
     )
     return 0
 

@@ -194,7 +194,7 @@ def cmd_classify(args) -> None:
 
 
 def cmd_words(args) -> None:
-    from vlap.tasks import plot_words, read_words
+    from vlap.tasks import plot_words, read_words, token_words
 
     path = one_image(args.image)
     _, images, _ = open_images([path])
@@ -206,7 +206,14 @@ def cmd_words(args) -> None:
         except ImportError:
             raise CLIError("--plot needs matplotlib (pip install matplotlib)") from None
     data = {"image": str(path), "words": [{"word": word, "weight": weight} for word, weight in words]}
-    emit(args, data, "\n".join(f"{weight:.4f}  {word}" for word, weight in words))
+    lines = [f"{weight:.4f}  {word}" for word, weight in words]
+    if args.per_token:
+        said = token_words(model, processor, images, top_k=args.top_k)[0]
+        data["visual_tokens"] = [[{"word": word, "coefficient": c} for word, c in token] for token in said]
+        lines += ["per visual token:"] + [f"  {index:3d}  " + ", ".join(f"{word.strip() or repr(word)} {c:.3f}"
+                                                                         for word, c in token)
+                                          for index, token in enumerate(said)]  # fmt: skip
+    emit(args, data, "\n".join(lines))
 
 
 def cmd_arithmetic(args) -> None:
@@ -354,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("image", metavar="IMAGE")
     sub.add_argument("--top-k", type=positive_int, default=10)
     sub.add_argument("--plot", metavar="PNG", help="also draw the words as a bar chart into this file")
+    sub.add_argument("--per-token", action="store_true",
+                     help="LangBridge: also the top words each visual token says (its coefficients)")  # fmt: skip
 
     sub = command("arithmetic", cmd_arithmetic, "visual semantic arithmetic: IMAGE - word + word -> nearest words",
                   epilog='example: vlap arithmetic MODEL red_circle.png - red + blue --images shapes/')  # fmt: skip

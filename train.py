@@ -26,7 +26,7 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
-from modeling_vlap import VLAPForConditionalGeneration, VLAPProcessor
+from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration, VLAPProcessor
 from vlap.data import (
     CaptionedImages,
     Collator,
@@ -38,7 +38,7 @@ from vlap.data import (
 )
 from vlap.diagnostics import assignment_diagnostics, content_word_mask
 from vlap.features import build_feature_cache
-from vlap.langbridge import select_vocabulary
+from vlap.langbridge import english_vocabulary, select_vocabulary, string_to_id
 from vlap.lora import apply_lora, merge_lora
 
 
@@ -66,11 +66,14 @@ class TrainConfig:
     text_representation: str = "word_assignments"  # | word_embeddings | hidden_states (paper); see VLAPConfig
     # Bridge: "linear" (VLAP) or "langbridge" (coefficients over a vocabulary subset; transferable across LLMs)
     bridge_type: str = "linear"
-    langbridge_vocab_size: int = 19_200  # the N most frequent caption tokens shared by every transfer LLM
+    langbridge_vocab_size: int = 19_200  # N words, each one token of this LLM and of every transfer LLM
+    langbridge_vocabulary_source: str = "english"  # english: most frequent English words (wordfreq) | captions
     langbridge_hidden_size: int | None = None  # None: the LLM's embedding width
     langbridge_coefficients: str = "softmax"  # softmax | linear
+    langbridge_activation_before_words: bool = True  # False: the released code's MLP (no GELU before the word layer)
     langbridge_transfer_llms: str | None = None  # comma-separated tokenizers (Hub ids / folders) to stay transferable to
-    langbridge_vocabulary: str | None = None  # a JSON list of token strings to use instead of caption frequencies
+    langbridge_vocabulary: str | None = None  # a JSON list of token strings (overrides langbridge_vocabulary_source)
+    init_bridge: str | None = None  # a saved model folder: start from its bridge (fine-tune a moved LangBridge)
     lora: str | None = None  # "r,alpha,targets" (e.g. 8,16,q_proj|v_proj): LoRA on the LLM's attention; off by default
     # Optimisation: the paper's recipe
     batch_size: int = 32  # per process
@@ -133,14 +136,17 @@ def parse_config(argv=None) -> TrainConfig:
             raise SystemExit(f"{name}={getattr(config, name)} is out of range")
     choices = {"text_representation": ("word_assignments", "word_embeddings", "hidden_states"),
                "bridge_type": ("linear", "langbridge"), "mixed_precision": ("no", "bf16", "fp16"),
-               "langbridge_coefficients": ("softmax", "linear")}  # fmt: skip
+               "langbridge_coefficients": ("softmax", "linear"),
+               "langbridge_vocabulary_source": ("english", "captions")}  # fmt: skip
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
             raise SystemExit(f"{name}={getattr(config, name)!r} is not one of {', '.join(allowed)}")
-    for name in ("train_data", "validation_data", "vision_model", "text_model"):
+    for name in ("train_data", "validation_data", "vision_model", "text_model", "init_bridge"):
         path = getattr(config, name)  # a Hub id is left to its loader; a local path must exist
         if path and path.startswith(("/", ".", "~")) and not Path(path).expanduser().exists():
             raise SystemExit(f"{name}: {path} does not exist")
+    if config.init_bridge and not Path(config.init_bridge).is_dir():
+        raise SystemExit(f"init_bridge: {config.init_bridge} is not a saved model folder")
     return config
 
 
@@ -260,6 +266,55 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def langbridge_arguments(config: TrainConfig, tokenizer, counts: torch.Tensor, log) -> dict:
+    """VLAPConfig fields of the bridge: none for a linear one; for a LangBridge its vocabulary (the --init-bridge
+    model's strings, a given JSON list, the most frequent English words or caption tokens, each one token of this LLM
+    and of every transfer LLM) as strings and this LLM's ids, and its architecture."""
+    if config.bridge_type != "langbridge":
+        return {}
+    start = VLAPConfig.from_pretrained(config.init_bridge) if config.init_bridge else None
+    if start is not None:  # continue a (moved) bridge: its strings re-indexed into this LLM, its architecture
+        ids_of = string_to_id(tokenizer)
+        log(f"LangBridge vocabulary: the {len(start.langbridge_tokens)} words of {config.init_bridge}")
+        return {"langbridge_tokens": start.langbridge_tokens,
+                "langbridge_token_ids": [ids_of.get(string, -1) for string in start.langbridge_tokens],
+                "langbridge_hidden_size": start.langbridge_hidden_size or start.projection_dim,
+                "langbridge_coefficients": start.langbridge_coefficients,
+                "langbridge_activation_before_words": start.langbridge_activation_before_words}  # fmt: skip
+    transfer_llms = config.langbridge_transfer_llms or []
+    transfer_llms = transfer_llms.split(",") if isinstance(transfer_llms, str) else transfer_llms
+    others = [AutoTokenizer.from_pretrained(name.strip()) for name in transfer_llms]
+    given = json.loads(Path(config.langbridge_vocabulary).read_text()) if config.langbridge_vocabulary else None
+    source = "given" if given else config.langbridge_vocabulary_source
+    if source == "english":
+        given, report = english_vocabulary([tokenizer, *others], config.langbridge_vocab_size)
+        source = f"english: the first {report['words_examined']:,} words of wordfreq, coverage {report['coverage']:.1%}"
+    tokens, token_ids = select_vocabulary(counts, tokenizer, config.langbridge_vocab_size, others, given)
+    log(f"LangBridge vocabulary: {len(tokens)} words shared with {len(others)} other LLM(s) ({source})")
+    return {"langbridge_tokens": tokens, "langbridge_token_ids": token_ids,
+            "langbridge_hidden_size": config.langbridge_hidden_size,
+            "langbridge_coefficients": config.langbridge_coefficients,
+            "langbridge_activation_before_words": config.langbridge_activation_before_words}  # fmt: skip
+
+
+def load_bridge(model, folder: str) -> None:
+    """Start from the bridge weights of a saved model (its safetensors files, read key by key: the backbones stay
+    on disk)."""
+    from safetensors import safe_open
+
+    state = {}
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as weights:
+            state |= {key.removeprefix("bridge."): weights.get_tensor(key) for key in weights.keys()
+                      if key.startswith("bridge.")}  # fmt: skip
+    if not state:
+        raise SystemExit(f"init_bridge={folder}: no bridge weights in its safetensors files")
+    try:
+        model.bridge.load_state_dict(state)
+    except RuntimeError as error:
+        raise SystemExit(f"init_bridge={folder}: its bridge does not fit this model ({' '.join(str(error).split())})") from None
+
+
 def main(argv=None) -> Path:
     config = parse_config(argv)
     output_dir = Path(config.output_dir)
@@ -292,24 +347,16 @@ def main(argv=None) -> Path:
     captions = [caption for cell in prior_rows for caption in caption_list(cell)]
     counts = caption_token_counts(captions, processor, len(processor.tokenizer), config.max_caption_length)
 
-    # ---- models: frozen backbones + a fresh bridge
-    bridge_kwargs = {}
-    if config.bridge_type == "langbridge":
-        transfer_llms = config.langbridge_transfer_llms or []
-        transfer_llms = transfer_llms.split(",") if isinstance(transfer_llms, str) else transfer_llms
-        others = [AutoTokenizer.from_pretrained(name.strip()) for name in transfer_llms]
-        given = json.loads(Path(config.langbridge_vocabulary).read_text()) if config.langbridge_vocabulary else None
-        tokens, token_ids = select_vocabulary(counts, processor.tokenizer, config.langbridge_vocab_size, others, given)
-        bridge_kwargs = {"langbridge_tokens": tokens, "langbridge_token_ids": token_ids,
-                         "langbridge_hidden_size": config.langbridge_hidden_size,
-                         "langbridge_coefficients": config.langbridge_coefficients}  # fmt: skip
-        accelerator.print(f"LangBridge vocabulary: {len(tokens)} caption tokens shared with {len(others)} other LLM(s)")
+    # ---- models: frozen backbones + a fresh bridge (or the bridge of --init-bridge)
+    bridge_kwargs = langbridge_arguments(config, processor.tokenizer, counts, accelerator.print)
     model = VLAPForConditionalGeneration.from_vision_text_pretrained(
         config.vision_model, config.text_model, prompt=config.prompt, num_visual_tokens=config.num_visual_tokens,
         assignment_loss_weight=config.assignment_loss_weight, prior_temperature=config.prior_temperature,
         word_marginal_weight=config.word_marginal_weight, text_representation=config.text_representation,
         bridge_type=config.bridge_type, **bridge_kwargs,
     )  # fmt: skip
+    if config.init_bridge:
+        load_bridge(model, config.init_bridge)
     model.to(accelerator.device)
     accelerator.print(
         f"VLAP: {model.num_parameters(only_trainable=True):,} trainable parameters (the bridge) "

@@ -1,90 +1,193 @@
-"""LangBridge transfer across LLMs on real models, offline: EfficientNet-Lite0 vision, easy-vqa captions.
+"""LangBridge transfer measured as compute saved, on real models, offline (EfficientNet-Lite0 vision, easy-vqa).
 
-Three models with the demo's budget (960 train images, --steps x 16, lr 1e-3, 9 visual tokens, frozen-feature cache):
-  1. LangBridge trained on SmolLM2-135M-Instruct (its vocabulary subset restricted to strings Gemma 3 also has),
-  2. the same bridge moved to Gemma 3 270M with `vlap transfer` (no training),
-  3. a LangBridge trained directly on Gemma 3 270M,
-evaluated side by side on easy-vqa test (caption metrics, captions naming colour and shape, zero-shot VQA,
-zero-shot classification, relevance-aware retrieval R@1).
+Per seed, from the frozen-feature cache, with the vocabulary train.py gives by default: the most frequent English
+words (wordfreq) that SmolLM2 and Gemma 3 both spell as one token:
+  1. source: LangBridge trained on SmolLM2-135M with the full budget (--steps x 16 captions),
+  2. moved to Gemma 3 270M by re-indexing its words (`vlap transfer`, no training), then fine-tuned from there on
+     5 / 10 / 25 % of the budget (that share of the steps and of the training images),
+  3. direct: LangBridge trained on Gemma 3 270M from scratch with the full budget,
+  4. reverse: (3) moved to SmolLM2 without training.
+Each is scored by the share of easy-vqa test captions that name the image's colour AND shape (`--eval-split
+validation`: the validation slice of the train split that vlap.sweep chooses on; `--stages source` trains and scores
+only (1), to choose the budget).
 
-    python bench/langbridge_transfer.py [--steps 60] [--out outputs/langbridge] [--json results/langbridge.json]
+    python bench/langbridge_transfer.py [--seeds 0 1 2] [--steps 200] [--learning-rate 1e-3] [--json FILE]
+
+The JSON holds, per figure, the median over the seeds run and their count ("seeds"), and every seed's value.
 """
 
 import argparse
 import json
+import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
-
-import datasets
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from vlap.assets import cache_root, efficientnet_lite0, gemma3_270m, smollm2_135m  # noqa: E402
-from vlap.demo import banner, encode_test_split, evaluate_model, train  # noqa: E402
-from vlap.easy_vqa import easy_vqa_dataset  # noqa: E402
-from vlap.evaluation import markdown_table  # noqa: E402
-from vlap.langbridge import transfer  # noqa: E402
+from vlap.assets import efficientnet_lite0, gemma3_270m, smollm2_135m  # noqa: E402
+from vlap.demo import banner, train  # noqa: E402
+from vlap.langbridge import english_vocabulary, transfer  # noqa: E402
+from vlap.shapes import caption_is_right  # noqa: E402
+from vlap.sweep import DEMO_BUDGET, split_train, vision_states  # noqa: E402
+from vlap.tasks import caption, load  # noqa: E402
 
-SHOWN = ("CIDEr", "BLEU-4", "METEOR", "ROUGE-L", "test: caption_colour_shape", "test: vqa", "test: classification_feature",
-         "test: image_to_text_class_R@1")
+FRACTIONS = (0.05, 0.1, 0.25)
+STAGES = ("source", "moved", "finetune", "direct", "reverse")
+
+
+def colour_shape_accuracy(folder: Path, states, colours, shapes) -> tuple[float, list[str]]:
+    """Share of captions naming the image's colour and shape (and no other), and the first captions."""
+    model, processor = load(str(folder))
+    captions = caption(model, processor, vision_hidden_states=states, max_new_tokens=12, batch_size=32, progress=True)
+    right = [caption_is_right(text, colour, shape) for text, colour, shape in zip(captions, colours, shapes)]
+    return sum(right) / len(right), captions[:4]
+
+
+def training_rows(pool, count: int, out: Path) -> Path:
+    """The first `count` images of the training pool as a folder train.py reads."""
+    folder = out / f"train-{count}"
+    if not (folder / "state.json").exists():
+        pool.select(range(count)).save_to_disk(str(folder))
+    return folder
+
+
+def run_seed(seed: int, args, out: Path, models: dict, pool_folder: Path, evaluation: tuple) -> dict:
+    import datasets
+
+    pool = datasets.load_from_disk(str(pool_folder))
+    budget = {"bridge_type": "langbridge", "learning_rate": args.learning_rate, "langbridge_coefficients": args.coefficients,
+              "langbridge_activation_before_words": not args.released_mlp, "assignment_loss_weight": 0.0}  # fmt: skip
+    full = SimpleNamespace(steps=args.steps, seed=seed)
+    data = training_rows(pool, args.train_images, out)
+    figures, captions, seconds = {}, {}, {}
+
+    def measure(name: str, folder: Path) -> None:
+        figures[name], captions[name] = colour_shape_accuracy(folder, *evaluation)
+        print(f"seed {seed}, {name}: colour+shape {figures[name]:.3f}; e.g. {captions[name][:2]}", flush=True)
+
+    def timed_train(name: str, llm: Path, plan, train_data: Path, **overrides) -> Path:
+        start = time.time()
+        folder = train(f"seed{seed}-{name}", out, train_data, models["vision"], llm, plan, **budget, **overrides)
+        seconds[name] = round(time.time() - start, 1)
+        return folder
+
+    banner(f"seed {seed}: 1. LangBridge on SmolLM2-135M (source)")
+    source = timed_train("source", models["smollm2"], full, data, langbridge_transfer_llms=str(models["gemma3"]))
+    measure("source", source)
+    if "moved" in args.stages or "finetune" in args.stages:
+        banner(f"seed {seed}: 2. moved to Gemma 3 270M without training, then fine-tuned")
+        moved = out / f"seed{seed}-source-to-gemma3"
+        shutil.rmtree(moved, ignore_errors=True)  # the source was just retrained
+        transfer(str(source), str(models["gemma3"]), moved)
+        measure("moved", moved)
+        for fraction in FRACTIONS if "finetune" in args.stages else ():
+            plan = SimpleNamespace(steps=max(round(fraction * args.steps), 1), seed=seed)
+            rows = training_rows(pool, max(round(fraction * args.train_images), DEMO_BUDGET["batch_size"]), out)
+            measure(f"finetune_{fraction}", timed_train(f"finetune{fraction}", models["gemma3"], plan, rows,
+                                                        init_bridge=str(moved)))  # fmt: skip
+    if "direct" in args.stages or "reverse" in args.stages:
+        banner(f"seed {seed}: 3. LangBridge on Gemma 3 270M from scratch (direct)")
+        direct = timed_train("direct", models["gemma3"], full, data, langbridge_transfer_llms=str(models["smollm2"]))
+        measure("direct", direct)
+        if "reverse" in args.stages:
+            banner(f"seed {seed}: 4. the Gemma 3 bridge moved to SmolLM2 without training (reverse)")
+            reverse = out / f"seed{seed}-direct-to-smollm2"
+            shutil.rmtree(reverse, ignore_errors=True)
+            transfer(str(direct), str(models["smollm2"]), reverse)
+            measure("reverse", reverse)
+    return {"colour_shape": figures, "train_seconds": seconds, "captions": captions}
+
+
+def summary(per_seed: dict, vocabulary: dict, args, seconds: float) -> dict:
+    """The issue's keys: medians over the seeds run (colour+shape caption accuracy), with every seed's values."""
+
+    def median(name: str) -> float | None:
+        values = [run["colour_shape"][name] for run in per_seed.values() if name in run["colour_shape"]]
+        return round(statistics.median(values), 4) if values else None
+
+    return {
+        "vocabulary_size": vocabulary["vocabulary_size"],
+        "coverage": round(vocabulary["coverage"], 4),
+        "words_examined": vocabulary["words_examined"],
+        "seeds": len(per_seed),
+        "eval_split": args.eval_split,
+        "source_colour_shape": median("source"),
+        "target_direct_colour_shape": median("direct"),
+        "target_zero_train_colour_shape": median("moved"),
+        "target_finetune_colour_shape": {str(f): median(f"finetune_{f}") for f in FRACTIONS},
+        "reverse_zero_train_colour_shape": median("reverse"),
+        "per_seed": per_seed,
+        "setup": {"steps": args.steps, "batch_size": DEMO_BUDGET["batch_size"], "learning_rate": args.learning_rate,
+                  "coefficients": args.coefficients, "released_mlp": args.released_mlp,
+                  "train_images": args.train_images, "eval_images": args.eval_images, "stages": args.stages,
+                  "command": "python bench/langbridge_transfer.py " + " ".join(sys.argv[1:])},  # fmt: skip
+        "seconds": round(seconds, 1),
+    }
+
+
+def plot(result: dict, path: Path) -> None:
+    """Gemma 3 quality against the share of the from-scratch compute: the moved bridge fine-tuned 0-25 %."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shares = [0.0, *FRACTIONS]
+    moved = [result["target_zero_train_colour_shape"], *result["target_finetune_colour_shape"].values()]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.plot(shares, moved, "o-", label="moved from SmolLM2, then fine-tuned")
+    axis.axhline(result["target_direct_colour_shape"], color="gray", linestyle="--", label="trained from scratch (100 %)")
+    axis.set_xlabel("fine-tuning compute, share of the from-scratch budget")
+    axis.set_ylabel(f"captions naming colour and shape ({result['eval_split']})")
+    axis.set_title(f"LangBridge on Gemma 3 270M, median of {result['seeds']} seed(s)")
+    axis.set_ylim(0, 1)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/langbridge")
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--coefficients", choices=("softmax", "linear"), default="softmax")
+    parser.add_argument("--released-mlp", action="store_true", help="no GELU before the word layer (released code)")
     parser.add_argument("--train-images", type=int, default=960)
-    parser.add_argument("--test-images", type=int, default=150)
-    parser.add_argument("--vqa-questions", type=int, default=300)
+    parser.add_argument("--eval-images", type=int, default=300)
+    parser.add_argument("--eval-split", choices=("test", "validation"), default="test")
+    parser.add_argument("--stages", type=lambda text: text.split(","), default=list(STAGES),
+                        help="comma-separated, of " + ",".join(STAGES))  # fmt: skip
     parser.add_argument("--json", default=None)
+    parser.add_argument("--plot", default=None, help="PNG of the transfer curve")
     args = parser.parse_args(argv)
     start, out = time.time(), Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    import datasets
+    from transformers import AutoTokenizer
 
-    vision, smollm2, gemma = efficientnet_lite0(), smollm2_135m(), gemma3_270m()
-    splits = datasets.load_from_disk(str(easy_vqa_dataset(cache_root())))
-    train_data = out / "easy-vqa-train"
-    if not (train_data / "state.json").exists():
-        splits["train"].shuffle(seed=0).select(range(args.train_images)).save_to_disk(str(train_data))
-    test = splits["test"].select(range(args.test_images))
-    langbridge = {"bridge_type": "langbridge", "langbridge_transfer_llms": str(gemma), "learning_rate": args.learning_rate}
+    from vlap.assets import cache_root
+    from vlap.easy_vqa import easy_vqa_dataset
 
-    timings = {}
-    banner("1. LangBridge on SmolLM2-135M")
-    t = time.time()
-    runs = {"SmolLM2 (trained)": train("langbridge_smollm2", out, train_data, vision, smollm2, args, **langbridge)}
-    timings["train_smollm2_s"] = time.time() - t
-    banner("2. moved to Gemma 3 270M without training")
-    moved = out / "langbridge_smollm2_to_gemma3"
-    if not (moved / "config.json").exists():
-        report = transfer(str(runs["SmolLM2 (trained)"]), str(gemma), moved)
-        print(f"{report['found']} of {report['strings']} strings found in Gemma 3 ({report['coverage']:.0%})")
-    runs["Gemma 3 (transferred, no training)"] = moved
-    banner("3. LangBridge trained directly on Gemma 3 270M")
-    t = time.time()
-    runs["Gemma 3 (trained)"] = train("langbridge_gemma3", out, train_data, vision, gemma, args, **langbridge)
-    timings["train_gemma3_s"] = time.time() - t
-
-    banner("4. evaluation on easy-vqa test")
-    vision_states, questions = encode_test_split(test, args.vqa_questions)
-    sets = {"test": {"vision_hidden_states": vision_states, "colours": test["colour"], "shapes": test["shape"],
-                     "questions": questions}}  # fmt: skip
-    results = {name: evaluate_model(folder, sets, test["caption"]) for name, folder in runs.items()}
-    table = markdown_table({name: {k: r["scores"][k] for k in SHOWN if k in r["scores"]} for name, r in results.items()})
-    print(table)
-    for name, result in results.items():
-        print(f"{name}: " + "; ".join(repr(c) for c in result["examples"]["test"]["caption_examples"][:3]))
-    summary = {
-        "setup": {"steps": args.steps, "batch_size": 16, "learning_rate": args.learning_rate,
-                  "train_images": args.train_images, "test_images": args.test_images, "vqa_questions": len(questions),
-                  "command": "python bench/langbridge_transfer.py " + " ".join(argv or sys.argv[1:])},
-        "timings": timings, "seconds": round(time.time() - start, 1), "table": table,
-        "results": {name: {"scores": r["scores"], "examples": r["examples"]} for name, r in results.items()},
-    }  # fmt: skip
+    models = {"vision": efficientnet_lite0(), "smollm2": smollm2_135m(), "gemma3": gemma3_270m()}
+    pool_folder, validation = split_train(out)
+    rows = validation if args.eval_split == "validation" else datasets.load_from_disk(
+        str(easy_vqa_dataset(cache_root())))["test"]  # fmt: skip
+    rows = rows.select(range(min(args.eval_images, len(rows))))
+    evaluation = (vision_states(rows["image"], f"{args.eval_split}-{len(rows)}"), rows["colour"], rows["shape"])
+    _, vocabulary = english_vocabulary([AutoTokenizer.from_pretrained(str(models[n])) for n in ("smollm2", "gemma3")],
+                                       19_200)  # fmt: skip
+    per_seed = {str(seed): run_seed(seed, args, out, models, pool_folder, evaluation) for seed in args.seeds}
+    result = summary(per_seed, vocabulary, args, time.time() - start)
+    print(json.dumps({k: v for k, v in result.items() if k != "per_seed"}, indent=2))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(summary, indent=2))
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    if args.plot and result["target_direct_colour_shape"] is not None:
+        plot(result, Path(args.plot))
     print(f"done in {time.time() - start:.0f} s")
 
 

@@ -54,6 +54,8 @@ class VLAPConfig(PreTrainedConfig):
             whose coefficient is then masked out.
         langbridge_coefficients (`str`): "softmax" (a distribution over the subset, as the paper describes) or
             "linear" (raw coefficients, as the released code).
+        langbridge_activation_before_words (`bool`): a GELU between the MLP and the word layer (ours); the released
+            code has none: Linear -> GELU -> Linear -> word layer.
     """
 
     model_type = "vlap"
@@ -81,6 +83,7 @@ class VLAPConfig(PreTrainedConfig):
     langbridge_tokens: list | None = None
     langbridge_token_ids: list | None = None
     langbridge_coefficients: str = "softmax"
+    langbridge_activation_before_words: bool = True
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

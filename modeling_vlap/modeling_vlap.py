@@ -97,17 +97,17 @@ BRIDGE_ONLY_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "to
 class LangBridge(nn.Module):
     """LangBridge (2025): visual tokens -> coefficients over a vocabulary subset -> their mix of word embeddings.
 
-    MLP (vision width -> hidden -> hidden, GELU) -> logits over the N subset words -> softmax (or raw coefficients)
-    -> coefficients @ the LLM's frozen embedding rows of those words. It speaks in words, so moving it to another LLM
+    MLP (vision width -> hidden -> hidden, GELU; then a GELU unless `langbridge_activation_before_words=False`, as
+    the released code) -> logits over the N subset words -> softmax (or raw coefficients) -> coefficients @ the
+    LLM's frozen embedding rows of those words. It speaks in words, so moving it to another LLM
     only re-indexes the subset (`langbridge_token_ids`); its weights stay as they are.
     """
 
     def __init__(self, config: VLAPConfig):
         super().__init__()
         hidden = config.langbridge_hidden_size or config.projection_dim
-        self.mlp = nn.Sequential(
-            nn.Linear(config.vision_hidden_size, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU()
-        )
+        layers = [nn.Linear(config.vision_hidden_size, hidden), nn.GELU(), nn.Linear(hidden, hidden)]
+        self.mlp = nn.Sequential(*layers, *([nn.GELU()] if config.langbridge_activation_before_words else []))
         self.to_words = nn.Linear(hidden, len(config.langbridge_tokens))
         self.softmax = config.langbridge_coefficients == "softmax"
         # From the config, not the state dict: a transfer changes the ids (and which words exist), never the weights.

@@ -18,7 +18,7 @@ from transformers import AutoTokenizer
 from modeling_vlap import VLAPForConditionalGeneration, VLAPProcessor
 from vlap.cli import main
 from vlap.data import caption_token_counts
-from vlap.langbridge import select_vocabulary, string_to_id, token_strings, transfer
+from vlap.langbridge import english_vocabulary, select_vocabulary, string_to_id, token_strings, transfer
 
 
 def langbridge(backbones, llm="llama", size=40, coefficients="softmax", transfer_to=()):
@@ -106,6 +106,20 @@ def test_transfer_reindexes_strings_and_keeps_adapter_weights(backbones, caption
     expected = after.generate(**processor(images=[Image.open(image)]), **settings)
     assert json.loads(loaded.stdout.splitlines()[-1])["ids"] == expected.tolist()
 
+    # Fine-tuning the moved bridge on the new LLM starts from it: at learning rate 0 it ends exactly where it began.
+    config = write_config(tmp_path / "tune.yaml", backbones, caption_folder, tmp_path / "tuned", text_model=str(backbones["t5"]),
+                          bridge_type="langbridge", init_bridge=str(tmp_path / "moved"), max_steps=1, learning_rate=0.0)  # fmt: skip
+    run_train(config)
+    tuned = VLAPForConditionalGeneration.from_pretrained(tmp_path / "tuned" / "final")
+    assert tuned.config.langbridge_tokens == after.config.langbridge_tokens
+    assert tuned.config.langbridge_token_ids == after.config.langbridge_token_ids
+    for key, value in after.bridge.state_dict().items():
+        assert torch.equal(value, tuned.bridge.state_dict()[key]), key
+    config = write_config(tmp_path / "wrong.yaml", backbones, caption_folder, tmp_path / "wrong", bridge_type="linear",
+                          init_bridge=str(tmp_path / "moved"), max_steps=1)  # fmt: skip
+    result = run_train(config, check=False)
+    assert result.returncode != 0 and "its bridge does not fit this model" in result.stderr.splitlines()[-1]
+
 
 def test_transfer_refuses_low_coverage_and_linear_bridges(backbones, tmp_path, capsys):
     model, processor = langbridge(backbones, size=1000)  # not restricted to strings the T5 tokenizer has
@@ -155,3 +169,35 @@ def test_words_per_token_reads_each_visual_tokens_coefficients(backbones, tmp_pa
     code = main(["words", str(tmp_path / "linear"), str(tmp_path / "image.png"), "--per-token"])
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the weight-loading progress bars
     assert code == 1 and last.startswith("vlap words: error: only a LangBridge model")
+
+
+
+def hand_made_tokenizers(unigram_words=("the", "circle", "blue", "zebra", "qwxz")):
+    """A byte-level BPE that has " the", " red", " circle", " zebra", " qwxz" as single tokens and a SentencePiece-style
+    Unigram that has `unigram_words`: by default they share " the", " circle", " zebra" among English words (" qwxz"
+    is not one), in that order of English frequency."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "a": 1} | {"Ġ" + word: 2 + i for i, word in enumerate(["the", "red", "circle", "zebra", "qwxz"])}
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    pieces = [("<pad>", 0.0), ("<unk>", 0.0), ("▁a", -1.0)] + [("▁" + word, -2.0) for word in unigram_words]
+    unigram = Tokenizer(models.Unigram(pieces, unk_id=1))
+    unigram.pre_tokenizer, unigram.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    return [PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>"),
+            PreTrainedTokenizerFast(tokenizer_object=unigram, pad_token="<pad>", unk_token="<unk>")]  # fmt: skip
+
+
+def test_english_vocabulary_is_the_shared_single_token_words_in_frequency_order():
+    import wordfreq
+
+    tokenizers = hand_made_tokenizers()
+    words = list(wordfreq.iter_wordlist("en"))  # by frequency
+    examined = words.index("circle") + 1  # "the" first, then on to "circle"
+    report = {"vocabulary_size": 2, "words_examined": examined, "coverage": 2 / examined}
+    assert english_vocabulary(tokenizers, 2) == ([" the", " circle"], report)
+    strings, report = english_vocabulary(tokenizers, 10)
+    assert strings == [" the", " circle", " zebra"] and report["words_examined"] == len(words)  # all: fewer than 10
+    with pytest.raises(ValueError, match="vocabulary is empty"):
+        english_vocabulary(hand_made_tokenizers(unigram_words=["blue", "qwxz"]), 5)

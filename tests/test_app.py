@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from test_langbridge import langbridge
-from test_modeling import build
-from tiny import shape_image
+from tiny import save_tiny_vlap, shape_image
 
 gr = pytest.importorskip("gradio", reason="the web demo needs the [app] extra (gradio)")
 from gradio.data_classes import FileData  # noqa: E402
@@ -29,9 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def saved(backbones, tmp_path_factory):
     """A saved tiny VLAP (CLIP + Llama), a shape image, and a file that is not an image but is named like one."""
     root = tmp_path_factory.mktemp("app")
-    model, processor = build(backbones, "llama")
-    model.save_pretrained(root / "model")
-    processor.save_pretrained(root / "model")
+    save_tiny_vlap(backbones, root / "model")
     shape_image("red", "circle").save(root / "red_circle.png")
     shape_image("blue", "square").save(root / "blue_square.png")
     (root / "notes.png").write_text("these are notes, not pixels")

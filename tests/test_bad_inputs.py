@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_modeling import build
-from tiny import shape_image, write_caption_folder
+from tiny import build, shape_image, write_caption_folder
 
 import train
 from vlap.cli import main

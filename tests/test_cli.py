@@ -11,8 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from test_modeling import build
-from tiny import shape_image, write_caption_folder
+from tiny import build, save_tiny_vlap, shape_image, write_caption_folder
 
 from vlap.cli import main
 from vlap.tasks import first_line, load, word_ids
@@ -24,9 +23,7 @@ VLAP_SCRIPT = Path(sys.executable).parent / "vlap"  # the console script pyproje
 def saved(backbones, tmp_path_factory):
     """A saved tiny VLAP (CLIP + Llama) and a folder of shape images."""
     root = tmp_path_factory.mktemp("cli")
-    model, processor = build(backbones, "llama")
-    model.save_pretrained(root / "model")
-    processor.save_pretrained(root / "model")
+    save_tiny_vlap(backbones, root / "model")
     images = root / "images"
     images.mkdir()
     for name, colour, shape in (("red_circle", "red", "circle"), ("blue_square", "blue", "square"),

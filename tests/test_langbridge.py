@@ -9,10 +9,9 @@ import sys
 import pytest
 import torch
 from PIL import Image
-from test_modeling import build, images
 from test_remote_code import LOAD_IN_FRESH_PROCESS
 from test_train import caption_folder, run_train, write_config  # noqa: F401  (caption_folder is a fixture)
-from tiny import CORPUS, image_processor
+from tiny import CORPUS, build, image_processor, images
 from transformers import AutoTokenizer
 
 from modeling_vlap import VLAPForConditionalGeneration, VLAPProcessor

@@ -2,8 +2,9 @@
 
 import pytest
 import torch
-from test_modeling import CAPTIONS, build, images
+from test_modeling import CAPTIONS
 from test_train import caption_folder, run_train, write_config  # noqa: F401  (caption_folder is a fixture)
+from tiny import build, images
 from transformers import AutoModel
 
 from vlap.lora import apply_lora, merge_lora, parse_lora

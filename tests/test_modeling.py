@@ -3,30 +3,15 @@ import re
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from tiny import build, images
 from transformers import CLIPVisionModel
 
-from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration, VLAPProcessor
+from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration
 from modeling_vlap.modeling_vlap import pack_padding
 from vlap.tasks import PAPER_VQA_TEMPLATE, first_line
 
 LLMS = ["t5", "opt", "llama"]
 CAPTIONS = ["a red circle", "a blue square on a plain background", "a green star", "a white cross"]
-
-
-def images(n: int, size=(40, 48)) -> list[Image.Image]:
-    return [
-        Image.fromarray(np.random.RandomState(i).randint(0, 255, (*size, 3), dtype=np.uint8)) for i in range(n)
-    ]
-
-
-def build(backbones, llm: str, **config_kwargs):
-    torch.manual_seed(0)
-    model = VLAPForConditionalGeneration.from_vision_text_pretrained(
-        str(backbones["clip"]), str(backbones[llm]), **config_kwargs
-    )
-    processor = VLAPProcessor.from_vision_text_pretrained(str(backbones["clip"]), str(backbones[llm]))
-    return model, processor
 
 
 def test_pack_padding_moves_padding_and_keeps_token_order():

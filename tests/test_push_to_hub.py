@@ -12,7 +12,7 @@ import torch
 from hub_stub import HubStub
 from huggingface_hub import snapshot_download
 from safetensors import safe_open
-from test_modeling import build
+from tiny import build
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_modeling import build
+from tiny import build
 
 GENERATION = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
 

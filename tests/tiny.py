@@ -6,7 +6,9 @@ the real `from_pretrained` loading code with local paths.
 
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     CLIPConfig,
@@ -22,6 +24,8 @@ from transformers import (
     T5Config,
     T5ForConditionalGeneration,
 )
+
+from modeling_vlap import VLAPForConditionalGeneration, VLAPProcessor
 
 COLOURS = ["red", "green", "blue", "yellow", "black", "white", "purple", "orange", "gray", "brown"]
 SHAPES = ["circle", "square", "triangle", "rectangle", "star", "cross"]
@@ -154,3 +158,26 @@ def write_caption_folder(root: Path, num_images: int = 24) -> Path:
             captions = [f"a {colour} {shape}", f"a {colour} {shape} on a plain background"]
             metadata.write(json.dumps({"file_name": f"{i:04d}.png", "caption": captions}) + "\n")
     return root
+
+
+def images(n: int, size=(40, 48)) -> list[Image.Image]:
+    """`n` random RGB images (seeded by their index)."""
+    return [Image.fromarray(np.random.RandomState(i).randint(0, 255, (*size, 3), dtype=np.uint8)) for i in range(n)]
+
+
+def build(backbones, llm: str, **config_kwargs):
+    """A tiny VLAP (the tiny CLIP + `llm`) and its processor, seeded."""
+    torch.manual_seed(0)
+    model = VLAPForConditionalGeneration.from_vision_text_pretrained(
+        str(backbones["clip"]), str(backbones[llm]), **config_kwargs
+    )
+    processor = VLAPProcessor.from_vision_text_pretrained(str(backbones["clip"]), str(backbones[llm]))
+    return model, processor
+
+
+def save_tiny_vlap(backbones, folder: Path, llm: str = "llama") -> Path:
+    """`build` saved as an exported model folder (weights, config, remote code, processor)."""
+    model, processor = build(backbones, llm)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

@@ -42,4 +42,4 @@ bench: $(STAMP)
 	cd bench && ../$(PY) train_step.py --real --json results/train_step.json
 	cd bench && ../$(PY) generate.py --real --json results/generate.json
 	cd bench && ../$(PY) feature_cache.py --json results/feature_cache.json
-	cd bench && ../$(PY) langbridge_transfer.py --json results/langbridge_transfer.json
+	cd bench && ../$(PY) langbridge_transfer.py --json results/langbridge_transfer.json --plot ../docs/langbridge_transfer.png

@@ -69,8 +69,10 @@ class TrainConfig:
     langbridge_vocab_size: int = 19_200  # N words, each one token of this LLM and of every transfer LLM
     langbridge_vocabulary_source: str = "english"  # english: most frequent English words (wordfreq) | captions
     langbridge_hidden_size: int | None = None  # None: the LLM's embedding width
-    langbridge_coefficients: str = "softmax"  # softmax | linear
-    langbridge_activation_before_words: bool = True  # False: the released code's MLP (no GELU before the word layer)
+    # Chosen on validation (bench/langbridge_transfer.py --stages source --eval-split validation; README): raw
+    # coefficients and the released code's MLP (no GELU before the word layer) at lr 3e-4.
+    langbridge_coefficients: str = "linear"  # linear (raw coefficients) | softmax (a distribution over the words)
+    langbridge_activation_before_words: bool = False  # True: a GELU before the word layer
     langbridge_transfer_llms: str | None = None  # comma-separated tokenizers (Hub ids / folders) to stay transferable to
     langbridge_vocabulary: str | None = None  # a JSON list of token strings (overrides langbridge_vocabulary_source)
     init_bridge: str | None = None  # a saved model folder: start from its bridge (fine-tune a moved LangBridge)

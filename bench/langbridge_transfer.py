@@ -11,7 +11,7 @@ Each is scored by the share of easy-vqa test captions that name the image's colo
 validation`: the validation slice of the train split that vlap.sweep chooses on; `--stages source` trains and scores
 only (1), to choose the budget).
 
-    python bench/langbridge_transfer.py [--seeds 0 1 2] [--steps 200] [--learning-rate 1e-3] [--json FILE]
+    python bench/langbridge_transfer.py [--seeds 0 1 2] [--steps 200] [--learning-rate 3e-4] [--json FILE] [--plot PNG]
 
 The JSON holds, per figure, the median over the seeds run and their count ("seeds"), and every seed's value.
 """
@@ -29,20 +29,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vlap.assets import efficientnet_lite0, gemma3_270m, smollm2_135m  # noqa: E402
 from vlap.demo import banner, train  # noqa: E402
 from vlap.langbridge import english_vocabulary, transfer  # noqa: E402
-from vlap.shapes import caption_is_right  # noqa: E402
+from vlap.shapes import COLOURS, SHAPES, caption_is_right, named  # noqa: E402
 from vlap.sweep import DEMO_BUDGET, split_train, vision_states  # noqa: E402
-from vlap.tasks import caption, load  # noqa: E402
+from vlap.tasks import caption, load, token_words  # noqa: E402
 
 FRACTIONS = (0.05, 0.1, 0.25)
 STAGES = ("source", "moved", "finetune", "direct", "reverse")
 
 
-def colour_shape_accuracy(folder: Path, states, colours, shapes) -> tuple[float, list[str]]:
-    """Share of captions naming the image's colour and shape (and no other), and the first captions."""
+def colour_shape_accuracy(folder: Path, states, colours, shapes) -> tuple[float, dict]:
+    """Share of captions naming the image's colour and shape (and no other), and what explains it: the shares naming
+    the right colour, the right shape, the first captions, and the top words each visual token of the first image
+    says (the LangBridge read-out)."""
     model, processor = load(str(folder))
     captions = caption(model, processor, vision_hidden_states=states, max_new_tokens=12, batch_size=32, progress=True)
     right = [caption_is_right(text, colour, shape) for text, colour, shape in zip(captions, colours, shapes)]
-    return sum(right) / len(right), captions[:4]
+    colour_right = [named(text, COLOURS) == [colour] for text, colour in zip(captions, colours)]
+    shape_right = [named(text, SHAPES) == [shape] for text, shape in zip(captions, shapes)]
+    detail = {"colour": sum(colour_right) / len(right), "shape": sum(shape_right) / len(right), "examples": captions[:4],
+              "first_image_words": [[word for word, _ in said] for said in
+                                    token_words(model, processor, vision_hidden_states=states[:1], top_k=3)[0]]}  # fmt: skip
+    return sum(right) / len(right), detail
 
 
 def training_rows(pool, count: int, out: Path) -> Path:
@@ -58,14 +65,17 @@ def run_seed(seed: int, args, out: Path, models: dict, pool_folder: Path, evalua
 
     pool = datasets.load_from_disk(str(pool_folder))
     budget = {"bridge_type": "langbridge", "learning_rate": args.learning_rate, "langbridge_coefficients": args.coefficients,
-              "langbridge_activation_before_words": not args.released_mlp, "assignment_loss_weight": 0.0}  # fmt: skip
+              "langbridge_activation_before_words": args.gelu_before_words, "assignment_loss_weight": 0.0}  # fmt: skip
     full = SimpleNamespace(steps=args.steps, seed=seed)
     data = training_rows(pool, args.train_images, out)
-    figures, captions, seconds = {}, {}, {}
+    figures, captions, seconds = {}, {}, {}  # captions: colour / shape shares and examples
 
     def measure(name: str, folder: Path) -> None:
         figures[name], captions[name] = colour_shape_accuracy(folder, *evaluation)
-        print(f"seed {seed}, {name}: colour+shape {figures[name]:.3f}; e.g. {captions[name][:2]}", flush=True)
+        detail = captions[name]
+        print(f"seed {seed}, {name}: colour+shape {figures[name]:.3f} (colour {detail['colour']:.3f}, shape "
+              f"{detail['shape']:.3f}); e.g. {detail['examples'][:2]}; the first image's visual tokens say "
+              f"{detail['first_image_words']}", flush=True)
 
     def timed_train(name: str, llm: Path, plan, train_data: Path, **overrides) -> Path:
         start = time.time()
@@ -97,7 +107,7 @@ def run_seed(seed: int, args, out: Path, models: dict, pool_folder: Path, evalua
             shutil.rmtree(reverse, ignore_errors=True)
             transfer(str(direct), str(models["smollm2"]), reverse)
             measure("reverse", reverse)
-    return {"colour_shape": figures, "train_seconds": seconds, "captions": captions}
+    return {"colour_shape": figures, "train_seconds": seconds, "detail": captions}
 
 
 def summary(per_seed: dict, vocabulary: dict, args, seconds: float) -> dict:
@@ -120,7 +130,7 @@ def summary(per_seed: dict, vocabulary: dict, args, seconds: float) -> dict:
         "reverse_zero_train_colour_shape": median("reverse"),
         "per_seed": per_seed,
         "setup": {"steps": args.steps, "batch_size": DEMO_BUDGET["batch_size"], "learning_rate": args.learning_rate,
-                  "coefficients": args.coefficients, "released_mlp": args.released_mlp,
+                  "coefficients": args.coefficients, "gelu_before_words": args.gelu_before_words,
                   "train_images": args.train_images, "eval_images": args.eval_images, "stages": args.stages,
                   "command": "python bench/langbridge_transfer.py " + " ".join(sys.argv[1:])},  # fmt: skip
         "seconds": round(seconds, 1),
@@ -153,10 +163,10 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="outputs/langbridge")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--coefficients", choices=("softmax", "linear"), default="softmax")
-    parser.add_argument("--released-mlp", action="store_true", help="no GELU before the word layer (released code)")
-    parser.add_argument("--train-images", type=int, default=960)
+    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--coefficients", choices=("softmax", "linear"), default="linear")
+    parser.add_argument("--gelu-before-words", action="store_true", help="our MLP (default: the released code's)")
+    parser.add_argument("--train-images", type=int, default=3042, help="of the 3,042-image training pool")
     parser.add_argument("--eval-images", type=int, default=300)
     parser.add_argument("--eval-split", choices=("test", "validation"), default="test")
     parser.add_argument("--stages", type=lambda text: text.split(","), default=list(STAGES),

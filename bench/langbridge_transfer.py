@@ -6,7 +6,8 @@ words (wordfreq) that SmolLM2 and Gemma 3 both spell as one token:
   2. moved to Gemma 3 270M by re-indexing its words (`vlap transfer`, no training), then fine-tuned from there on
      5 / 10 / 25 % of the budget (that share of the steps and of the training images),
   3. direct: LangBridge trained on Gemma 3 270M from scratch with the full budget,
-  4. reverse: (3) moved to SmolLM2 without training.
+  4. reverse: (3) moved to SmolLM2 without training,
+  5. control: LangBridge trained on Gemma 3 from scratch with the same 5 / 10 / 25 % as the fine-tuning in (2).
 Each is scored by the share of easy-vqa test captions that name the image's colour AND shape (`--eval-split
 validation`: the validation slice of the train split that vlap.sweep chooses on; `--stages source` trains and scores
 only (1), to choose the budget).
@@ -34,7 +35,7 @@ from vlap.sweep import DEMO_BUDGET, split_train, vision_states  # noqa: E402
 from vlap.tasks import caption, load, token_words  # noqa: E402
 
 FRACTIONS = (0.05, 0.1, 0.25)
-STAGES = ("source", "moved", "finetune", "direct", "reverse")
+STAGES = ("source", "moved", "finetune", "direct", "reverse", "control")
 
 
 def colour_shape_accuracy(folder: Path, states, colours, shapes) -> tuple[float, dict]:
@@ -83,6 +84,14 @@ def run_seed(seed: int, args, out: Path, models: dict, pool_folder: Path, evalua
         seconds[name] = round(time.time() - start, 1)
         return folder
 
+    for fraction in FRACTIONS if "control" in args.stages else ():
+        banner(f"seed {seed}: control: LangBridge on Gemma 3 270M from scratch with {fraction:.0%} of the budget")
+        plan = SimpleNamespace(steps=max(round(fraction * args.steps), 1), seed=seed)
+        rows = training_rows(pool, max(round(fraction * args.train_images), DEMO_BUDGET["batch_size"]), out)
+        measure(f"scratch_{fraction}", timed_train(f"scratch{fraction}", models["gemma3"], plan, rows,
+                                                   langbridge_transfer_llms=str(models["smollm2"])))  # fmt: skip
+    if not {"source", "moved", "finetune"} & set(args.stages):
+        return {"colour_shape": figures, "train_seconds": seconds, "detail": captions}
     banner(f"seed {seed}: 1. LangBridge on SmolLM2-135M (source)")
     source = timed_train("source", models["smollm2"], full, data, langbridge_transfer_llms=str(models["gemma3"]))
     measure("source", source)
@@ -128,6 +137,7 @@ def summary(per_seed: dict, vocabulary: dict, args, seconds: float) -> dict:
         "target_zero_train_colour_shape": median("moved"),
         "target_finetune_colour_shape": {str(f): median(f"finetune_{f}") for f in FRACTIONS},
         "reverse_zero_train_colour_shape": median("reverse"),
+        "target_scratch_colour_shape": {str(f): median(f"scratch_{f}") for f in FRACTIONS},
         "per_seed": per_seed,
         "setup": {"steps": args.steps, "batch_size": DEMO_BUDGET["batch_size"], "learning_rate": args.learning_rate,
                   "coefficients": args.coefficients, "gelu_before_words": args.gelu_before_words,

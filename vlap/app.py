@@ -292,7 +292,7 @@ def serve(
         cause = " ".join(str(error).split()) or type(error).__name__
         raise ValueError(f"{model_dir}: cannot load the model ({cause})") from None
     demo = Demo(model, processor, Path(gallery) if gallery else EXAMPLES, title=model_dir)
-    print(f"vlap serve: {model_dir} on http://{host}:{port}", flush=True)
+    print(f"serving {model_dir} on http://{host}:{port}", flush=True)
     demo.build().launch(server_name=host, server_port=port, quiet=True)
 
 

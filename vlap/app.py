@@ -35,7 +35,8 @@ QUEUE = {"concurrency_id": "model", "concurrency_limit": 1}
 
 
 def read_upload(upload) -> Image.Image:
-    """An image input's upload (`Demo._image_input`) -> RGB PIL image; no image or an unreadable one -> gr.Error naming the cause."""
+    """An image input's upload (`Demo._image_input`) -> RGB PIL image; no image or an unreadable one -> gr.Error
+    naming the cause."""
     if upload is None:
         raise gr.Error(NO_IMAGE)
     name = upload.orig_name or Path(upload.path).name
@@ -314,7 +315,7 @@ def main(argv=None) -> int:
         parser.error("give MODEL_DIR (or set VLAP_MODEL, or run `make demo` first)")
     try:
         serve(args.model, args.host, args.port, args.gallery)
-    except (ValueError, OSError) as error:
+    except (CLIError, ValueError, OSError) as error:  # a model or gallery that cannot be read
         print(f"app.py: error: {error}", file=sys.stderr)
         return 1
     return 0

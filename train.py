@@ -289,9 +289,10 @@ def langbridge_arguments(config: TrainConfig, tokenizer, counts: torch.Tensor, l
     given = json.loads(Path(config.langbridge_vocabulary).read_text()) if config.langbridge_vocabulary else None
     source = "given" if given else config.langbridge_vocabulary_source
     if source == "english":
-        given, report = english_vocabulary([tokenizer, *others], config.langbridge_vocab_size)
+        tokens, token_ids, report = english_vocabulary([tokenizer, *others], config.langbridge_vocab_size)
         source = f"english: the first {report['words_examined']:,} words of wordfreq, coverage {report['coverage']:.1%}"
-    tokens, token_ids = select_vocabulary(counts, tokenizer, config.langbridge_vocab_size, others, given)
+    else:
+        tokens, token_ids = select_vocabulary(counts, tokenizer, config.langbridge_vocab_size, others, given)
     log(f"LangBridge vocabulary: {len(tokens)} words shared with {len(others)} other LLM(s) ({source})")
     return {"langbridge_tokens": tokens, "langbridge_token_ids": token_ids,
             "langbridge_hidden_size": config.langbridge_hidden_size,

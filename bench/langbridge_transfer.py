@@ -198,7 +198,7 @@ def main(argv=None) -> None:
         str(easy_vqa_dataset(cache_root())))["test"]  # fmt: skip
     rows = rows.select(range(min(args.eval_images, len(rows))))
     evaluation = (vision_states(rows["image"], f"{args.eval_split}-{len(rows)}"), rows["colour"], rows["shape"])
-    _, vocabulary = english_vocabulary([AutoTokenizer.from_pretrained(str(models[n])) for n in ("smollm2", "gemma3")],
+    *_, vocabulary = english_vocabulary([AutoTokenizer.from_pretrained(str(models[n])) for n in ("smollm2", "gemma3")],
                                        19_200)  # fmt: skip
     per_seed = {str(seed): run_seed(seed, args, out, models, pool_folder, evaluation) for seed in args.seeds}
     result = summary(per_seed, vocabulary, args, time.time() - start)

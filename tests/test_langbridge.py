@@ -195,8 +195,9 @@ def test_english_vocabulary_is_the_shared_single_token_words_in_frequency_order(
     words = list(wordfreq.iter_wordlist("en"))  # by frequency
     examined = words.index("circle") + 1  # "the" first, then on to "circle"
     report = {"vocabulary_size": 2, "words_examined": examined, "coverage": 2 / examined}
-    assert english_vocabulary(tokenizers, 2) == ([" the", " circle"], report)
-    strings, report = english_vocabulary(tokenizers, 10)
+    ids = [tokenizers[0].convert_tokens_to_ids(token) for token in ("Ġthe", "Ġcircle")]  # the BPE's own ids
+    assert english_vocabulary(tokenizers, 2) == ([" the", " circle"], ids, report)
+    strings, _, report = english_vocabulary(tokenizers, 10)
     assert strings == [" the", " circle", " zebra"] and report["words_examined"] == len(words)  # all: fewer than 10
     with pytest.raises(ValueError, match="vocabulary is empty"):
         english_vocabulary(hand_made_tokenizers(unigram_words=["blue", "qwxz"]), 5)

@@ -132,7 +132,7 @@ class Demo:
             raise gr.Error(str(error)) from None
         with model_errors():
             result = tasks.arithmetic(
-                self.model, self.processor, image, terms, top_k=int(top_k), images=self.gallery_images
+                self.model, self.processor, image, terms, top_k=int(top_k), candidate_features=self.gallery_features()
             )
         words = pd.DataFrame([(printable(w), round(s, 4)) for w, s in result["words"]], columns=["word", "cosine"])
         return words, self._gallery_hits(result["images"])

@@ -61,12 +61,12 @@ def select_vocabulary(
     return [string for _, string in chosen], [i for i, _ in chosen]
 
 
-def english_vocabulary(tokenizers, size: int, language: str = "en") -> tuple[list[str], dict]:
+def english_vocabulary(tokenizers, size: int, language: str = "en") -> tuple[list[str], list[int], dict]:
     """A general LangBridge vocabulary: the `size` most frequent words of `language` (wordfreq's order, from a mix of
     web, subtitle, news, book and Wikipedia text) that every tokenizer spells as one token, as token strings (" the",
-    " red", ...), independent of any training captions. Returns (strings, report): the report gives how many words of
-    wordfreq's list were examined to find them and the coverage, the share of those words every tokenizer has as one
-    token."""
+    " red", ...), independent of any training captions. Returns (strings, their ids in the first tokenizer, report):
+    the report gives how many words of wordfreq's list were examined to find them and the coverage, the share of those
+    words every tokenizer has as one token."""
     import wordfreq
 
     spelled = [string_to_id(tokenizer) for tokenizer in tokenizers]
@@ -79,7 +79,8 @@ def english_vocabulary(tokenizers, size: int, language: str = "en") -> tuple[lis
                 break
     if not chosen:
         raise ValueError(f"no {language} word is a single token of every tokenizer: the LangBridge vocabulary is empty")
-    return chosen, {"vocabulary_size": len(chosen), "words_examined": examined, "coverage": len(chosen) / examined}
+    report = {"vocabulary_size": len(chosen), "words_examined": examined, "coverage": len(chosen) / examined}
+    return chosen, [spelled[0][string] for string in chosen], report
 
 
 def transfer(source: str, to_llm: str, out: str | Path, min_coverage: float = 0.9) -> dict:

@@ -232,7 +232,7 @@ def token_words(model, processor, images=None, *, vision_hidden_states=None, top
     result = []
     for _, inputs in _batches(model, processor, images, vision_hidden_states, batch_size):
         coefficients = model.get_word_coefficients(**inputs).float()
-        present = torch.tensor(model.config.langbridge_token_ids, device=coefficients.device) >= 0
+        present = model.bridge.present.to(coefficients.device)
         top = coefficients.masked_fill(~present, float("-inf")).topk(min(top_k, int(present.sum())), dim=-1)
         result += [[[(words[i], value) for i, value in zip(ids.tolist(), values.tolist())]
                     for ids, values in zip(image_ids, image_values)]
@@ -259,12 +259,14 @@ def word_vector(model, processor, word: str) -> torch.Tensor:
 @torch.no_grad()
 def arithmetic(
     model, processor, image, terms: Sequence[tuple[str, str]], *, top_k: int = 10, images: Sequence = (),
+    candidate_features: torch.Tensor | None = None,
 ) -> dict:  # fmt: skip
     """Visual semantic arithmetic in the word-embedding space: image feature (+|-) word vectors, term by term.
 
     `terms` are `("+" | "-", word)` pairs, applied to the unit image feature with unit word vectors. Returns the
     nearest words by cosine over the whole vocabulary (special tokens and the operands' own tokens left out, as in
-    word-analogy evaluation) and, when `images` are given, the nearest of those images.
+    word-analogy evaluation) and, when `images` are given, the nearest of those images (or pass their
+    `candidate_features`, `image_features` of them computed once, to rank a fixed gallery without re-encoding it).
     """
     if not terms:
         raise ValueError("arithmetic needs at least one '+ word' or '- word' term")
@@ -280,9 +282,10 @@ def arithmetic(
     nearest = rank(similarity, top_k)[0]
     words = processor.decode_words([[index for index, _ in nearest]])[0]
     result = {"words": [(word, score) for word, (_, score) in zip(words, nearest)]}
-    if len(images):
-        candidates = image_features(model, processor, images)
-        result["images"] = rank(F.normalize(vector, dim=0).unsqueeze(0) @ candidates.T, top_k)[0]
+    if candidate_features is None and len(images):
+        candidate_features = image_features(model, processor, images)
+    if candidate_features is not None:
+        result["images"] = rank(F.normalize(vector, dim=0).unsqueeze(0) @ candidate_features.T, top_k)[0]
     return result
 
 

@@ -69,11 +69,11 @@ def run_seed(seed: int, args, out: Path, models: dict, pool_folder: Path, evalua
               "langbridge_activation_before_words": args.gelu_before_words, "assignment_loss_weight": 0.0}  # fmt: skip
     full = SimpleNamespace(steps=args.steps, seed=seed)
     data = training_rows(pool, args.train_images, out)
-    figures, captions, seconds = {}, {}, {}  # captions: colour / shape shares and examples
+    figures, details, seconds = {}, {}, {}
 
     def measure(name: str, folder: Path) -> None:
-        figures[name], captions[name] = colour_shape_accuracy(folder, *evaluation)
-        detail = captions[name]
+        figures[name], details[name] = colour_shape_accuracy(folder, *evaluation)
+        detail = details[name]
         print(f"seed {seed}, {name}: colour+shape {figures[name]:.3f} (colour {detail['colour']:.3f}, shape "
               f"{detail['shape']:.3f}); e.g. {detail['examples'][:2]}; the first image's visual tokens say "
               f"{detail['first_image_words']}", flush=True)
@@ -84,17 +84,19 @@ def run_seed(seed: int, args, out: Path, models: dict, pool_folder: Path, evalua
         seconds[name] = round(time.time() - start, 1)
         return folder
 
+    def share_of_budget(fraction: float) -> tuple[SimpleNamespace, Path]:
+        """That share of the steps and of the training images (at least one batch)."""
+        plan = SimpleNamespace(steps=max(round(fraction * args.steps), 1), seed=seed)
+        return plan, training_rows(pool, max(round(fraction * args.train_images), DEMO_BUDGET["batch_size"]), out)
+
     for fraction in FRACTIONS if "control" in args.stages else ():
         banner(f"seed {seed}: control: LangBridge on Gemma 3 270M from scratch with {fraction:.0%} of the budget")
-        plan = SimpleNamespace(steps=max(round(fraction * args.steps), 1), seed=seed)
-        rows = training_rows(pool, max(round(fraction * args.train_images), DEMO_BUDGET["batch_size"]), out)
-        measure(f"scratch_{fraction}", timed_train(f"scratch{fraction}", models["gemma3"], plan, rows,
+        measure(f"scratch_{fraction}", timed_train(f"scratch{fraction}", models["gemma3"], *share_of_budget(fraction),
                                                    langbridge_transfer_llms=str(models["smollm2"])))  # fmt: skip
-    if not {"source", "moved", "finetune"} & set(args.stages):
-        return {"colour_shape": figures, "train_seconds": seconds, "detail": captions}
-    banner(f"seed {seed}: 1. LangBridge on SmolLM2-135M (source)")
-    source = timed_train("source", models["smollm2"], full, data, langbridge_transfer_llms=str(models["gemma3"]))
-    measure("source", source)
+    if {"source", "moved", "finetune"} & set(args.stages):
+        banner(f"seed {seed}: 1. LangBridge on SmolLM2-135M (source)")
+        source = timed_train("source", models["smollm2"], full, data, langbridge_transfer_llms=str(models["gemma3"]))
+        measure("source", source)
     if "moved" in args.stages or "finetune" in args.stages:
         banner(f"seed {seed}: 2. moved to Gemma 3 270M without training, then fine-tuned")
         moved = out / f"seed{seed}-source-to-gemma3"
@@ -102,9 +104,7 @@ def run_seed(seed: int, args, out: Path, models: dict, pool_folder: Path, evalua
         transfer(str(source), str(models["gemma3"]), moved)
         measure("moved", moved)
         for fraction in FRACTIONS if "finetune" in args.stages else ():
-            plan = SimpleNamespace(steps=max(round(fraction * args.steps), 1), seed=seed)
-            rows = training_rows(pool, max(round(fraction * args.train_images), DEMO_BUDGET["batch_size"]), out)
-            measure(f"finetune_{fraction}", timed_train(f"finetune{fraction}", models["gemma3"], plan, rows,
+            measure(f"finetune_{fraction}", timed_train(f"finetune{fraction}", models["gemma3"], *share_of_budget(fraction),
                                                         init_bridge=str(moved)))  # fmt: skip
     if "direct" in args.stages or "reverse" in args.stages:
         banner(f"seed {seed}: 3. LangBridge on Gemma 3 270M from scratch (direct)")
@@ -116,7 +116,7 @@ def run_seed(seed: int, args, out: Path, models: dict, pool_folder: Path, evalua
             shutil.rmtree(reverse, ignore_errors=True)
             transfer(str(direct), str(models["smollm2"]), reverse)
             measure("reverse", reverse)
-    return {"colour_shape": figures, "train_seconds": seconds, "detail": captions}
+    return {"colour_shape": figures, "train_seconds": seconds, "detail": details}
 
 
 def summary(per_seed: dict, vocabulary: dict, args, seconds: float) -> dict:

@@ -161,19 +161,19 @@ class Demo:
 
     # -------------------------------------------------------------------------------------------------- layout
     @staticmethod
-    def _image_input(elem_id: str, label: str = "Image") -> gr.Image:
+    def _image_input(elem_id: str, examples: list[str], label: str = "Image") -> gr.Image:
         """An image drop zone with the shipped example images under it. It hands the handler the upload unopened
         (`read_upload`): Gradio's own preprocessing opens the file with PIL and fails with a bare "Error" on a file
         that is not an image. (An instance attribute, not a subclass: Gradio writes a .pyi stub beside the module of
         every component subclass.)"""
         image = gr.Image(label=label, sources=["upload", "clipboard"], elem_id=elem_id)
         image.preprocess = lambda payload: payload
-        examples = [str(path) for path in expand_images([str(EXAMPLES)])]
         gr.Examples(examples, inputs=image, label="Examples", examples_per_page=len(examples))
         return image
 
     def build(self) -> gr.Blocks:
         kind = "LangBridge" if self.is_langbridge else "VLAP"
+        examples = [str(path) for path in expand_images([str(EXAMPLES)])]
         with gr.Blocks(title=f"{self.title} ({kind})", analytics_enabled=False) as app:  # offline: no calls home
             gr.Markdown(
                 f"# {kind} demo\nModel: `{self.title}`, a frozen vision model and a frozen LLM bridged by {kind}. "
@@ -182,7 +182,7 @@ class Demo:
             with gr.Tab("Caption"):
                 with gr.Row():
                     with gr.Column():
-                        image = self._image_input("caption-image")
+                        image = self._image_input("caption-image", examples)
                     with gr.Column():
                         prompt = gr.Textbox(self.processor.prompt, label="Prompt (after the image)")
                         button = gr.Button("Caption", variant="primary", elem_id="caption-button")
@@ -191,7 +191,7 @@ class Demo:
             with gr.Tab("Ask"):
                 with gr.Row():
                     with gr.Column():
-                        image = self._image_input("ask-image")
+                        image = self._image_input("ask-image", examples)
                     with gr.Column():
                         question = gr.Textbox(
                             label="Question", placeholder="What colour is the shape?", elem_id="ask-question"
@@ -203,14 +203,13 @@ class Demo:
             with gr.Tab("Words"):
                 with gr.Row():
                     with gr.Column():
-                        image = self._image_input("words-image")
+                        image = self._image_input("words-image", examples)
                         top_k = gr.Slider(3, 30, value=10, step=1, label="Words")
                         button = gr.Button("Read as words", variant="primary", elem_id="words-button")
                     with gr.Column():
                         chart = gr.BarPlot(
                             x="word",
                             y="weight",
-                            sort="-y",
                             label="The image's assignment over the vocabulary (top words)",
                             elem_id="words-chart",
                         )
@@ -223,7 +222,7 @@ class Demo:
             with gr.Tab("Arithmetic"):
                 with gr.Row():
                     with gr.Column():
-                        image = self._image_input("arithmetic-image")
+                        image = self._image_input("arithmetic-image", examples)
                         expression = gr.Textbox("- red + blue", label="Expression: image (+|-) word ...")
                         button = gr.Button("Compute", variant="primary", elem_id="arithmetic-button")
                     with gr.Column():
@@ -242,7 +241,7 @@ class Demo:
                     button.click(self.text_to_images, query, found, **QUEUE)
                     query.submit(self.text_to_images, query, found, **QUEUE)
                     with gr.Column():
-                        image = self._image_input("retrieve-image", "Image -> best captions")
+                        image = self._image_input("retrieve-image", examples, "Image -> best captions")
                         candidates = gr.Textbox(
                             "\n".join(DEFAULT_CANDIDATES), lines=6, label="Candidate captions, one per line"
                         )

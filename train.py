@@ -9,6 +9,7 @@ One loop, top to bottom: data -> word prior -> (feature cache) -> optimiser -> r
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -318,25 +319,9 @@ def load_bridge(model, folder: str) -> None:
         raise SystemExit(f"init_bridge={folder}: its bridge does not fit this model ({' '.join(str(error).split())})") from None
 
 
-def main(argv=None) -> Path:
-    config = parse_config(argv)
-    output_dir = Path(config.output_dir)
-    log_with = None if config.report_to == "none" else config.report_to
-    accelerator = Accelerator(
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        mixed_precision=config.mixed_precision,
-        log_with=log_with,
-        project_dir=str(output_dir),
-        cpu=config.cpu,
-    )
-    set_seed(config.seed)
-    checkpoints = output_dir / "checkpoints"
-    checkpoint = find_checkpoint(checkpoints, config.resume)
-    if accelerator.is_main_process:
-        claim_output_dir(output_dir, config.resume, config.overwrite_output_dir)
-
-    # ---- data, validated before the first step
-    processor = VLAPProcessor.from_vision_text_pretrained(config.vision_model, config.text_model, prompt=config.prompt)
+def load_training_set(config: TrainConfig, processor):
+    """(training set, streamed?, caption token counts `[tokenizer length]`): the data, validated before the first
+    step, and the counts the word prior is fitted from."""
     dataset, base_dir = load_source(config.train_data, config.data_format)
     validate(dataset, config.train_data, config.image_column, config.caption_column)
     columns = (config.image_column, config.caption_column)
@@ -349,134 +334,203 @@ def main(argv=None) -> Path:
         prior_rows = dataset[config.caption_column]
     captions = [caption for cell in prior_rows for caption in caption_list(cell)]
     counts = caption_token_counts(captions, processor, len(processor.tokenizer), config.max_caption_length)
+    return train_set, streamed, counts
 
-    # ---- models: frozen backbones + a fresh bridge (or the bridge of --init-bridge)
-    bridge_kwargs = langbridge_arguments(config, processor.tokenizer, counts, accelerator.print)
+
+def validation_loader(config: TrainConfig, collate) -> tuple:
+    """(validation set, its loader), or (None, None) without `validation_data`."""
+    if not config.validation_data:
+        return None, None
+    dataset, base_dir = load_source(config.validation_data, config.data_format)
+    columns = (config.image_column, config.caption_column)
+    validate(dataset, config.validation_data, *columns)
+    validation_set = CaptionedImages(dataset, *columns, base_dir=base_dir, seed=config.seed)
+    return validation_set, torch.utils.data.DataLoader(validation_set, batch_size=config.batch_size, collate_fn=collate)
+
+
+def build_model(config: TrainConfig, processor, counts: torch.Tensor, log) -> VLAPForConditionalGeneration:
+    """Frozen backbones + a fresh bridge (or the bridge of --init-bridge), its word prior fitted to `counts`, LoRA
+    on the LLM when asked."""
     model = VLAPForConditionalGeneration.from_vision_text_pretrained(
         config.vision_model, config.text_model, prompt=config.prompt, num_visual_tokens=config.num_visual_tokens,
         assignment_loss_weight=config.assignment_loss_weight, prior_temperature=config.prior_temperature,
         word_marginal_weight=config.word_marginal_weight, text_representation=config.text_representation,
-        bridge_type=config.bridge_type, **bridge_kwargs,
+        bridge_type=config.bridge_type, **langbridge_arguments(config, processor.tokenizer, counts, log),
     )  # fmt: skip
     if config.init_bridge:
         load_bridge(model, config.init_bridge)
-    model.to(accelerator.device)
-    accelerator.print(
-        f"VLAP: {model.num_parameters(only_trainable=True):,} trainable parameters (the bridge) "
-        f"of {model.num_parameters():,}"
-    )
+    log(f"VLAP: {model.num_parameters(only_trainable=True):,} trainable parameters (the bridge) of {model.num_parameters():,}")
     rows = model.word_prior.numel()  # embedding rows, usually padded beyond the tokenizer's length
-    counts = torch.nn.functional.pad(counts[:rows], (0, max(rows - counts.numel(), 0)))
-    model.fit_word_prior(counts.to(model.word_prior.device))
+    model.fit_word_prior(torch.nn.functional.pad(counts[:rows], (0, max(rows - counts.numel(), 0))))
     if config.lora:
         model = apply_lora(model, config.lora)
-        accelerator.print(f"LoRA {config.lora}: {model.num_parameters(only_trainable=True):,} trainable parameters")
+        log(f"LoRA {config.lora}: {model.num_parameters(only_trainable=True):,} trainable parameters")
+    return model
 
+
+def cosine_schedule(config: TrainConfig, optimizer, loader, streamed: bool):
+    """(scheduler, total optimiser steps): warmup then cosine decay, stepped by hand once per optimiser step
+    whatever the process count."""
+    if streamed and config.max_steps is None:
+        raise SystemExit("a streamed dataset has no length: set max_steps")
+    steps_per_epoch = None if streamed else max(len(loader) // config.gradient_accumulation_steps, 1)
+    total_steps = config.max_steps or config.num_epochs * steps_per_epoch
+    warmup = config.warmup_steps if config.warmup_steps is not None else round(config.warmup_epochs * (steps_per_epoch or 0))
+    return get_cosine_schedule_with_warmup(optimizer, min(warmup, total_steps), total_steps), total_steps
+
+
+def checkpoint_bridge_only(accelerator: Accelerator, model) -> None:
+    """Checkpoints hold the trained tensors (bridge; LoRA adapters) and the word statistics only: the backbones are
+    frozen and reloaded from their sources."""
+    unwrapped = accelerator.unwrap_model(model)
+    saved = {name for name, p in unwrapped.named_parameters() if p.requires_grad}
+    saved.update(name for name, _ in unwrapped.named_buffers() if name.endswith(("word_prior", "word_frequency")))
+
+    def keep_saved(models, weights, _directory):
+        for state in weights:
+            for key in [key for key in state if key not in saved]:
+                del state[key]
+
+    accelerator.register_save_state_pre_hook(keep_saved)
+
+
+def resume_progress(accelerator: Accelerator, checkpoint: Path | None, scheduler, output_dir: Path) -> dict:
+    """The training progress (step, epoch, batches into it, images, unreadable rows, best validation loss): fresh, or
+    restored with the weights, optimiser, scheduler and RNG states from `checkpoint`, dropping what the interrupted
+    run logged after it."""
+    progress = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "images": 0, "bad_rows": [], "best_val_loss": None}
+    if checkpoint is None:
+        return progress
+    accelerator.load_state(str(checkpoint), strict=False)
+    progress = json.loads((checkpoint / "progress.json").read_text())
+    scheduler.load_state_dict(progress.pop("scheduler"))  # JSON, not a pickle
+    accelerator.print(f"resumed from {checkpoint} at step {progress['step']}")
+    metrics_path = output_dir / "metrics.jsonl"
+    if accelerator.is_main_process and metrics_path.exists():
+        records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records if r["step"] <= progress["step"]))
+    return progress
+
+
+def write_metrics(accelerator: Accelerator, output_dir: Path, record: dict) -> None:
+    """One JSON line per step / evaluation in output_dir/metrics.jsonl (loss curves without a tracker)."""
+    if accelerator.is_main_process:
+        with open(output_dir / "metrics.jsonl", "a") as metrics_file:
+            metrics_file.write(json.dumps(record) + "\n")
+
+
+def evaluate(accelerator, model, processor, validation_loader, eval_images, config, progress: dict, output_dir) -> None:
+    """The validation loss (when there is validation data; the best one kept in `progress`) and captions of the
+    first `num_eval_images` images, logged and written to metrics.jsonl."""
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.eval()
+    metrics = {}
+    if validation_loader is not None:
+        losses = []
+        with torch.no_grad():
+            for batch in validation_loader:
+                batch.pop("bad_rows"), batch.pop("num_items")
+                if "input_ids" in batch:
+                    losses.append(model(**batch).loss.reshape(1))
+        if losses:
+            metrics["val_loss"] = accelerator.gather_for_metrics(torch.cat(losses)).mean().item()
+            best = progress["best_val_loss"]
+            progress["best_val_loss"] = metrics["val_loss"] if best is None else min(best, metrics["val_loss"])
+    if accelerator.is_main_process:
+        images = [eval_images.image(i) for i in range(min(config.num_eval_images, len(eval_images)))]
+        images = [image for image in images if image is not None]
+        if images:
+            ids = unwrapped.generate(**processor(images=images).to(accelerator.device), max_new_tokens=30)
+            metrics["captions"] = processor.batch_decode(ids, skip_special_tokens=True)
+    accelerator.log({k: v for k, v in metrics.items() if k != "captions"}, step=progress["step"])
+    write_metrics(accelerator, output_dir, {"step": progress["step"], **metrics})
+    accelerator.print(f"[eval step {progress['step']}] " + json.dumps(metrics))
+    unwrapped.train()
+
+
+def step_logs(accelerator: Accelerator, out, scheduler, input_ids, content_words) -> dict:
+    """The step's losses (mean over processes), learning rate and, with L_map, the assignment diagnostics."""
+    parts = {name: getattr(out, name) for name in LOGGED_LOSSES if getattr(out, name) is not None}
+    reduced = accelerator.reduce(torch.stack(list(parts.values())).detach(), "mean").tolist()
+    logs = {**dict(zip(parts, reduced)), "lr": scheduler.get_last_lr()[0]}
+    if out.text_targets is not None:
+        logs.update(assignment_diagnostics(out.image_targets, out.text_targets, input_ids, content_words))
+    return logs
+
+
+def export(accelerator: Accelerator, model, processor, output_dir: Path) -> Path:
+    """save_pretrained + processor into output_dir/final, loadable with AutoModel / pipeline and trust_remote_code.
+    Written to a temporary folder and renamed into place: a kill at any moment leaves a complete final/ or none."""
+    final, partial = output_dir / "final", output_dir / ".partial-final"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+        merge_lora(accelerator.unwrap_model(model)).save_pretrained(partial)
+        processor.save_pretrained(partial)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+    return final
+
+
+def main(argv=None) -> Path:
+    config = parse_config(argv)
+    output_dir = Path(config.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        log_with=None if config.report_to == "none" else config.report_to,
+        project_dir=str(output_dir),
+        cpu=config.cpu,
+    )
+    set_seed(config.seed)
+    checkpoints = output_dir / "checkpoints"
+    checkpoint = find_checkpoint(checkpoints, config.resume)
+    if accelerator.is_main_process:
+        claim_output_dir(output_dir, config.resume, config.overwrite_output_dir)
+
+    # ---- data, word prior, models
+    processor = VLAPProcessor.from_vision_text_pretrained(config.vision_model, config.text_model, prompt=config.prompt)
+    train_set, streamed, counts = load_training_set(config, processor)
+    model = build_model(config, processor, counts, accelerator.print).to(accelerator.device)
     if config.cache_features:
         if streamed:
             raise SystemExit("--cache-features needs a map-style dataset (not streamed webdataset shards)")
         train_set.features = build_feature_cache(model, processor, train_set, config.cache_features, accelerator)
         if len(train_set.features.bad) > config.max_bad_fraction * len(train_set):
             raise SystemExit(
-                f"{len(train_set.features.bad)} of {len(train_set)} images are unreadable "
-                f"(more than max_bad_fraction={config.max_bad_fraction}): {train_set.describe_rows(train_set.features.bad)}"
+                f"{len(train_set.features.bad)} of {len(train_set)} images are unreadable (more than "
+                f"max_bad_fraction={config.max_bad_fraction}): {train_set.describe_rows(train_set.features.bad)}"
             )
-
     collate = Collator(processor, config.max_caption_length)
-    validation_set = validation_loader = None
-    if config.validation_data:
-        validation_dataset, validation_base = load_source(config.validation_data, config.data_format)
-        validate(validation_dataset, config.validation_data, *columns)
-        validation_set = CaptionedImages(validation_dataset, *columns, base_dir=validation_base, seed=config.seed)
-        validation_loader = torch.utils.data.DataLoader(validation_set, batch_size=config.batch_size, collate_fn=collate)
-    eval_images = validation_set or train_set
+    validation_set, validation_batches = validation_loader(config, collate)
     sampler = None if streamed else EpochShuffle(len(train_set), config.seed)
     loader = torch.utils.data.DataLoader(
         train_set, batch_size=config.batch_size, sampler=sampler, collate_fn=collate, drop_last=True
     )
 
-    # ---- optimiser and schedule (scheduler stepped by hand: once per optimiser step, whatever the process count)
+    # ---- optimiser, schedule, resume
     is_t5 = bool(model.config.text_config.is_encoder_decoder)
     learning_rate = config.learning_rate if config.learning_rate is not None else (1e-2 if is_t5 else 1e-4)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=config.weight_decay)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    if validation_loader is not None:
-        validation_loader = accelerator.prepare(validation_loader)
-    if streamed and config.max_steps is None:
-        raise SystemExit("a streamed dataset has no length: set max_steps")
-    steps_per_epoch = None if streamed else max(len(loader) // config.gradient_accumulation_steps, 1)
-    total_steps = config.max_steps or config.num_epochs * steps_per_epoch
-    warmup = config.warmup_steps if config.warmup_steps is not None else round(config.warmup_epochs * (steps_per_epoch or 0))
-    scheduler = get_cosine_schedule_with_warmup(optimizer, min(warmup, total_steps), total_steps)
+    if validation_batches is not None:
+        validation_batches = accelerator.prepare(validation_batches)
     if not streamed and len(loader) == 0:
         raise SystemExit(f"batch_size={config.batch_size} x {accelerator.num_processes} process(es) is more than the "
                          f"{len(train_set)} training images: no full batch to train on")  # fmt: skip
-
-    # Checkpoints hold the trained tensors (bridge; LoRA adapters) and the word prior only: the backbones are frozen
-    # and reloaded from their sources.
-    saved_keys = {name for name, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
-    word_statistics = ("word_prior", "word_frequency")
-    saved_keys.update(name for name, _ in accelerator.unwrap_model(model).named_buffers() if name.endswith(word_statistics))
-
-    def keep_bridge_only(models, weights, _directory):
-        for state in weights:
-            for key in [key for key in state if key not in saved_keys]:
-                del state[key]
-
-    accelerator.register_save_state_pre_hook(keep_bridge_only)
-
-    # ---- resume
-    progress = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "images": 0, "bad_rows": [], "best_val_loss": None}
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint), strict=False)
-        progress = json.loads((checkpoint / "progress.json").read_text())
-        scheduler.load_state_dict(progress.pop("scheduler"))  # JSON, not a pickle
-        accelerator.print(f"resumed from {checkpoint} at step {progress['step']}")
-        metrics_path = output_dir / "metrics.jsonl"
-        if accelerator.is_main_process and metrics_path.exists():  # drop what the interrupted run logged later
-            records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
-            kept = [json.dumps(r) + "\n" for r in records if r["step"] <= progress["step"]]
-            metrics_path.write_text("".join(kept))
+    scheduler, total_steps = cosine_schedule(config, optimizer, loader, streamed)
+    checkpoint_bridge_only(accelerator, model)
+    progress = resume_progress(accelerator, checkpoint, scheduler, output_dir)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     accelerator.init_trackers("vlap", config={k: v for k, v in dataclasses.asdict(config).items() if v is not None})
-
-    def write_metrics(record: dict) -> None:
-        """One JSON line per step / evaluation in output_dir/metrics.jsonl (loss curves without a tracker)."""
-        if accelerator.is_main_process:
-            with open(output_dir / "metrics.jsonl", "a") as metrics_file:
-                metrics_file.write(json.dumps(record) + "\n")
-
-    def evaluate(step: int) -> None:
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped.eval()
-        metrics = {}
-        if validation_loader is not None:
-            losses = []
-            with torch.no_grad():
-                for batch in validation_loader:
-                    batch.pop("bad_rows"), batch.pop("num_items")
-                    if "input_ids" in batch:
-                        losses.append(model(**batch, return_loss=True).loss.reshape(1))
-            if losses:
-                metrics["val_loss"] = accelerator.gather_for_metrics(torch.cat(losses)).mean().item()
-                best = progress["best_val_loss"]
-                progress["best_val_loss"] = metrics["val_loss"] if best is None else min(best, metrics["val_loss"])
-        if accelerator.is_main_process:
-            images = [eval_images.image(i) for i in range(min(config.num_eval_images, len(eval_images)))]
-            images = [image for image in images if image is not None]
-            if images:
-                inputs = processor(images=images).to(accelerator.device)
-                ids = unwrapped.generate(**inputs, max_new_tokens=30)
-                metrics["captions"] = processor.batch_decode(ids, skip_special_tokens=True)
-        accelerator.log({k: v for k, v in metrics.items() if k != "captions"}, step=step)
-        write_metrics({"step": step, **metrics})
-        accelerator.print(f"[eval step {step}] " + json.dumps(metrics))
-        unwrapped.train()
+    run_evaluation = functools.partial(evaluate, accelerator, model, processor, validation_batches,
+                                       validation_set or train_set, config, progress, output_dir)  # fmt: skip
 
     # ---- the loop
+    rows = accelerator.unwrap_model(model).word_prior.numel()
     content_words = content_word_mask(processor.tokenizer, rows) if config.assignment_loss_weight else None
     model.train()
     bad_rows = set(progress["bad_rows"])
@@ -499,7 +553,7 @@ def main(argv=None) -> Path:
                 where = train_set.describe_rows(bad_rows) if not streamed else f"rows {sorted(bad_rows)[-10:]}"
                 raise SystemExit(f"every image of a batch was unreadable: {where}")
             with accelerator.accumulate(model):
-                out = model(**batch, return_loss=True)
+                out = model(**batch)
                 accelerator.backward(out.loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
@@ -517,20 +571,15 @@ def main(argv=None) -> Path:
                 where = train_set.describe_rows(bad_rows) if not streamed else f"rows {sorted(bad_rows)[:10]}"
                 raise SystemExit(f"{len(bad_rows)} unreadable images, more than max_bad_fraction="
                                  f"{config.max_bad_fraction} of {seen}: {where}")  # fmt: skip
-            parts = {name: getattr(out, name) for name in LOGGED_LOSSES if getattr(out, name) is not None}
-            reduced = accelerator.reduce(torch.stack(list(parts.values())).detach(), "mean").tolist()
-            logs = {**dict(zip(parts, reduced)), "lr": scheduler.get_last_lr()[0]}
-            if out.text_targets is not None:
-                targets = (out.image_targets, out.text_targets)
-                logs.update(assignment_diagnostics(*targets, batch["input_ids"], content_words))
+            logs = step_logs(accelerator, out, scheduler, batch["input_ids"], content_words)
             images_per_second = (progress["images"] - start_images) / max(time.time() - start_time, 1e-9)
             accelerator.log({**logs, "images_per_second": images_per_second}, step=step)
-            write_metrics({"step": step, **logs})
+            write_metrics(accelerator, output_dir, {"step": step, **logs})
             bar.update(1)
             bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{images_per_second:.1f}")
             progress.update(step=step, epoch=epoch, batches_in_epoch=batches_in_epoch, bad_rows=sorted(bad_rows))
             if config.eval_steps and step % config.eval_steps == 0:
-                evaluate(step)
+                run_evaluation()
             if config.checkpointing_steps and (step % config.checkpointing_steps == 0 or step == total_steps):
                 save_checkpoint(accelerator, checkpoints, {**progress, "scheduler": scheduler.state_dict()},
                                 config.checkpoints_total_limit)  # fmt: skip
@@ -541,19 +590,10 @@ def main(argv=None) -> Path:
             progress.update(epoch=epoch, batches_in_epoch=0)
     bar.close()
     if not (config.eval_steps and step % config.eval_steps == 0):
-        evaluate(step)
+        run_evaluation()
 
-    # ---- export: save_pretrained + processor, loadable with AutoModel / pipeline and trust_remote_code
-    # Written to a temporary folder and renamed into place: a kill at any moment leaves a complete final/ or none.
-    final, partial = output_dir / "final", output_dir / ".partial-final"
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
-        unwrapped = merge_lora(accelerator.unwrap_model(model))
-        unwrapped.save_pretrained(partial)
-        processor.save_pretrained(partial)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(partial, final)
+    # ---- export
+    final = export(accelerator, model, processor, output_dir)
     elapsed = time.time() - start_time
     summary = {
         "steps": step,

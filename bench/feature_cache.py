@@ -38,7 +38,7 @@ def run_epoch(model, loader) -> float:
     for batch in loader:
         batch.pop("bad_rows"), batch.pop("num_items")
         optimizer.zero_grad()
-        model(**batch, return_loss=True).loss.backward()
+        model(**batch).loss.backward()
         optimizer.step()
     return time.perf_counter() - start
 

@@ -25,7 +25,7 @@ def step_fn(model, inputs):
 
     def step():
         optimizer.zero_grad()
-        model(**inputs, return_loss=True).loss.backward()
+        model(**inputs).loss.backward()
         optimizer.step()
 
     return step

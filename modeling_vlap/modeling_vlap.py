@@ -94,6 +94,19 @@ SIF_SMOOTHING = 1e-3  # a in the SIF weight a / (a + p(w)) (Arora et al., 2017)
 BRIDGE_ONLY_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
 
+def language_model_class(text_config):
+    """The Auto class of an LLM: AutoModelForSeq2SeqLM for an encoder-decoder (T5), else AutoModelForCausalLM."""
+    return AutoModelForSeq2SeqLM if text_config.is_encoder_decoder else AutoModelForCausalLM
+
+
+class LinearBridge(nn.Linear):
+    """VLAP's bridge: one linear layer from each visual token into the LLM's input word-embedding space."""
+
+    def forward(self, visual_tokens: torch.Tensor, input_embeddings: nn.Module) -> torch.Tensor:
+        """`[B, K, H_v]` (and the LLM's input-embedding module, unused: the bridge interface) -> `[B, K, D]`."""
+        return super().forward(visual_tokens)
+
+
 class LangBridge(nn.Module):
     """LangBridge (2025): visual tokens -> coefficients over a vocabulary subset -> their mix of word embeddings.
 
@@ -152,8 +165,7 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         if vision_model is None:
             vision_model = AutoModel.from_config(config.vision_config)
         if language_model is None:
-            auto_class = AutoModelForSeq2SeqLM if config.text_config.is_encoder_decoder else AutoModelForCausalLM
-            language_model = auto_class.from_config(config.text_config)
+            language_model = language_model_class(config.text_config).from_config(config.text_config)
         self.vision_model = vision_model
         self.language_model = language_model
         # One config object per backbone, shared with the composite config so saving stays consistent.
@@ -174,7 +186,7 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
                                  f"LLM's {embeddings.num_embeddings} embeddings")  # fmt: skip
             self.bridge = LangBridge(config)
         else:
-            self.bridge = nn.Linear(config.vision_hidden_size, config.projection_dim)
+            self.bridge = LinearBridge(config.vision_hidden_size, config.projection_dim)
         # Word marginal of the Sinkhorn assignment and the caption word frequencies p(w) (the SIF weights of the
         # "word_embeddings" text representation); uniform until `fit_word_prior` sees caption statistics.
         vocab_size = embeddings.num_embeddings
@@ -214,8 +226,7 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         finally:
             logging.set_verbosity(verbosity)
         text_config = AutoConfig.from_pretrained(text_model_name_or_path, **text_kwargs)
-        auto_class = AutoModelForSeq2SeqLM if text_config.is_encoder_decoder else AutoModelForCausalLM
-        language_model = auto_class.from_pretrained(text_model_name_or_path, **text_kwargs)
+        language_model = language_model_class(text_config).from_pretrained(text_model_name_or_path, **text_kwargs)
         backbones = {
             "vision": {"name_or_path": str(vision_model_name_or_path), "revision": vision_kwargs.get("revision")},
             "text": {"name_or_path": str(text_model_name_or_path), "revision": text_kwargs.get("revision")},
@@ -343,14 +354,12 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
     def get_image_prefix(self, pixel_values=None, vision_hidden_states=None) -> torch.Tensor:
         """Mapped visual tokens, the LLM prefix: `[B, K, D]` in the LLM's input-embedding space."""
         tokens = self._bridge_inputs(pixel_values, vision_hidden_states)
-        if self.config.bridge_type == "langbridge":
-            return self.bridge(tokens, self.language_model.get_input_embeddings()).to(self.word_embeddings.dtype)
-        return self.bridge(tokens).to(self.word_embeddings.dtype)
+        return self.bridge(tokens, self.language_model.get_input_embeddings()).to(self.word_embeddings.dtype)
 
     def get_word_coefficients(self, pixel_values=None, vision_hidden_states=None) -> torch.Tensor:
         """LangBridge: `[B, K, N]` what each visual token says, its coefficients over `config.langbridge_tokens`
         (a distribution, or raw coefficients; words this LLM lacks get 0)."""
-        if self.config.bridge_type != "langbridge":
+        if not isinstance(self.bridge, LangBridge):
             raise ValueError("only a LangBridge model (bridge_type='langbridge') speaks in word coefficients per "
                              "visual token; image_to_words reads any model's image as words")  # fmt: skip
         return self.bridge.coefficients(self._bridge_inputs(pixel_values, vision_hidden_states))
@@ -541,16 +550,15 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         prompt_input_ids: torch.Tensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,
         vision_hidden_states: torch.Tensor | None = None,
-        return_loss: bool | None = None,
     ) -> VLAPOutput | BaseModelOutputWithPooling:
         r"""
         Args:
             pixel_values: `[B, 3, H, W]` images (or pass `vision_hidden_states`, the cached frozen vision output).
             input_ids, attention_mask: `[B, T]` captions, tokenised by the processor (no BOS, EOS appended).
             prompt_input_ids, prompt_attention_mask: `[B, P]` text after the visual prefix ("A picture of").
-            return_loss: compute `loss`, `caption_loss` and `assignment_loss` (default: when captions are given).
 
-        Without captions the LLM is not run: the output is the image features (what the image-feature-extraction
+        With captions (they are the labels, as in transformers' captioning models) the output holds `loss`, its parts
+        and the logits at the caption positions. Without captions the LLM is not run: the output is the image features (what the image-feature-extraction
         pipeline reads), `last_hidden_state` `[B, K, D]` the mapped visual tokens and `pooler_output` `[B, D]` their
         normalised mean (`get_image_features`). To caption images call generate().
         """
@@ -560,13 +568,10 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
             return BaseModelOutputWithPooling(last_hidden_state=prefix, pooler_output=pooled)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        return_loss = True if return_loss is None else return_loss
         prefix = self.get_image_prefix(pixel_values, vision_hidden_states)
         if prefix.shape[0] != input_ids.shape[0]:
             raise ValueError(f"got {prefix.shape[0]} images but {input_ids.shape[0]} captions")
         logits, targets = self._caption_logits(prefix, input_ids, attention_mask, prompt_input_ids, prompt_attention_mask)
-        if not return_loss:
-            return VLAPOutput(logits=logits)
         caption_loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())  # token mean, as the LLM's own
         if self.config.assignment_loss_weight == 0:  # caption-only (LiMBeR-style): skip L_map entirely
             return VLAPOutput(loss=caption_loss, caption_loss=caption_loss, logits=logits)

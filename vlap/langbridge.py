@@ -90,9 +90,10 @@ def transfer(source: str, to_llm: str, out: str | Path, min_coverage: float = 0.
     lacks are masked out of the coefficients) and swaps the LLM, its tokenizer and its embedding rows. Refuses when
     fewer than `min_coverage` of the strings exist in the new LLM. Returns a report (coverage, missing strings).
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration, VLAPProcessor
+    from modeling_vlap.modeling_vlap import language_model_class
 
     if VLAPConfig.from_pretrained(source).bridge_type != "langbridge":
         raise ValueError(
@@ -114,8 +115,7 @@ def transfer(source: str, to_llm: str, out: str | Path, min_coverage: float = 0.
             f"the minimum coverage {min_coverage:.0%} (missing e.g. {missing[:5]}); lower --min-coverage to force it"
         )
     text_config = AutoConfig.from_pretrained(to_llm)
-    auto_class = AutoModelForSeq2SeqLM if text_config.is_encoder_decoder else AutoModelForCausalLM
-    language_model = auto_class.from_pretrained(to_llm, dtype=model.dtype)
+    language_model = language_model_class(text_config).from_pretrained(to_llm, dtype=model.dtype)
     config_fields = {name: getattr(model.config, name) for name in VLAPConfig.__annotations__}
     config_fields.update(
         text_config=language_model.config.to_dict(), vision_config=model.vision_model.config.to_dict(),

@@ -2,11 +2,15 @@
 
 import math
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-import vlap.metrics
-from vlap.metrics import load_metric, normalize_answer
+from vlap.metrics import METRIC_MODULES, load_metric, metric_functions
+
+normalize_answer = metric_functions("vqa_accuracy").normalize_answer
 
 # Two images whose references share only "a" (document frequency 2 of 2, so its CIDEr idf is log(2/2) = 0).
 PREDICTIONS = ["the cat sat on the mat", "a blue triangle"]
@@ -44,8 +48,9 @@ def test_cider_and_rouge_match_their_definitions_by_hand(caption_metrics):
 
 
 def test_without_java_meteor_is_unavailable_and_the_rest_is_computed(monkeypatch):
-    monkeypatch.setattr(vlap.metrics.shutil, "which", lambda name: None)
-    result = vlap.metrics.caption_scores(dict(enumerate(PREDICTIONS)), dict(enumerate(REFERENCES)))
+    captioning = metric_functions("caption_metrics")
+    monkeypatch.setattr(captioning.shutil, "which", lambda name: None)
+    result = captioning.caption_scores(dict(enumerate(PREDICTIONS)), dict(enumerate(REFERENCES)))
     assert "METEOR" not in result["scores"] and "Java" in result["unavailable"]["METEOR"]
     assert result["scores"]["BLEU-1"] == pytest.approx((5 + 3) / (6 + 3), abs=1e-6)  # corpus-level: 8 of 9 unigrams
 
@@ -113,3 +118,24 @@ def test_retrieval_recall_rejects_texts_without_an_image():
 def test_unknown_metric_module_lists_the_available_ones():
     with pytest.raises(ValueError, match="caption_metrics"):
         load_metric("bleurt")
+
+
+@pytest.mark.parametrize("name", ["caption_metrics", "vqa_accuracy", "retrieval_recall"])
+def test_each_metric_module_loads_alone_without_vlap(name, tmp_path):
+    """A module folder copied elsewhere loads and computes with evaluate.load in a process where vlap cannot be
+    imported: the modules are self-contained."""
+    folder = Path(shutil.copytree(METRIC_MODULES / name, tmp_path / name))
+    inputs, key, expected = {  # a match and a miss each: the score is computed, not a default
+        "caption_metrics": ("predictions=['a red circle', 'a cat'], references=[['a red circle'], ['a dog']]",
+                            "ROUGE-L", (1 + 1 / 2) / 2),
+        "vqa_accuracy": ("predictions=['Two', 'no'], references=[['2'], ['yes']]", "vqa_accuracy", 0.5),
+        "retrieval_recall": ("predictions=[[0.9, 0.1], [0.7, 0.3]], references=[[0], [1]], ks=[1]",
+                             "image_to_text_R@1", 0.5),
+    }[name]  # fmt: skip
+    code = (
+        "import sys; sys.modules['vlap'] = None\n"  # any `import vlap` now raises ImportError
+        f"import evaluate; print(evaluate.load({str(folder)!r}).compute({inputs})[{key!r}])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout.splitlines()[-1]) == pytest.approx(expected, abs=1e-6)

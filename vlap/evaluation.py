@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from vlap import tasks
 from vlap.data import caption_list, decode_image, load_source, undecoded_images
-from vlap.metrics import class_retrieval_recall, load_metric
+from vlap.metrics import load_metric, metric_functions
 
 TASKS = ("caption", "vqa", "retrieval", "classification")
 
@@ -342,7 +342,7 @@ def evaluate_shape_world(model, processor, vision_hidden_states, colours, shapes
     all_captions = [t.format(colour=n.split()[0], shape=n.split()[1]) for n in CLASSES for t in TEMPLATES]
     similarity = image_features @ tasks.text_features(model, processor, all_captions).T
     text_classes = [n for n in CLASSES for _ in TEMPLATES]
-    scores.update(class_retrieval_recall(similarity, labels, text_classes, ks=(1, 5)))
+    scores.update(metric_functions("retrieval_recall").class_retrieval_recall(similarity, labels, text_classes, ks=(1, 5)))
 
     words = tasks.read_words(model, processor, top_k=5, **shared)
     scores["top5_colour_and_shape"] = sum(

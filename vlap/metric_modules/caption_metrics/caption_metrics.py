@@ -1,9 +1,15 @@
 """COCO captioning metrics (pycocoevalcap: PTB tokenizer, BLEU-1..4, METEOR, ROUGE-L, CIDEr) as an `evaluate` module."""
 
+import contextlib
+import io
+import re
+import shutil
+import string
+
 import datasets
 import evaluate
 
-from vlap.metrics import caption_scores
+SPICE_UNAVAILABLE = "SPICE downloads Stanford CoreNLP at run time: unavailable offline"
 
 _CITATION = """\
 @article{chen2015microsoft,
@@ -48,3 +54,44 @@ class CaptionMetrics(evaluate.Metric):
     def _compute(self, predictions, references):
         result = caption_scores(dict(enumerate(predictions)), dict(enumerate(references)))
         return {**result["scores"], "unavailable": result["unavailable"]}
+
+
+def caption_scores(predictions: dict, references: dict) -> dict:
+    """BLEU-1..4, METEOR, ROUGE-L and CIDEr of `predictions` {id: caption} against `references` {id: [captions]}.
+
+    pycocoevalcap with its PTB tokenizer; both need Java. Without Java, METEOR is reported unavailable (with the
+    reason) and the others are computed on a lower-cased, punctuation-stripped tokenisation.
+    """
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    if set(predictions) != set(references) or not predictions:
+        raise ValueError("predictions and references must cover the same, non-empty set of ids")
+    java = shutil.which("java")
+    if java:
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+        tokenizer = PTBTokenizer()
+        candidates = tokenizer.tokenize({key: [{"caption": text}] for key, text in predictions.items()})
+        golds = tokenizer.tokenize({key: [{"caption": text} for text in texts] for key, texts in references.items()})
+    else:
+        candidates = {key: [_simple_tokens(text)] for key, text in predictions.items()}
+        golds = {key: [_simple_tokens(text) for text in texts] for key, texts in references.items()}
+    scores, unavailable = {}, {"SPICE": SPICE_UNAVAILABLE}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocoevalcap's BLEU prints its internals
+        bleu, _ = Bleu(4).compute_score(golds, candidates)
+    scores.update({f"BLEU-{n + 1}": value for n, value in enumerate(bleu)})
+    if java:
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        scores["METEOR"], _ = Meteor().compute_score(golds, candidates)
+    else:
+        unavailable["METEOR"] = "needs Java (apt-get install default-jre-headless); not found on PATH"
+    scores["ROUGE-L"], _ = Rouge().compute_score(golds, candidates)
+    scores["CIDEr"], _ = Cider().compute_score(golds, candidates)
+    return {"scores": {k: float(v) for k, v in scores.items()}, "unavailable": unavailable}
+
+
+def _simple_tokens(text: str) -> str:
+    return " ".join(re.sub(rf"[{re.escape(string.punctuation)}]", " ", text.lower()).split())

@@ -1,8 +1,6 @@
 """Tiny-but-realistic VLAP models for benchmarks: real vocabulary sizes and token counts, narrow layers for CPU."""
 
 import json
-import os
-import sys
 import time
 
 import numpy as np
@@ -17,8 +15,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration  # noqa: E402
+from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration
 
 VOCAB = 32128  # T5's
 

@@ -26,13 +26,12 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from vlap.assets import efficientnet_lite0, gemma3_270m, smollm2_135m  # noqa: E402
-from vlap.demo import banner, train  # noqa: E402
-from vlap.langbridge import english_vocabulary, transfer  # noqa: E402
-from vlap.shapes import COLOURS, SHAPES, caption_is_right, named  # noqa: E402
-from vlap.sweep import DEMO_BUDGET, split_train, vision_states  # noqa: E402
-from vlap.tasks import caption, load, token_words  # noqa: E402
+from vlap.assets import efficientnet_lite0, gemma3_270m, smollm2_135m
+from vlap.demo import banner, train
+from vlap.langbridge import english_vocabulary, transfer
+from vlap.shapes import COLOURS, SHAPES, caption_is_right, named
+from vlap.sweep import DEMO_BUDGET, split_train, vision_states
+from vlap.tasks import caption, load, token_words
 
 FRACTIONS = (0.05, 0.1, 0.25)
 STAGES = ("source", "moved", "finetune", "direct", "reverse", "control")

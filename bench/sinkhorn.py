@@ -10,18 +10,14 @@ loop. Also the peak extra memory over the scores tensor, in B x V float32 buffer
 """
 
 import argparse
-import os
-import sys
 import time
 
 import numpy as np
 import ot
 import torch
+from common import write_report
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from common import write_report  # noqa: E402
-
-from modeling_vlap.optimal_transport import sinkhorn_knopp  # noqa: E402
+from modeling_vlap.optimal_transport import sinkhorn_knopp
 
 EPSILON, ITERATIONS, BATCH = 0.01, 3, 256
 

@@ -11,8 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from test_langbridge import langbridge
-from tiny import save_tiny_vlap, shape_image
+from tiny import langbridge, save_tiny_vlap, shape_image
 
 gr = pytest.importorskip("gradio", reason="the web demo needs the [app] extra (gradio)")
 from gradio.data_classes import FileData  # noqa: E402

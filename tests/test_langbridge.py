@@ -9,25 +9,13 @@ import sys
 import pytest
 import torch
 from PIL import Image
-from test_remote_code import LOAD_IN_FRESH_PROCESS
-from test_train import caption_folder, run_train, write_config  # noqa: F401  (caption_folder is a fixture)
-from tiny import CORPUS, build, image_processor, images
+from tiny import CORPUS, LOAD_IN_FRESH_PROCESS, build, image_processor, images, langbridge, run_train, write_config
 from transformers import AutoTokenizer
 
 from modeling_vlap import VLAPForConditionalGeneration, VLAPProcessor
 from vlap.cli import main
 from vlap.data import caption_token_counts
 from vlap.langbridge import english_vocabulary, select_vocabulary, string_to_id, token_strings, transfer
-
-
-def langbridge(backbones, llm="llama", size=40, coefficients="softmax", transfer_to=()):
-    tokenizer = AutoTokenizer.from_pretrained(backbones[llm])
-    counts = caption_token_counts(CORPUS, VLAPProcessor(image_processor(), tokenizer), len(tokenizer))
-    others = [AutoTokenizer.from_pretrained(backbones[name]) for name in transfer_to]
-    tokens, ids = select_vocabulary(counts, tokenizer, size, others)
-    model, processor = build(backbones, llm, bridge_type="langbridge", langbridge_tokens=tokens,
-                             langbridge_token_ids=ids, langbridge_coefficients=coefficients, num_visual_tokens=4)  # fmt: skip
-    return model.eval(), processor
 
 
 def test_token_strings_keep_the_leading_space_for_both_tokenizer_kinds(backbones):

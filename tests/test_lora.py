@@ -2,9 +2,7 @@
 
 import pytest
 import torch
-from test_modeling import CAPTIONS
-from test_train import caption_folder, run_train, write_config  # noqa: F401  (caption_folder is a fixture)
-from tiny import build, images
+from tiny import CAPTIONS, build, images, run_train, write_config
 from transformers import AutoModel
 
 from vlap.lora import apply_lora, merge_lora, parse_lora

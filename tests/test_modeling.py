@@ -3,7 +3,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from tiny import build, images
+from tiny import CAPTIONS, build, images
 from transformers import CLIPVisionModel
 
 from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration
@@ -11,7 +11,6 @@ from modeling_vlap.modeling_vlap import pack_padding
 from vlap.tasks import PAPER_VQA_TEMPLATE, first_line
 
 LLMS = ["t5", "opt", "llama"]
-CAPTIONS = ["a red circle", "a blue square on a plain background", "a green star", "a white cross"]
 
 
 def test_pack_padding_moves_padding_and_keeps_token_order():

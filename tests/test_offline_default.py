@@ -17,7 +17,7 @@ import yaml
 pytest.importorskip("easy_vqa")
 pytest.importorskip("gguf")
 
-from test_remote_code import LOAD_IN_FRESH_PROCESS  # noqa: E402
+from tiny import LOAD_IN_FRESH_PROCESS  # noqa: E402
 
 from vlap.assets import cache_root, efficientnet_lite0, smollm2_135m  # noqa: E402
 from vlap.easy_vqa import easy_vqa_dataset  # noqa: E402

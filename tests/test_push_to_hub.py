@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hub_stub import HubStub
 from huggingface_hub import snapshot_download
 from safetensors import safe_open
-from tiny import build
+from tiny import HubStub, build
+
+import push_to_hub
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-import push_to_hub  # noqa: E402
 
 FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdefXYZ"
 REMOTE_CODE = {"configuration_vlap.py", "modeling_vlap.py", "optimal_transport.py", "processing_vlap.py",

@@ -10,50 +10,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny import build
+from tiny import LOAD_IN_FRESH_PROCESS, NO_REPO_IMPORTS, build
 
 GENERATION = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
 
-# A fresh process where this repository cannot be imported: everything must come from the saved folder.
-NO_REPO_IMPORTS = textwrap.dedent(
-    """
-    import importlib.abc, json, sys
-
-    class NoRepoImports(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("modeling_vlap", "vlap"):
-                raise ImportError(f"{name} must come from the saved folder, not from the repository")
-
-    sys.meta_path.insert(0, NoRepoImports())
-    """
-)
-LOAD_IN_FRESH_PROCESS = NO_REPO_IMPORTS + textwrap.dedent(
-    """
-    from PIL import Image
-    from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor, pipeline
-
-    folder, image_path, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-    LABELS, TEMPLATE = ["red circle", "blue square", "green triangle"], "a photo of a {}."
-    image = Image.open(image_path)
-    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
-    assert type(AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)) is type(model)
-    ids = model.generate(**processor(images=[image]), **settings)
-    captioner = pipeline("image-to-text", model=folder, trust_remote_code=True)
-    print(json.dumps({
-        "model_class": type(model).__name__,
-        "processor_class": type(processor).__name__,
-        "ids": ids.tolist(),
-        "caption": captioner(image, **settings)[0]["generated_text"],
-        "answer": captioner(image, prompt="Question: what colour is the shape? Answer:", **settings)[0]["generated_text"],
-        "image_features": model.get_image_features(processor(images=[image])["pixel_values"]).tolist(),
-        "zero_shot": pipeline("zero-shot-image-classification", model=folder, trust_remote_code=True)(
-            image, candidate_labels=LABELS, hypothesis_template=TEMPLATE),
-        "tokens": pipeline("image-feature-extraction", model=folder, trust_remote_code=True)(image, return_tensors=True).tolist(),
-        "pooled": pipeline("image-feature-extraction", model=folder, trust_remote_code=True)(image, pool=True),
-    }))
-    """
-)
 
 
 @pytest.mark.parametrize("llm", ["t5", "opt", "llama"])

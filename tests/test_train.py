@@ -2,7 +2,6 @@
 
 import io
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -14,43 +13,15 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-import yaml
 from accelerate import Accelerator
 from safetensors.torch import load_file
-from test_remote_code import LOAD_IN_FRESH_PROCESS
-from tiny import shape_image, write_caption_folder
+from tiny import ENV, LOAD_IN_FRESH_PROCESS, run_train, shape_image, write_config
 
 from train import find_checkpoint
 from vlap.data import CaptionedImages, Collator, StreamedCaptionedImages, load_source, validate
 from vlap.features import build_feature_cache
 
 REPO = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-
-
-@pytest.fixture(scope="module")
-def caption_folder(tmp_path_factory) -> Path:
-    return write_caption_folder(tmp_path_factory.mktemp("data") / "shapes", num_images=24)
-
-
-def write_config(path: Path, backbones, data: Path, output_dir: Path, **overrides) -> Path:
-    config = {
-        "vision_model": str(backbones["clip"]), "text_model": str(backbones["opt"]), "train_data": str(data),
-        "batch_size": 4, "max_steps": 12, "learning_rate": 1e-3, "warmup_steps": 2, "checkpointing_steps": 4,
-        "eval_steps": 0, "output_dir": str(output_dir), "seed": 3, "cpu": True, **overrides,
-    }  # fmt: skip
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def run_train(config: Path, *extra, launcher=(sys.executable,), check=True) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [*launcher, str(REPO / "train.py"), "--config", str(config), *extra],
-        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 def metrics(output_dir: Path) -> list[dict]:

@@ -1,16 +1,29 @@
-"""Tiny backbones built offline from configs, with tokenizers trained in milliseconds.
+"""Test helpers. Tiny backbones built offline from configs, with tokenizers trained in milliseconds; train.py and
+fresh-process runners; a loopback stand-in for the Hub.
 
 `save_tiny_backbones(dir)` writes Hub-shaped folders (weights, config, tokenizer / image processor), so tests exercise
 the real `from_pretrained` loading code with local paths.
 """
 
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
+    AutoTokenizer,
     CLIPConfig,
     CLIPImageProcessorPil,
     CLIPModel,
@@ -26,6 +39,8 @@ from transformers import (
 )
 
 from modeling_vlap import VLAPForConditionalGeneration, VLAPProcessor
+from vlap.data import caption_token_counts
+from vlap.langbridge import select_vocabulary
 
 COLOURS = ["red", "green", "blue", "yellow", "black", "white", "purple", "orange", "gray", "brown"]
 SHAPES = ["circle", "square", "triangle", "rectangle", "star", "cross"]
@@ -35,6 +50,7 @@ CORPUS = [f"a {c} {s} on a plain background" for c in COLOURS for s in SHAPES] +
     "Question: is there a circle? Answer: yes no",
 ]
 IMAGE_SIZE = 32
+REPO = Path(__file__).resolve().parent.parent
 
 
 def bpe_tokenizer() -> PreTrainedTokenizerFast:
@@ -181,3 +197,196 @@ def save_tiny_vlap(backbones, folder: Path, llm: str = "llama") -> Path:
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+# A fresh process where this repository cannot be imported: everything must come from the saved folder.
+NO_REPO_IMPORTS = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class NoRepoImports(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("modeling_vlap", "vlap"):
+                raise ImportError(f"{name} must come from the saved folder, not from the repository")
+
+    sys.meta_path.insert(0, NoRepoImports())
+    """
+)
+LOAD_IN_FRESH_PROCESS = NO_REPO_IMPORTS + textwrap.dedent(
+    """
+    from PIL import Image
+    from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor, pipeline
+
+    folder, image_path, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    LABELS, TEMPLATE = ["red circle", "blue square", "green triangle"], "a photo of a {}."
+    image = Image.open(image_path)
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    assert type(AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)) is type(model)
+    ids = model.generate(**processor(images=[image]), **settings)
+    captioner = pipeline("image-to-text", model=folder, trust_remote_code=True)
+    print(json.dumps({
+        "model_class": type(model).__name__,
+        "processor_class": type(processor).__name__,
+        "ids": ids.tolist(),
+        "caption": captioner(image, **settings)[0]["generated_text"],
+        "answer": captioner(image, prompt="Question: what colour is the shape? Answer:", **settings)[0]["generated_text"],
+        "image_features": model.get_image_features(processor(images=[image])["pixel_values"]).tolist(),
+        "zero_shot": pipeline("zero-shot-image-classification", model=folder, trust_remote_code=True)(
+            image, candidate_labels=LABELS, hypothesis_template=TEMPLATE),
+        "tokens": pipeline("image-feature-extraction", model=folder, trust_remote_code=True)(image, return_tensors=True).tolist(),
+        "pooled": pipeline("image-feature-extraction", model=folder, trust_remote_code=True)(image, pool=True),
+    }))
+    """
+)
+
+CAPTIONS = ["a red circle", "a blue square on a plain background", "a green star", "a white cross"]
+
+
+def langbridge(backbones, llm="llama", size=40, coefficients="softmax", transfer_to=()):
+    tokenizer = AutoTokenizer.from_pretrained(backbones[llm])
+    counts = caption_token_counts(CORPUS, VLAPProcessor(image_processor(), tokenizer), len(tokenizer))
+    others = [AutoTokenizer.from_pretrained(backbones[name]) for name in transfer_to]
+    tokens, ids = select_vocabulary(counts, tokenizer, size, others)
+    model, processor = build(backbones, llm, bridge_type="langbridge", langbridge_tokens=tokens,
+                             langbridge_token_ids=ids, langbridge_coefficients=coefficients, num_visual_tokens=4)  # fmt: skip
+    return model.eval(), processor
+
+
+# train.py runs offline in a subprocess.
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
+def write_config(path: Path, backbones, data: Path, output_dir: Path, **overrides) -> Path:
+    config = {
+        "vision_model": str(backbones["clip"]), "text_model": str(backbones["opt"]), "train_data": str(data),
+        "batch_size": 4, "max_steps": 12, "learning_rate": 1e-3, "warmup_steps": 2, "checkpointing_steps": 4,
+        "eval_steps": 0, "output_dir": str(output_dir), "seed": 3, "cpu": True, **overrides,
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_train(config: Path, *extra, launcher=(sys.executable,), check=True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [*launcher, str(REPO / "train.py"), "--config", str(config), *extra],
+        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+# A loopback stand-in for the Hugging Face Hub: the endpoints huggingface_hub uses to create a repository, upload a
+# folder (every file as a regular, inline commit operation), and list and download it back. Every request is recorded
+# (method, path, headers, body) so tests can check what was sent.
+#
+#     with HubStub() as hub:            # then HF_ENDPOINT=hub.endpoint
+#         ...
+#         hub.repos["user/name"]["main"]   # {path: bytes}
+#
+class HubStub:
+    def __init__(self):
+        self.repos: dict[str, dict[str, dict[str, bytes]]] = {}  # repo id -> revision -> path -> content
+        self.requests: list[dict] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def _reply(self, status: int, body=b"", headers=None):
+                data = json.dumps(body).encode() if not isinstance(body, bytes) else body
+                self.send_response(status)
+                for key, value in {"Content-Type": "application/json", **(headers or {})}.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                path = unquote(urlparse(self.path).path)
+                stub.requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body})
+                status, reply, headers = stub.route(self.command, path, body)
+                self._reply(status, reply, headers)
+
+            do_GET = do_POST = do_HEAD = do_PUT = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self):
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    @staticmethod
+    def sha(files: dict[str, bytes]) -> str:
+        digest = hashlib.sha1()
+        for path in sorted(files):
+            digest.update(path.encode() + hashlib.sha1(files[path]).digest())
+        return digest.hexdigest()
+
+    def _revision(self, repo: str, revision: str) -> dict[str, bytes] | None:
+        revisions = self.repos.get(repo, {})
+        if revision in revisions:
+            return revisions[revision]
+        return next((files for files in revisions.values() if self.sha(files) == revision), None)
+
+    def route(self, method: str, path: str, body: bytes):
+        parts = path.strip("/").split("/")
+        if path == "/api/agent-harnesses":
+            return 200, {}, None
+        if path == "/api/validate-yaml":
+            return 200, {"errors": [], "warnings": []}, None
+        if path == "/api/repos/create":
+            request = json.loads(body)
+            repo = f"{request['organization']}/{request['name']}" if request.get("organization") else request["name"]
+            self.repos.setdefault(repo, {"main": {}})
+            return 200, {"url": f"{self.endpoint}/{repo}", "name": repo}, None
+        if parts[:2] == ["api", "models"] and len(parts) >= 4:
+            repo, action, rest = f"{parts[2]}/{parts[3]}", parts[4] if len(parts) > 4 else "", "/".join(parts[5:])
+            if repo not in self.repos:
+                return 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
+            if action == "preupload":
+                files = json.loads(body)["files"]
+                return 200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}, None
+            if action == "commit":
+                files = dict(self.repos[repo].get(rest, self.repos[repo]["main"]))
+                for line in body.decode().splitlines():
+                    operation = json.loads(line)
+                    if operation["key"] == "file":
+                        files[operation["value"]["path"]] = base64.b64decode(operation["value"]["content"])
+                self.repos[repo][rest] = files
+                return 200, {"commitUrl": f"{self.endpoint}/{repo}/commit/{self.sha(files)}", "commitOid": self.sha(files)}, None
+            if action == "branch":
+                self.repos[repo].setdefault(rest, dict(self.repos[repo]["main"]))
+                return 200, {}, None
+            if action in ("revision", "tree", ""):
+                revision = rest.split("/")[0] if rest else "main"
+                files = self._revision(repo, revision)
+                if files is None:
+                    return 404, {"error": "Revision not found"}, {"X-Error-Code": "RevisionNotFound"}
+                if action == "tree":
+                    entries = [{"type": "file", "path": p, "size": len(c), "oid": hashlib.sha1(c).hexdigest()}
+                               for p, c in sorted(files.items())]  # fmt: skip
+                    return 200, entries, None
+                info = {"id": repo, "sha": self.sha(files), "private": False,
+                        "siblings": [{"rfilename": p} for p in sorted(files)]}  # fmt: skip
+                return 200, info, None
+        if len(parts) >= 5 and parts[2] == "resolve":
+            repo, revision, file_path = f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:])
+            files = self._revision(repo, revision)
+            if files is None or file_path not in files:
+                return 404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"}
+            content = files[file_path]
+            headers = {"X-Repo-Commit": self.sha(files), "ETag": f'"{hashlib.sha1(content).hexdigest()}"',
+                       "Content-Type": "application/octet-stream"}  # fmt: skip
+            return 200, content, headers
+        return 404, {"error": f"stub Hub: no route for {method} {path}"}, None

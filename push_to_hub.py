@@ -92,11 +92,23 @@ def load_results(paths: list[Path]) -> list[dict]:
         except (OSError, json.JSONDecodeError) as error:
             raise PushError(f"{path}: not a readable results file ({error})") from None
         if "task" in report and "scores" in report:  # vlap eval --out
-            results.append({"task": report["task"], "dataset": report.get("data", "unknown data"),
-                            "scores": report["scores"], "command": report.get("command", "vlap eval")})  # fmt: skip
+            results.append(
+                {
+                    "task": report["task"],
+                    "dataset": report.get("data", "unknown data"),
+                    "scores": report["scores"],
+                    "command": report.get("command", "vlap eval"),
+                }
+            )
         elif "vlap" in report and "setup" in report:  # make demo
-            results.append({"task": "captioning, zero-shot VQA, retrieval", "dataset": "easy-vqa test",
-                            "scores": report["vlap"]["scores"], "command": report["setup"].get("command", "make demo")})  # fmt: skip
+            results.append(
+                {
+                    "task": "captioning, zero-shot VQA, retrieval",
+                    "dataset": "easy-vqa test",
+                    "scores": report["vlap"]["scores"],
+                    "command": report["setup"].get("command", "make demo"),
+                }
+            )
         else:
             raise PushError(f"{path}: neither a `vlap eval --out` report nor a `make demo` results.json")
     return results
@@ -111,10 +123,16 @@ def card_eval_results(results: list[dict], model_name: str) -> list:
     for result in results:
         for metric, value in result["scores"].items():
             kind = "vqa" if metric == "vqa_accuracy" else "retrieval" if "_R@" in metric else "caption"
-            entries.append(EvalResult(
-                task_type=task_types[kind], dataset_type=result["dataset"], dataset_name=result["dataset"],
-                metric_type=metric.lower(), metric_name=metric, metric_value=float(value),
-            ))  # fmt: skip
+            entries.append(
+                EvalResult(
+                    task_type=task_types[kind],
+                    dataset_type=result["dataset"],
+                    dataset_name=result["dataset"],
+                    metric_type=metric.lower(),
+                    metric_name=metric,
+                    metric_value=float(value),
+                )
+            )
     return entries
 
 
@@ -129,9 +147,14 @@ def usage_blocks(repo_id: str) -> list[tuple[str, str]]:
 
 
 def render_card(
-    model, repo_id: str, training: dict | None, results: list[dict], bridge_only: bool, license: str,
+    model,
+    repo_id: str,
+    training: dict | None,
+    results: list[dict],
+    bridge_only: bool,
+    license: str,
     datasets: list[str] = (),
-):  # fmt: skip
+):
     """The model card: YAML metadata + usage, method, training, results, limitations and citations."""
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -141,40 +164,76 @@ def render_card(
     vision_name, text_name = vision.get("name_or_path"), text.get("name_or_path")
     train_data = (training or {}).get("train_data")
     card_data = ModelCardData(
-        language=["en"], license=license, library_name="transformers", pipeline_tag="image-to-text",
-        tags=["vlap", "vision-language", "image-captioning", "visual-question-answering", "optimal-transport",
-              "custom_code"] + (["langbridge"] if config.bridge_type == "langbridge" else []),
+        language=["en"],
+        license=license,
+        library_name="transformers",
+        pipeline_tag="image-to-text",
+        tags=[
+            "vlap",
+            "vision-language",
+            "image-captioning",
+            "visual-question-answering",
+            "optimal-transport",
+            "custom_code",
+        ]
+        + (["langbridge"] if config.bridge_type == "langbridge" else []),
         base_model=[name for name in (vision_name, text_name) if is_hub_id(name)] or None,
         datasets=list(datasets) or None,
-        model_name=repo_id, eval_results=card_eval_results(results, repo_id) or None,
-    )  # fmt: skip
+        model_name=repo_id,
+        eval_results=card_eval_results(results, repo_id) or None,
+    )
 
     def display(name: str | None, model_type: str) -> str:
         if name is None:
             return f"a `{model_type}` model (its source was not recorded)"
-        return f"[{name}](https://huggingface.co/{name})" if is_hub_id(name) else f"`{Path(name).name}` (a local folder)"
+        return (
+            f"[{name}](https://huggingface.co/{name})" if is_hub_id(name) else f"`{Path(name).name}` (a local folder)"
+        )
 
     bridge_parameters = sum(p.numel() for p in model.bridge.parameters())
     bridge_bytes = sum(p.numel() * p.element_size() for p in model.bridge.parameters()) + model.word_prior.numel() * 4
-    keep = ("train_data", "max_steps", "num_epochs", "batch_size", "learning_rate", "warmup_steps", "mixed_precision",
-            "max_caption_length", "assignment_loss_weight", "seed")  # fmt: skip
+    keep = (
+        "train_data",
+        "max_steps",
+        "num_epochs",
+        "batch_size",
+        "learning_rate",
+        "warmup_steps",
+        "mixed_precision",
+        "max_caption_length",
+        "assignment_loss_weight",
+        "seed",
+    )
     return ModelCard.from_template(
-        card_data, template_path=str(CARD_TEMPLATE), repo_id=repo_id, bridge_only=bridge_only,
+        card_data,
+        template_path=str(CARD_TEMPLATE),
+        repo_id=repo_id,
+        bridge_only=bridge_only,
         bridge_size=f"{bridge_bytes / 2**20:.1f} MB",
-        vision_name=display(vision_name, config.vision_config.model_type), vision_revision=vision.get("revision"),
-        text_name=display(text_name, config.text_config.model_type), text_revision=text.get("revision"),
+        vision_name=display(vision_name, config.vision_config.model_type),
+        vision_revision=vision.get("revision"),
+        text_name=display(text_name, config.text_config.model_type),
+        text_revision=text.get("revision"),
         bridge_description=(
             f"LangBridge: MLP -> coefficients over {len(config.langbridge_tokens)} shared words -> their embeddings"
-            if config.bridge_type == "langbridge" else f"`nn.Linear({config.vision_hidden_size}, {config.projection_dim})`"
+            if config.bridge_type == "langbridge"
+            else f"`nn.Linear({config.vision_hidden_size}, {config.projection_dim})`"
         ),
-        num_visual_tokens=config.num_visual_tokens or "all", bridge_parameters=f"{bridge_parameters:,}",
-        prompt=config.prompt, sinkhorn_epsilon=config.sinkhorn_epsilon, sinkhorn_iterations=config.sinkhorn_iterations,
-        assignment_temperature=config.assignment_temperature, assignment_loss_weight=config.assignment_loss_weight,
-        text_representation=config.text_representation, word_marginal_weight=config.word_marginal_weight,
+        num_visual_tokens=config.num_visual_tokens or "all",
+        bridge_parameters=f"{bridge_parameters:,}",
+        prompt=config.prompt,
+        sinkhorn_epsilon=config.sinkhorn_epsilon,
+        sinkhorn_iterations=config.sinkhorn_iterations,
+        assignment_temperature=config.assignment_temperature,
+        assignment_loss_weight=config.assignment_loss_weight,
+        text_representation=config.text_representation,
+        word_marginal_weight=config.word_marginal_weight,
         training={k: training[k] for k in keep if training and training.get(k) is not None},
-        training_data=f"`{train_data}`" if train_data else "its training captions", results=results,
-        langbridge=config.bridge_type == "langbridge", usage_blocks=usage_blocks(repo_id),
-    )  # fmt: skip
+        training_data=f"`{train_data}`" if train_data else "its training captions",
+        results=results,
+        langbridge=config.bridge_type == "langbridge",
+        usage_blocks=usage_blocks(repo_id),
+    )
 
 
 def validate_card(card) -> None:
@@ -221,12 +280,20 @@ def verify(folder: Path, timeout: int = 900) -> dict:
         script = Path(scratch) / "verify.py"
         script.write_text(VERIFY_SCRIPT)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-        result = subprocess.run([sys.executable, str(script), str(folder.resolve())], cwd=scratch, env=env,
-                                capture_output=True, text=True, timeout=timeout)  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, str(script), str(folder.resolve())],
+            cwd=scratch,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     if result.returncode != 0:
         lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-        raise PushError(f"verification failed, nothing uploaded: loading {folder} in a fresh offline process "
-                        f"raised {lines[-1] if lines else 'an error'}")  # fmt: skip
+        raise PushError(
+            f"verification failed, nothing uploaded: loading {folder} in a fresh offline process "
+            f"raised {lines[-1] if lines else 'an error'}"
+        )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -261,8 +328,13 @@ def main(argv=None) -> int:
         training_path = folder.parent / "train_config.json"
         training = json.loads(training_path.read_text()) if training_path.exists() else None
         results = load_results(([folder / "results.json"] if (folder / "results.json").exists() else []) + args.results)
-        card_args = {"repo_id": args.repo_id, "training": training, "results": results, "license": args.license,
-                     "datasets": args.dataset}
+        card_args = {
+            "repo_id": args.repo_id,
+            "training": training,
+            "results": results,
+            "license": args.license,
+            "datasets": args.dataset,
+        }
         with tempfile.TemporaryDirectory() as scratch:
             staging = args.staging or Path(scratch) / "repo"
             if staging.exists() and any(staging.iterdir()):
@@ -270,7 +342,10 @@ def main(argv=None) -> int:
             files = assemble(folder, staging, args.bridge_only, args.max_shard_size, card_args)
             print(f"assembled {len(files)} files in {staging}; verifying in a fresh offline process ...", flush=True)
             verified = verify(staging)
-            print(f"verified: {verified['model_class']} loads through AutoModel and pipeline; caption {verified['caption']!r}")
+            print(
+                f"verified: {verified['model_class']} loads through AutoModel and pipeline; "
+                f"caption {verified['caption']!r}"
+            )
             if args.dry_run:
                 for path in files:
                     print(f"{path.stat().st_size:>12,d}  {path.relative_to(staging)}")
@@ -280,8 +355,11 @@ def main(argv=None) -> int:
         print(f"uploaded {len(files)} files to {url}")
     except Exception as error:  # noqa: BLE001  (one line, no traceback; huggingface_hub errors carry no token)
         network = type(error).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "requests", "urllib3")
-        if not (isinstance(error, (PushError, ValueError, OSError)) or network
-                or type(error).__module__.split(".")[0] == "huggingface_hub"):  # fmt: skip
+        if not (
+            isinstance(error, (PushError, ValueError, OSError))
+            or network
+            or type(error).__module__.split(".")[0] == "huggingface_hub"
+        ):
             raise
         from huggingface_hub import constants
 

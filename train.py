@@ -74,7 +74,9 @@ class TrainConfig:
     # coefficients and the released code's MLP (no GELU before the word layer) at lr 3e-4.
     langbridge_coefficients: str = "linear"  # linear (raw coefficients) | softmax (a distribution over the words)
     langbridge_activation_before_words: bool = False  # True: a GELU before the word layer
-    langbridge_transfer_llms: str | None = None  # comma-separated tokenizers (Hub ids / folders) to stay transferable to
+    langbridge_transfer_llms: str | None = (
+        None  # comma-separated tokenizers (Hub ids / folders) to stay transferable to
+    )
     langbridge_vocabulary: str | None = None  # a JSON list of token strings (overrides langbridge_vocabulary_source)
     init_bridge: str | None = None  # a saved model folder: start from its bridge (fine-tune a moved LangBridge)
     lora: str | None = None  # "r,alpha,targets" (e.g. 8,16,q_proj|v_proj): LoRA on the LLM's attention; off by default
@@ -110,8 +112,9 @@ def parse_config(argv=None) -> TrainConfig:
     for name, field in fields.items():
         extra = {"nargs": "?", "const": "latest"} if name == "resume" else {}  # bare --resume: the latest checkpoint
         extra = {"nargs": "?", "const": "true"} if isinstance(field.default, bool) else extra  # a bare flag is true
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, help=f"{field.type}",
-                            **extra)  # fmt: skip
+        parser.add_argument(
+            "--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, help=f"{field.type}", **extra
+        )
     args = vars(parser.parse_args(argv))
     values = {}
     if args.get("config"):
@@ -124,23 +127,33 @@ def parse_config(argv=None) -> TrainConfig:
     config = TrainConfig(**{name: _parse(name, value, fields[name].type) for name, value in values.items()})
     if not config.train_data:
         raise SystemExit("train_data is required (--train-data PATH or in the --config file)")
-    checks = {"batch_size": config.batch_size >= 1, "gradient_accumulation_steps": config.gradient_accumulation_steps >= 1,
-              "learning_rate": config.learning_rate is None or config.learning_rate >= 0,
-              "max_steps": config.max_steps is None or config.max_steps >= 1, "num_epochs": config.num_epochs >= 1,
-              "max_caption_length": config.max_caption_length >= 2, "max_bad_fraction": 0 <= config.max_bad_fraction <= 1,
-              "num_visual_tokens": config.num_visual_tokens is None or config.num_visual_tokens >= 1,
-              "warmup_steps": config.warmup_steps is None or config.warmup_steps >= 0,
-              "warmup_epochs": config.warmup_epochs >= 0, "weight_decay": config.weight_decay >= 0,
-              "checkpointing_steps": config.checkpointing_steps >= 1, "eval_steps": config.eval_steps >= 0,
-              "assignment_loss_weight": config.assignment_loss_weight >= 0,
-              "word_marginal_weight": config.word_marginal_weight is None or config.word_marginal_weight >= 0}  # fmt: skip
+    checks = {
+        "batch_size": config.batch_size >= 1,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps >= 1,
+        "learning_rate": config.learning_rate is None or config.learning_rate >= 0,
+        "max_steps": config.max_steps is None or config.max_steps >= 1,
+        "num_epochs": config.num_epochs >= 1,
+        "max_caption_length": config.max_caption_length >= 2,
+        "max_bad_fraction": 0 <= config.max_bad_fraction <= 1,
+        "num_visual_tokens": config.num_visual_tokens is None or config.num_visual_tokens >= 1,
+        "warmup_steps": config.warmup_steps is None or config.warmup_steps >= 0,
+        "warmup_epochs": config.warmup_epochs >= 0,
+        "weight_decay": config.weight_decay >= 0,
+        "checkpointing_steps": config.checkpointing_steps >= 1,
+        "eval_steps": config.eval_steps >= 0,
+        "assignment_loss_weight": config.assignment_loss_weight >= 0,
+        "word_marginal_weight": config.word_marginal_weight is None or config.word_marginal_weight >= 0,
+    }
     for name, ok in checks.items():
         if not ok:
             raise SystemExit(f"{name}={getattr(config, name)} is out of range")
-    choices = {"text_representation": ("word_assignments", "word_embeddings", "hidden_states"),
-               "bridge_type": ("linear", "langbridge"), "mixed_precision": ("no", "bf16", "fp16"),
-               "langbridge_coefficients": ("softmax", "linear"),
-               "langbridge_vocabulary_source": ("english", "captions")}  # fmt: skip
+    choices = {
+        "text_representation": ("word_assignments", "word_embeddings", "hidden_states"),
+        "bridge_type": ("linear", "langbridge"),
+        "mixed_precision": ("no", "bf16", "fp16"),
+        "langbridge_coefficients": ("softmax", "linear"),
+        "langbridge_vocabulary_source": ("english", "captions"),
+    }
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
             raise SystemExit(f"{name}={getattr(config, name)!r} is not one of {', '.join(allowed)}")
@@ -200,9 +213,10 @@ class EpochShuffle(torch.utils.data.Sampler):
 def complete_checkpoints(checkpoints: Path) -> list[Path]:
     """The step-K folders whose progress.json (written last) exists, oldest first."""
     complete = [
-        path for path in checkpoints.glob("step-*")
+        path
+        for path in checkpoints.glob("step-*")
         if re.fullmatch(r"step-\d+", path.name) and (path / "progress.json").exists()
-    ]  # fmt: skip
+    ]
     return sorted(complete, key=lambda path: int(path.name.split("-")[1]))
 
 
@@ -223,8 +237,10 @@ def find_checkpoint(checkpoints: Path, resume: str | None) -> Path | None:
         checkpoint = complete[-1] if complete else None
     pickles = sorted(path.name for path in checkpoint.glob("custom_checkpoint_*.pkl")) if checkpoint else []
     if pickles:
-        raise SystemExit(f"{checkpoint} holds {', '.join(pickles)}: a pickle that could run code when loaded; "
-                         "refusing to resume from it")  # fmt: skip
+        raise SystemExit(
+            f"{checkpoint} holds {', '.join(pickles)}: a pickle that could run code when loaded; "
+            "refusing to resume from it"
+        )
     return checkpoint
 
 
@@ -235,8 +251,10 @@ def claim_output_dir(output_dir: Path, resume: str | None, overwrite: bool) -> N
     if not previous or resume is not None:
         return
     if not overwrite:
-        raise SystemExit(f"{output_dir} already holds a run ({', '.join(previous)}); pass --resume to continue it, "
-                         "--overwrite-output-dir to replace it, or another --output-dir")  # fmt: skip
+        raise SystemExit(
+            f"{output_dir} already holds a run ({', '.join(previous)}); pass --resume to continue it, "
+            "--overwrite-output-dir to replace it, or another --output-dir"
+        )
     for name in previous:
         path = output_dir / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -279,11 +297,13 @@ def langbridge_arguments(config: TrainConfig, tokenizer, counts: torch.Tensor, l
     if start is not None:  # continue a (moved) bridge: its strings re-indexed into this LLM, its architecture
         ids_of = string_to_id(tokenizer)
         log(f"LangBridge vocabulary: the {len(start.langbridge_tokens)} words of {config.init_bridge}")
-        return {"langbridge_tokens": start.langbridge_tokens,
-                "langbridge_token_ids": [ids_of.get(string, -1) for string in start.langbridge_tokens],
-                "langbridge_hidden_size": start.langbridge_hidden_size or start.projection_dim,
-                "langbridge_coefficients": start.langbridge_coefficients,
-                "langbridge_activation_before_words": start.langbridge_activation_before_words}  # fmt: skip
+        return {
+            "langbridge_tokens": start.langbridge_tokens,
+            "langbridge_token_ids": [ids_of.get(string, -1) for string in start.langbridge_tokens],
+            "langbridge_hidden_size": start.langbridge_hidden_size or start.projection_dim,
+            "langbridge_coefficients": start.langbridge_coefficients,
+            "langbridge_activation_before_words": start.langbridge_activation_before_words,
+        }
     transfer_llms = config.langbridge_transfer_llms or []
     transfer_llms = transfer_llms.split(",") if isinstance(transfer_llms, str) else transfer_llms
     others = [AutoTokenizer.from_pretrained(name.strip()) for name in transfer_llms]
@@ -295,10 +315,13 @@ def langbridge_arguments(config: TrainConfig, tokenizer, counts: torch.Tensor, l
     else:
         tokens, token_ids = select_vocabulary(counts, tokenizer, config.langbridge_vocab_size, others, given)
     log(f"LangBridge vocabulary: {len(tokens)} words shared with {len(others)} other LLM(s) ({source})")
-    return {"langbridge_tokens": tokens, "langbridge_token_ids": token_ids,
-            "langbridge_hidden_size": config.langbridge_hidden_size,
-            "langbridge_coefficients": config.langbridge_coefficients,
-            "langbridge_activation_before_words": config.langbridge_activation_before_words}  # fmt: skip
+    return {
+        "langbridge_tokens": tokens,
+        "langbridge_token_ids": token_ids,
+        "langbridge_hidden_size": config.langbridge_hidden_size,
+        "langbridge_coefficients": config.langbridge_coefficients,
+        "langbridge_activation_before_words": config.langbridge_activation_before_words,
+    }
 
 
 def load_bridge(model, folder: str) -> None:
@@ -309,14 +332,19 @@ def load_bridge(model, folder: str) -> None:
     state = {}
     for path in sorted(Path(folder).glob("*.safetensors")):
         with safe_open(str(path), framework="pt") as weights:
-            state |= {key.removeprefix("bridge."): weights.get_tensor(key) for key in weights.keys()
-                      if key.startswith("bridge.")}  # fmt: skip
+            state |= {
+                key.removeprefix("bridge."): weights.get_tensor(key)
+                for key in weights.keys()
+                if key.startswith("bridge.")
+            }
     if not state:
         raise SystemExit(f"init_bridge={folder}: no bridge weights in its safetensors files")
     try:
         model.bridge.load_state_dict(state)
     except RuntimeError as error:
-        raise SystemExit(f"init_bridge={folder}: its bridge does not fit this model ({' '.join(str(error).split())})") from None
+        raise SystemExit(
+            f"init_bridge={folder}: its bridge does not fit this model ({' '.join(str(error).split())})"
+        ) from None
 
 
 def load_training_set(config: TrainConfig, processor):
@@ -352,20 +380,40 @@ def build_model(config: TrainConfig, processor, counts: torch.Tensor, log) -> VL
     """Frozen backbones + a fresh bridge (or the bridge of --init-bridge), its word prior fitted to `counts`, LoRA
     on the LLM when asked."""
     model = VLAPForConditionalGeneration.from_vision_text_pretrained(
-        config.vision_model, config.text_model, prompt=config.prompt, num_visual_tokens=config.num_visual_tokens,
-        assignment_loss_weight=config.assignment_loss_weight, prior_temperature=config.prior_temperature,
-        word_marginal_weight=config.word_marginal_weight, text_representation=config.text_representation,
-        bridge_type=config.bridge_type, **langbridge_arguments(config, processor.tokenizer, counts, log),
-    )  # fmt: skip
+        config.vision_model,
+        config.text_model,
+        prompt=config.prompt,
+        num_visual_tokens=config.num_visual_tokens,
+        assignment_loss_weight=config.assignment_loss_weight,
+        prior_temperature=config.prior_temperature,
+        word_marginal_weight=config.word_marginal_weight,
+        text_representation=config.text_representation,
+        bridge_type=config.bridge_type,
+        **langbridge_arguments(config, processor.tokenizer, counts, log),
+    )
     if config.init_bridge:
         load_bridge(model, config.init_bridge)
-    log(f"VLAP: {model.num_parameters(only_trainable=True):,} trainable parameters (the bridge) of {model.num_parameters():,}")
+    trainable, total = model.num_parameters(only_trainable=True), model.num_parameters()
+    log(f"VLAP: {trainable:,} trainable parameters (the bridge) of {total:,}")
     rows = model.word_prior.numel()  # embedding rows, usually padded beyond the tokenizer's length
     model.fit_word_prior(torch.nn.functional.pad(counts[:rows], (0, max(rows - counts.numel(), 0))))
     if config.lora:
         model = apply_lora(model, config.lora)
         log(f"LoRA {config.lora}: {model.num_parameters(only_trainable=True):,} trainable parameters")
     return model
+
+
+def cache_vision_features(config: TrainConfig, model, processor, train_set, streamed: bool, accelerator) -> None:
+    """Compute the frozen vision output of every training image once (under `cache_features`); training then reads
+    it instead of running the vision model. Too many unreadable images stop the run here."""
+    if streamed:
+        raise SystemExit("--cache-features needs a map-style dataset (not streamed webdataset shards)")
+    train_set.features = build_feature_cache(model, processor, train_set, config.cache_features, accelerator)
+    if len(train_set.features.bad) > config.max_bad_fraction * len(train_set):
+        raise SystemExit(
+            f"{len(train_set.features.bad)} of {len(train_set)} images are unreadable (more than "
+            f"max_bad_fraction={config.max_bad_fraction}): {train_set.describe_rows(train_set.features.bad)}"
+        )
 
 
 def cosine_schedule(config: TrainConfig, optimizer, loader, streamed: bool):
@@ -375,7 +423,9 @@ def cosine_schedule(config: TrainConfig, optimizer, loader, streamed: bool):
         raise SystemExit("a streamed dataset has no length: set max_steps")
     steps_per_epoch = None if streamed else max(len(loader) // config.gradient_accumulation_steps, 1)
     total_steps = config.max_steps or config.num_epochs * steps_per_epoch
-    warmup = config.warmup_steps if config.warmup_steps is not None else round(config.warmup_epochs * (steps_per_epoch or 0))
+    warmup = (
+        config.warmup_steps if config.warmup_steps is not None else round(config.warmup_epochs * (steps_per_epoch or 0))
+    )
     return get_cosine_schedule_with_warmup(optimizer, min(warmup, total_steps), total_steps), total_steps
 
 
@@ -493,14 +543,7 @@ def main(argv=None) -> Path:
     train_set, streamed, counts = load_training_set(config, processor)
     model = build_model(config, processor, counts, accelerator.print).to(accelerator.device)
     if config.cache_features:
-        if streamed:
-            raise SystemExit("--cache-features needs a map-style dataset (not streamed webdataset shards)")
-        train_set.features = build_feature_cache(model, processor, train_set, config.cache_features, accelerator)
-        if len(train_set.features.bad) > config.max_bad_fraction * len(train_set):
-            raise SystemExit(
-                f"{len(train_set.features.bad)} of {len(train_set)} images are unreadable (more than "
-                f"max_bad_fraction={config.max_bad_fraction}): {train_set.describe_rows(train_set.features.bad)}"
-            )
+        cache_vision_features(config, model, processor, train_set, streamed, accelerator)
     collate = Collator(processor, config.max_caption_length)
     validation_set, validation_batches = validation_loader(config, collate)
     sampler = None if streamed else EpochShuffle(len(train_set), config.seed)
@@ -517,8 +560,10 @@ def main(argv=None) -> Path:
     if validation_batches is not None:
         validation_batches = accelerator.prepare(validation_batches)
     if not streamed and len(loader) == 0:
-        raise SystemExit(f"batch_size={config.batch_size} x {accelerator.num_processes} process(es) is more than the "
-                         f"{len(train_set)} training images: no full batch to train on")  # fmt: skip
+        raise SystemExit(
+            f"batch_size={config.batch_size} x {accelerator.num_processes} process(es) is more than the "
+            f"{len(train_set)} training images: no full batch to train on"
+        )
     scheduler, total_steps = cosine_schedule(config, optimizer, loader, streamed)
     checkpoint_bridge_only(accelerator, model)
     progress = resume_progress(accelerator, checkpoint, scheduler, output_dir)
@@ -526,8 +571,10 @@ def main(argv=None) -> Path:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     accelerator.init_trackers("vlap", config={k: v for k, v in dataclasses.asdict(config).items() if v is not None})
-    run_evaluation = functools.partial(evaluate, accelerator, model, processor, validation_batches,
-                                       validation_set or train_set, config, progress, output_dir)  # fmt: skip
+    eval_images = validation_set or train_set
+    run_evaluation = functools.partial(
+        evaluate, accelerator, model, processor, validation_batches, eval_images, config, progress, output_dir
+    )
 
     # ---- the loop
     rows = accelerator.unwrap_model(model).word_prior.numel()
@@ -569,8 +616,10 @@ def main(argv=None) -> Path:
             seen = len(train_set) if not streamed else max(progress["images"], 1000)
             if len(bad_rows) > config.max_bad_fraction * seen:
                 where = train_set.describe_rows(bad_rows) if not streamed else f"rows {sorted(bad_rows)[:10]}"
-                raise SystemExit(f"{len(bad_rows)} unreadable images, more than max_bad_fraction="
-                                 f"{config.max_bad_fraction} of {seen}: {where}")  # fmt: skip
+                raise SystemExit(
+                    f"{len(bad_rows)} unreadable images, more than max_bad_fraction="
+                    f"{config.max_bad_fraction} of {seen}: {where}"
+                )
             logs = step_logs(accelerator, out, scheduler, batch["input_ids"], content_words)
             images_per_second = (progress["images"] - start_images) / max(time.time() - start_time, 1e-9)
             accelerator.log({**logs, "images_per_second": images_per_second}, step=step)
@@ -581,8 +630,12 @@ def main(argv=None) -> Path:
             if config.eval_steps and step % config.eval_steps == 0:
                 run_evaluation()
             if config.checkpointing_steps and (step % config.checkpointing_steps == 0 or step == total_steps):
-                save_checkpoint(accelerator, checkpoints, {**progress, "scheduler": scheduler.state_dict()},
-                                config.checkpoints_total_limit)  # fmt: skip
+                save_checkpoint(
+                    accelerator,
+                    checkpoints,
+                    {**progress, "scheduler": scheduler.state_dict()},
+                    config.checkpoints_total_limit,
+                )
             if step >= total_steps:
                 break
         else:  # the epoch ran out (not the step budget): the next one starts from its first batch

@@ -23,19 +23,45 @@ VOCAB = 32128  # T5's
 def vision_model(full_size: bool = False) -> CLIPVisionModel:
     """ViT-B/32 geometry (224 px, 32 px patches: 50 tokens): the paper's 12 layers of 768, or 4 layers of 256."""
     width, layers = (768, 12) if full_size else (256, 4)
-    return CLIPVisionModel(CLIPVisionConfig(hidden_size=width, intermediate_size=4 * width, num_attention_heads=width // 64,
-                                            num_hidden_layers=layers, image_size=224, patch_size=32))  # fmt: skip
+    return CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=width,
+            intermediate_size=4 * width,
+            num_attention_heads=width // 64,
+            num_hidden_layers=layers,
+            image_size=224,
+            patch_size=32,
+        )
+    )
 
 
 def language_model(kind: str):
     """T5-small-like encoder-decoder or a small Llama, both with a 32,128-word vocabulary."""
     if kind == "t5":
-        config = T5Config(vocab_size=VOCAB, d_model=256, d_kv=32, d_ff=1024, num_layers=4, num_heads=8,
-                          decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)  # fmt: skip
+        config = T5Config(
+            vocab_size=VOCAB,
+            d_model=256,
+            d_kv=32,
+            d_ff=1024,
+            num_layers=4,
+            num_heads=8,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
         return T5ForConditionalGeneration(config)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=4, pad_token_id=0, eos_token_id=1,
-                         bos_token_id=2, tie_word_embeddings=True)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        tie_word_embeddings=True,
+    )
     return LlamaForCausalLM(config)
 
 
@@ -84,18 +110,23 @@ def real_batch(model: VLAPForConditionalGeneration, size: int, seed: int = 0) ->
     processor = VLAPProcessor.from_vision_text_pretrained(str(efficientnet_lite0()), str(smollm2_135m()))
     generator = torch.Generator().manual_seed(seed)
     colours, picks = list(COLOURS), torch.randint(0, 1000, (size, 3), generator=generator).tolist()
-    captions = [TEMPLATES[t % len(TEMPLATES)].format(colour=colours[c % len(colours)], shape=SHAPES[s % len(SHAPES)])
-                for t, c, s in picks]  # fmt: skip
+    captions = [
+        TEMPLATES[t % len(TEMPLATES)].format(colour=colours[c % len(colours)], shape=SHAPES[s % len(SHAPES)])
+        for t, c, s in picks
+    ]
     inputs = dict(processor(text=captions))
     inputs.update(processor.prompt_inputs(size))
     with torch.no_grad():
-        inputs["vision_hidden_states"] = model.get_vision_hidden_states(torch.randn(size, 3, 224, 224, generator=generator))
+        inputs["vision_hidden_states"] = model.get_vision_hidden_states(
+            torch.randn(size, 3, 224, 224, generator=generator)
+        )
     return inputs
 
 
 def photos(count: int, size: int = 224) -> list[Image.Image]:
-    return [Image.fromarray(np.random.RandomState(i).randint(0, 255, (size, size, 3), dtype=np.uint8))
-            for i in range(count)]  # fmt: skip
+    return [
+        Image.fromarray(np.random.RandomState(i).randint(0, 255, (size, size, 3), dtype=np.uint8)) for i in range(count)
+    ]
 
 
 def bench_kinds(real: bool) -> tuple[str, ...]:

@@ -60,7 +60,9 @@ def main():
         with open(root / "pairs.jsonl", "w") as pairs:
             for i, image in enumerate(photos(args.images)):
                 image.save(root / f"{i}.png")
-                pairs.write(json.dumps({"image": f"{i}.png", "caption": f"a {words[1 + i % 3]} {words[4 + i % 3]}"}) + "\n")
+                pairs.write(
+                    json.dumps({"image": f"{i}.png", "caption": f"a {words[1 + i % 3]} {words[4 + i % 3]}"}) + "\n"
+                )
         dataset, base_dir = load_source(str(root / "pairs.jsonl"))
         images = CaptionedImages(dataset, "image", "caption", base_dir=base_dir)
         collate = Collator(processor)
@@ -76,11 +78,19 @@ def main():
         from_cache = run_epoch(model, loader(cached))
         from_images_again = run_epoch(model, loader(images))  # bracket the cached epoch against drift
     from_images = min(from_images, from_images_again)
-    results = {"device": device_name(), "images": args.images, "batch_size": args.batch_size,
-               "epoch_seconds_from_images": from_images, "epoch_seconds_from_cache": from_cache,
-               "cache_build_seconds": build, "speedup": from_images / from_cache}  # fmt: skip
-    print(f"epoch from images {from_images:.2f}s, from the feature cache {from_cache:.2f}s: "
-          f"{results['speedup']:.2f}x faster (goal >= 3); building the cache once took {build:.2f}s")  # fmt: skip
+    results = {
+        "device": device_name(),
+        "images": args.images,
+        "batch_size": args.batch_size,
+        "epoch_seconds_from_images": from_images,
+        "epoch_seconds_from_cache": from_cache,
+        "cache_build_seconds": build,
+        "speedup": from_images / from_cache,
+    }
+    print(
+        f"epoch from images {from_images:.2f}s, from the feature cache {from_cache:.2f}s: "
+        f"{results['speedup']:.2f}x faster (goal >= 3); building the cache once took {build:.2f}s"
+    )
     write_report(results, args.json)
 
 

@@ -28,29 +28,38 @@ def main():
             del inputs["input_ids"], inputs["attention_mask"]
             with torch.no_grad():
                 prefix = model.get_image_prefix(inputs["pixel_values"])
-                embeds, mask = model._prefix_and_prompt(prefix, inputs["prompt_input_ids"], inputs["prompt_attention_mask"])
+                embeds, mask = model._prefix_and_prompt(
+                    prefix, inputs["prompt_input_ids"], inputs["prompt_attention_mask"]
+                )
 
             def vlap():
                 model.generate(**inputs, **settings)
 
             def bare():
                 with torch.no_grad():
-                    model.language_model.generate(inputs_embeds=embeds, attention_mask=mask,
-                                                  generation_config=model.generation_config, **settings)  # fmt: skip
+                    model.language_model.generate(
+                        inputs_embeds=embeds, attention_mask=mask, generation_config=model.generation_config, **settings
+                    )
 
             def vision_and_bridge():
                 with torch.no_grad():
                     model.get_image_prefix(inputs["pixel_values"])
 
-            times = interleaved_medians({"vlap": vlap, "bare_llm": bare, "vision_and_bridge": vision_and_bridge},
-                                        args.repeats)  # fmt: skip
+            times = interleaved_medians(
+                {"vlap": vlap, "bare_llm": bare, "vision_and_bridge": vision_and_bridge}, args.repeats
+            )
             ratio = times["bare_llm"] / times["vlap"]  # captions/s of VLAP over captions/s of the bare LLM
             bound = times["bare_llm"] / (times["bare_llm"] + times["vision_and_bridge"])
-            results[f"{kind}_batch{size}"] = {"seconds": times, "vlap_over_bare_captions_per_s": ratio,
-                                              "bound_from_vision_and_bridge": bound}  # fmt: skip
-            print(f"{kind} batch {size}: VLAP / bare LLM captions per second = {ratio:.3f} (goal >= 0.95; the vision "
-                  f"forward + bridge alone bound it at {bound:.3f}); {size / times['vlap']:.1f} vs "
-                  f"{size / times['bare_llm']:.1f} captions/s")  # fmt: skip
+            results[f"{kind}_batch{size}"] = {
+                "seconds": times,
+                "vlap_over_bare_captions_per_s": ratio,
+                "bound_from_vision_and_bridge": bound,
+            }
+            print(
+                f"{kind} batch {size}: VLAP / bare LLM captions per second = {ratio:.3f} (goal >= 0.95; the vision "
+                f"forward + bridge alone bound it at {bound:.3f}); {size / times['vlap']:.1f} vs "
+                f"{size / times['bare_llm']:.1f} captions/s"
+            )
     write_report(results, args.json)
 
 

@@ -46,9 +46,15 @@ def colour_shape_accuracy(folder: Path, states, colours, shapes) -> tuple[float,
     right = [caption_is_right(text, colour, shape) for text, colour, shape in zip(captions, colours, shapes)]
     colour_right = [named(text, COLOURS) == [colour] for text, colour in zip(captions, colours)]
     shape_right = [named(text, SHAPES) == [shape] for text, shape in zip(captions, shapes)]
-    detail = {"colour": sum(colour_right) / len(right), "shape": sum(shape_right) / len(right), "examples": captions[:4],
-              "first_image_words": [[word for word, _ in said] for said in
-                                    token_words(model, processor, vision_hidden_states=states[:1], top_k=3)[0]]}  # fmt: skip
+    detail = {
+        "colour": sum(colour_right) / len(right),
+        "shape": sum(shape_right) / len(right),
+        "examples": captions[:4],
+        "first_image_words": [
+            [word for word, _ in said]
+            for said in token_words(model, processor, vision_hidden_states=states[:1], top_k=3)[0]
+        ],
+    }
     return sum(right) / len(right), detail
 
 
@@ -64,8 +70,13 @@ def run_seed(seed: int, args, out: Path, models: dict, pool_folder: Path, evalua
     import datasets
 
     pool = datasets.load_from_disk(str(pool_folder))
-    budget = {"bridge_type": "langbridge", "learning_rate": args.learning_rate, "langbridge_coefficients": args.coefficients,
-              "langbridge_activation_before_words": args.gelu_before_words, "assignment_loss_weight": 0.0}  # fmt: skip
+    budget = {
+        "bridge_type": "langbridge",
+        "learning_rate": args.learning_rate,
+        "langbridge_coefficients": args.coefficients,
+        "langbridge_activation_before_words": args.gelu_before_words,
+        "assignment_loss_weight": 0.0,
+    }
     full = SimpleNamespace(steps=args.steps, seed=seed)
     data = training_rows(pool, args.train_images, out)
     figures, details, seconds = {}, {}, {}
@@ -73,9 +84,12 @@ def run_seed(seed: int, args, out: Path, models: dict, pool_folder: Path, evalua
     def measure(name: str, folder: Path) -> None:
         figures[name], details[name] = colour_shape_accuracy(folder, *evaluation)
         detail = details[name]
-        print(f"seed {seed}, {name}: colour+shape {figures[name]:.3f} (colour {detail['colour']:.3f}, shape "
-              f"{detail['shape']:.3f}); e.g. {detail['examples'][:2]}; the first image's visual tokens say "
-              f"{detail['first_image_words']}", flush=True)
+        print(
+            f"seed {seed}, {name}: colour+shape {figures[name]:.3f} (colour {detail['colour']:.3f}, shape "
+            f"{detail['shape']:.3f}); e.g. {detail['examples'][:2]}; the first image's visual tokens say "
+            f"{detail['first_image_words']}",
+            flush=True,
+        )
 
     def timed_train(name: str, llm: Path, plan, train_data: Path, **overrides) -> Path:
         start = time.time()
@@ -90,8 +104,15 @@ def run_seed(seed: int, args, out: Path, models: dict, pool_folder: Path, evalua
 
     for fraction in FRACTIONS if "control" in args.stages else ():
         banner(f"seed {seed}: control: LangBridge on Gemma 3 270M from scratch with {fraction:.0%} of the budget")
-        measure(f"scratch_{fraction}", timed_train(f"scratch{fraction}", models["gemma3"], *share_of_budget(fraction),
-                                                   langbridge_transfer_llms=str(models["smollm2"])))  # fmt: skip
+        measure(
+            f"scratch_{fraction}",
+            timed_train(
+                f"scratch{fraction}",
+                models["gemma3"],
+                *share_of_budget(fraction),
+                langbridge_transfer_llms=str(models["smollm2"]),
+            ),
+        )
     if {"source", "moved", "finetune"} & set(args.stages):
         banner(f"seed {seed}: 1. LangBridge on SmolLM2-135M (source)")
         source = timed_train("source", models["smollm2"], full, data, langbridge_transfer_llms=str(models["gemma3"]))
@@ -103,8 +124,12 @@ def run_seed(seed: int, args, out: Path, models: dict, pool_folder: Path, evalua
         transfer(str(source), str(models["gemma3"]), moved)
         measure("moved", moved)
         for fraction in FRACTIONS if "finetune" in args.stages else ():
-            measure(f"finetune_{fraction}", timed_train(f"finetune{fraction}", models["gemma3"], *share_of_budget(fraction),
-                                                        init_bridge=str(moved)))  # fmt: skip
+            measure(
+                f"finetune_{fraction}",
+                timed_train(
+                    f"finetune{fraction}", models["gemma3"], *share_of_budget(fraction), init_bridge=str(moved)
+                ),
+            )
     if "direct" in args.stages or "reverse" in args.stages:
         banner(f"seed {seed}: 3. LangBridge on Gemma 3 270M from scratch (direct)")
         direct = timed_train("direct", models["gemma3"], full, data, langbridge_transfer_llms=str(models["smollm2"]))
@@ -138,10 +163,17 @@ def summary(per_seed: dict, vocabulary: dict, args, seconds: float) -> dict:
         "reverse_zero_train_colour_shape": median("reverse"),
         "target_scratch_colour_shape": {str(f): median(f"scratch_{f}") for f in FRACTIONS},
         "per_seed": per_seed,
-        "setup": {"steps": args.steps, "batch_size": DEMO_BUDGET["batch_size"], "learning_rate": args.learning_rate,
-                  "coefficients": args.coefficients, "gelu_before_words": args.gelu_before_words,
-                  "train_images": args.train_images, "eval_images": args.eval_images, "stages": args.stages,
-                  "command": "python bench/langbridge_transfer.py " + " ".join(sys.argv[1:])},  # fmt: skip
+        "setup": {
+            "steps": args.steps,
+            "batch_size": DEMO_BUDGET["batch_size"],
+            "learning_rate": args.learning_rate,
+            "coefficients": args.coefficients,
+            "gelu_before_words": args.gelu_before_words,
+            "train_images": args.train_images,
+            "eval_images": args.eval_images,
+            "stages": args.stages,
+            "command": "python bench/langbridge_transfer.py " + " ".join(sys.argv[1:]),
+        },
         "seconds": round(seconds, 1),
     }
 
@@ -157,7 +189,9 @@ def plot(result: dict, path: Path) -> None:
     moved = [result["target_zero_train_colour_shape"], *result["target_finetune_colour_shape"].values()]
     figure, axis = plt.subplots(figsize=(6, 4))
     axis.plot(shares, moved, "o-", label="moved from SmolLM2, then fine-tuned")
-    axis.axhline(result["target_direct_colour_shape"], color="gray", linestyle="--", label="trained from scratch (100 %)")
+    axis.axhline(
+        result["target_direct_colour_shape"], color="gray", linestyle="--", label="trained from scratch (100 %)"
+    )
     axis.set_xlabel("fine-tuning compute, share of the from-scratch budget")
     axis.set_ylabel(f"captions naming colour and shape ({result['eval_split']})")
     axis.set_title(f"LangBridge on Gemma 3 270M, median of {result['seeds']} seed(s)")
@@ -178,8 +212,12 @@ def main(argv=None) -> None:
     parser.add_argument("--train-images", type=int, default=3042, help="of the 3,042-image training pool")
     parser.add_argument("--eval-images", type=int, default=300)
     parser.add_argument("--eval-split", choices=("test", "validation"), default="test")
-    parser.add_argument("--stages", type=lambda text: text.split(","), default=list(STAGES),
-                        help="comma-separated, of " + ",".join(STAGES))  # fmt: skip
+    parser.add_argument(
+        "--stages",
+        type=lambda text: text.split(","),
+        default=list(STAGES),
+        help="comma-separated, of " + ",".join(STAGES),
+    )
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None, help="PNG of the transfer curve")
     args = parser.parse_args(argv)
@@ -193,12 +231,16 @@ def main(argv=None) -> None:
 
     models = {"vision": efficientnet_lite0(), "smollm2": smollm2_135m(), "gemma3": gemma3_270m()}
     pool_folder, validation = split_train(out)
-    rows = validation if args.eval_split == "validation" else datasets.load_from_disk(
-        str(easy_vqa_dataset(cache_root())))["test"]  # fmt: skip
+    rows = (
+        validation
+        if args.eval_split == "validation"
+        else datasets.load_from_disk(str(easy_vqa_dataset(cache_root())))["test"]
+    )
     rows = rows.select(range(min(args.eval_images, len(rows))))
     evaluation = (vision_states(rows["image"], f"{args.eval_split}-{len(rows)}"), rows["colour"], rows["shape"])
-    *_, vocabulary = english_vocabulary([AutoTokenizer.from_pretrained(str(models[n])) for n in ("smollm2", "gemma3")],
-                                       19_200)  # fmt: skip
+    *_, vocabulary = english_vocabulary(
+        [AutoTokenizer.from_pretrained(str(models[n])) for n in ("smollm2", "gemma3")], 19_200
+    )
     per_seed = {str(seed): run_seed(seed, args, out, models, pool_folder, evaluation) for seed in args.seeds}
     result = summary(per_seed, vocabulary, args, time.time() - start)
     print(json.dumps({k: v for k, v in result.items() if k != "per_seed"}, indent=2))

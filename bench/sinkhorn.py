@@ -70,9 +70,10 @@ def peak_extra_buffers(fn, scores, device) -> float:
         result = fn()
     del result
     events = sorted(
-        (e.time_range.start, e.cpu_memory_usage) for e in profiler.events() if e.cpu_memory_usage != 0
-        and not e.cpu_children
-    )  # fmt: skip
+        (e.time_range.start, e.cpu_memory_usage)
+        for e in profiler.events()
+        if e.cpu_memory_usage != 0 and not e.cpu_children
+    )
     level = peak = 0
     for _, delta in events:
         level += delta
@@ -87,7 +88,9 @@ def main() -> None:
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     device = torch.device(args.device)
-    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"}
+    results = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
+    }
     for name, vocab in (("t5", 32128), ("opt", 50272)):
         generator = torch.Generator().manual_seed(0)
         a = torch.nn.functional.normalize(torch.randn(BATCH, 64, generator=generator), dim=-1)

@@ -52,9 +52,13 @@ def breakdown(model, inputs, repeats):
         model.assignment_loss(codes, text_codes, text_targets)[0].backward()
 
     return interleaved_medians(
-        {"text_code_and_target": text_code_and_target, "image_target": image_target,
-         "image_code_and_loss": image_code_and_loss}, repeats,
-    )  # fmt: skip
+        {
+            "text_code_and_target": text_code_and_target,
+            "image_target": image_target,
+            "image_code_and_loss": image_code_and_loss,
+        },
+        repeats,
+    )
 
 
 def memory(model) -> dict:
@@ -72,17 +76,32 @@ def memory(model) -> dict:
 
 def paper_scale_memory() -> dict:
     """CLIP ViT-B/32 + T5-base and + OPT-1.3b, built on the meta device from their published configs."""
-    clip_b32 = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-                                image_size=224, patch_size=32)  # fmt: skip
+    clip_b32 = CLIPVisionConfig(
+        hidden_size=768,
+        intermediate_size=3072,
+        num_attention_heads=12,
+        num_hidden_layers=12,
+        image_size=224,
+        patch_size=32,
+    )
     llms = {
         "t5-base": T5Config(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12),
-        "opt-1.3b": AutoConfig.for_model("opt", vocab_size=50272, hidden_size=2048, ffn_dim=8192, num_hidden_layers=24,
-                                         num_attention_heads=32, word_embed_proj_dim=2048),  # fmt: skip
+        "opt-1.3b": AutoConfig.for_model(
+            "opt",
+            vocab_size=50272,
+            hidden_size=2048,
+            ffn_dim=8192,
+            num_hidden_layers=24,
+            num_attention_heads=32,
+            word_embed_proj_dim=2048,
+        ),
     }
     results = {}
     for name, llm in llms.items():
         with torch.device("meta"):
-            model = VLAPForConditionalGeneration(VLAPConfig(vision_config=clip_b32.to_dict(), text_config=llm.to_dict()))
+            model = VLAPForConditionalGeneration(
+                VLAPConfig(vision_config=clip_b32.to_dict(), text_config=llm.to_dict())
+            )
         results[f"clip-vit-b32+{name}"] = memory(model)
     return results
 
@@ -99,21 +118,33 @@ def main():
     for kind, (method, overrides) in ((k, m) for k in bench_kinds(args.real) for m in methods.items()):
         vlap = vlap_model(kind, **overrides).train()
         caption_only = vlap_model(kind, assignment_loss_weight=0.0).train()
-        inputs = real_batch(vlap, args.batch_size) if kind == REAL else batch(args.batch_size, vocab=vlap.word_prior.numel())
-        times = interleaved_medians({"vlap": step_fn(vlap, inputs), "caption_only": step_fn(caption_only, inputs)},
-                                    args.repeats)  # fmt: skip
+        inputs = (
+            real_batch(vlap, args.batch_size) if kind == REAL else batch(args.batch_size, vocab=vlap.word_prior.numel())
+        )
+        times = interleaved_medians(
+            {"vlap": step_fn(vlap, inputs), "caption_only": step_fn(caption_only, inputs)}, args.repeats
+        )
         parts = breakdown(vlap, inputs, args.repeats)
         ratio = times["vlap"] / times["caption_only"]
-        results[f"{kind}/{method}"] = {"seconds": times, "vlap_over_caption_only": ratio, "breakdown_seconds": parts,
-                                       "memory": memory(vlap)}  # fmt: skip
-        print(f"{kind}, {method} text code: VLAP step / caption-only step = {ratio:.3f} (goal <= 1.10); extra "
-              f"{times['vlap'] - times['caption_only']:.3f}s of {times['caption_only']:.3f}s; parts timed alone: "
-              + ", ".join(f"{k} {v:.3f}s" for k, v in parts.items())
-              + f"; bridge {memory(vlap)['trainable_fraction']:.4%} of parameters")  # fmt: skip
+        results[f"{kind}/{method}"] = {
+            "seconds": times,
+            "vlap_over_caption_only": ratio,
+            "breakdown_seconds": parts,
+            "memory": memory(vlap),
+        }
+        print(
+            f"{kind}, {method} text code: VLAP step / caption-only step = {ratio:.3f} (goal <= 1.10); extra "
+            f"{times['vlap'] - times['caption_only']:.3f}s of {times['caption_only']:.3f}s; parts timed alone: "
+            + ", ".join(f"{k} {v:.3f}s" for k, v in parts.items())
+            + f"; bridge {memory(vlap)['trainable_fraction']:.4%} of parameters"
+        )
     results["paper_scale"] = paper_scale_memory()
     for name, row in results["paper_scale"].items():
-        print(f"{name}: bridge {row['trainable_parameters']:,} parameters ({row['trainable_fraction']:.3%}); bridge + "
-              f"AdamW state {row['bridge_plus_state_bytes'] / 2**20:.1f} MiB vs frozen {row['frozen_bytes_fp32'] / 2**30:.2f} GiB")
+        print(
+            f"{name}: bridge {row['trainable_parameters']:,} parameters ({row['trainable_fraction']:.3%}); bridge + "
+            f"AdamW state {row['bridge_plus_state_bytes'] / 2**20:.1f} MiB "
+            f"vs frozen {row['frozen_bytes_fp32'] / 2**30:.2f} GiB"
+        )
     write_report(results, args.json)
 
 

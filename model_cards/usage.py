@@ -18,8 +18,12 @@ print(captioner(IMAGE, prompt="Question: what colour is it? Answer:", max_new_to
 # --- image-text-to-text: a text prompt, or chat messages with the image in them
 chat = pipeline("image-text-to-text", model=MODEL, trust_remote_code=True)
 print(chat(images=IMAGE, text="Question: what colour is it? Answer:", max_new_tokens=5, return_full_text=False))
-messages = [{"role": "user", "content": [{"type": "image", "image": IMAGE},
-                                         {"type": "text", "text": "What colour is the shape?"}]}]
+messages = [
+    {
+        "role": "user",
+        "content": [{"type": "image", "image": IMAGE}, {"type": "text", "text": "What colour is the shape?"}],
+    }
+]
 print(chat(text=messages, max_new_tokens=5)[0]["generated_text"][-1])  # the assistant's turn
 
 # --- zero-shot-image-classification: labels scored by the bridged image and text features (CLIP-style)

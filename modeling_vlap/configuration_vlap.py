@@ -10,11 +10,17 @@ from .efficientnet_lite import EfficientNetLiteConfig  # noqa: F401
 # The pipelines that `pipeline(task, model=<saved folder>, trust_remote_code=True)` resolves to.
 CUSTOM_PIPELINES = {
     "image-to-text": {"impl": "pipeline_vlap.VLAPImageToTextPipeline", "pt": ["AutoModel"], "type": "multimodal"},
-    "image-text-to-text": {"impl": "pipeline_vlap.VLAPImageTextToTextPipeline", "pt": ["AutoModel"],
-                           "type": "multimodal"},
-    "zero-shot-image-classification": {"impl": "pipeline_vlap.VLAPZeroShotImageClassificationPipeline",
-                                       "pt": ["AutoModelForZeroShotImageClassification"], "type": "multimodal"},
-}  # fmt: skip
+    "image-text-to-text": {
+        "impl": "pipeline_vlap.VLAPImageTextToTextPipeline",
+        "pt": ["AutoModel"],
+        "type": "multimodal",
+    },
+    "zero-shot-image-classification": {
+        "impl": "pipeline_vlap.VLAPZeroShotImageClassificationPipeline",
+        "pt": ["AutoModelForZeroShotImageClassification"],
+        "type": "multimodal",
+    },
+}
 
 
 class VLAPConfig(PreTrainedConfig):
@@ -110,7 +116,10 @@ class VLAPConfig(PreTrainedConfig):
         if self.bridge_type not in ("linear", "langbridge"):
             raise ValueError(f"VLAPConfig.bridge_type must be 'linear' or 'langbridge', got {self.bridge_type!r}")
         if self.langbridge_coefficients not in ("softmax", "linear"):
-            raise ValueError(f"VLAPConfig.langbridge_coefficients must be 'softmax' or 'linear', got {self.langbridge_coefficients!r}")
+            raise ValueError(
+                "VLAPConfig.langbridge_coefficients must be 'softmax' or 'linear', "
+                f"got {self.langbridge_coefficients!r}"
+            )
         if self.bridge_type == "langbridge":
             tokens, ids = self.langbridge_tokens or [], self.langbridge_token_ids or []
             if not tokens or len(tokens) != len(ids):

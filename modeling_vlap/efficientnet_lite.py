@@ -60,7 +60,9 @@ class SameConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         padding = []  # (left, right, top, bottom), the larger half after, as TensorFlow pads
-        for size, kernel, stride in zip(reversed(x.shape[-2:]), reversed(self.conv.kernel_size), reversed(self.conv.stride)):
+        for size, kernel, stride in zip(
+            reversed(x.shape[-2:]), reversed(self.conv.kernel_size), reversed(self.conv.stride)
+        ):
             total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
             padding += [total // 2, total - total // 2]
         conv = self.conv
@@ -95,7 +97,8 @@ class EfficientNetLitePreTrainedModel(PreTrainedModel):
 
 
 class EfficientNetLiteModel(EfficientNetLitePreTrainedModel):
-    """pixel_values `[B, 3, H, W]` -> last_hidden_state `[B, hidden_dim, H/32, W/32]`, pooler_output `[B, hidden_dim]`."""
+    """pixel_values `[B, 3, H, W]` -> last_hidden_state `[B, hidden_dim, H/32, W/32]` and pooler_output
+    `[B, hidden_dim]`."""
 
     _keys_to_ignore_on_load_unexpected = [r"^classifier\."]  # the backbone of a classification checkpoint
 
@@ -107,8 +110,16 @@ class EfficientNetLiteModel(EfficientNetLitePreTrainedModel):
         for repeats, kernel, stride, expand, in_channels, out_channels in config.stages:
             for index in range(repeats):
                 first = index == 0
-                blocks.append(MBConv(in_channels if first else out_channels, out_channels, kernel,
-                                     stride if first else 1, expand, eps))  # fmt: skip
+                blocks.append(
+                    MBConv(
+                        in_channels if first else out_channels,
+                        out_channels,
+                        kernel,
+                        stride if first else 1,
+                        expand,
+                        eps,
+                    )
+                )
         self.blocks = nn.Sequential(*blocks)
         self.head = SameConv(config.stages[-1][5], config.hidden_dim, 1, eps=eps)
         self.post_init()

@@ -182,8 +182,10 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
             )
         if config.bridge_type == "langbridge":
             if max(config.langbridge_token_ids) >= embeddings.num_embeddings:
-                raise ValueError(f"langbridge_token_ids go up to {max(config.langbridge_token_ids)}, beyond the "
-                                 f"LLM's {embeddings.num_embeddings} embeddings")  # fmt: skip
+                raise ValueError(
+                    f"langbridge_token_ids go up to {max(config.langbridge_token_ids)}, beyond the "
+                    f"LLM's {embeddings.num_embeddings} embeddings"
+                )
             self.bridge = LangBridge(config)
         else:
             self.bridge = LinearBridge(config.vision_hidden_size, config.projection_dim)
@@ -250,24 +252,30 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         if not config.bridge_only:
             try:
                 return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-            except Exception as error:  # safetensors' own error type (matched by name: remote code imports transformers only)
+            except (
+                Exception
+            ) as error:  # safetensors' own error type (matched by name: remote code imports transformers only)
                 if type(error).__name__ != "SafetensorError":
                     raise
-                raise OSError(f"{pretrained_model_name_or_path}: a weights file is truncated or not safetensors "
-                              f"({error})") from None  # fmt: skip
+                raise OSError(
+                    f"{pretrained_model_name_or_path}: a weights file is truncated or not safetensors ({error})"
+                ) from None
 
         backbone_kwargs = {k: kwargs[k] for k in ("cache_dir", "token", "local_files_only", "dtype") if k in kwargs}
         vision, text = (config.backbones or {}).get("vision"), (config.backbones or {}).get("text")
         if not (vision and vision.get("name_or_path") and text and text.get("name_or_path")):
-            raise ValueError(f"{pretrained_model_name_or_path} is bridge-only but its config does not name both backbones")
+            raise ValueError(
+                f"{pretrained_model_name_or_path} is bridge-only but its config does not name both backbones"
+            )
         own_fields = set(VLAPConfig.__annotations__) - {"vision_config", "text_config", "bridge_only"}
         fields = {name: getattr(config, name) for name in own_fields}
         model = cls.from_vision_text_pretrained(
-            vision["name_or_path"], text["name_or_path"],
+            vision["name_or_path"],
+            text["name_or_path"],
             vision_kwargs={**backbone_kwargs, **({"revision": vision["revision"]} if vision.get("revision") else {})},
             text_kwargs={**backbone_kwargs, **({"revision": text["revision"]} if text.get("revision") else {})},
             **fields,
-        )  # fmt: skip
+        )
         weights = cached_file(pretrained_model_name_or_path, SAFE_WEIGHTS_NAME, **hub_kwargs)
         state_dict = load_state_dict(weights)
         expected = {key for key in model.state_dict() if is_bridge_key(key)}
@@ -289,8 +297,10 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         """
         if self._auto_class is not None:
             module = type(self).__module__.split(".")[-1]
-            auto_model = {"AutoModel": f"{module}.{type(self).__name__}",
-                          "AutoModelForZeroShotImageClassification": f"{module}.VLAPForZeroShotImageClassification"}  # fmt: skip
+            auto_model = {
+                "AutoModel": f"{module}.{type(self).__name__}",
+                "AutoModelForZeroShotImageClassification": f"{module}.VLAPForZeroShotImageClassification",
+            }
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **auto_model}
         if not bridge_only:
             return super().save_pretrained(save_directory, *args, **kwargs)
@@ -360,8 +370,10 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         """LangBridge: `[B, K, N]` what each visual token says, its coefficients over `config.langbridge_tokens`
         (a distribution, or raw coefficients; words this LLM lacks get 0)."""
         if not isinstance(self.bridge, LangBridge):
-            raise ValueError("only a LangBridge model (bridge_type='langbridge') speaks in word coefficients per "
-                             "visual token; image_to_words reads any model's image as words")  # fmt: skip
+            raise ValueError(
+                "only a LangBridge model (bridge_type='langbridge') speaks in word coefficients per "
+                "visual token; image_to_words reads any model's image as words"
+            )
         return self.bridge.coefficients(self._bridge_inputs(pixel_values, vision_hidden_states))
 
     def get_image_features(self, pixel_values=None, vision_hidden_states=None) -> torch.Tensor:
@@ -389,7 +401,9 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
             encoder = self.language_model.get_encoder()
             hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         else:
-            hidden = self.language_model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden = self.language_model.base_model(
+                input_ids=input_ids, attention_mask=attention_mask
+            ).last_hidden_state
         return F.normalize(_masked_mean(hidden.float(), attention_mask), dim=-1)
 
     def _sif_weights(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -412,8 +426,10 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         weights = self._sif_weights(input_ids, attention_mask)
         rows = weights > 0
         tokens, which = torch.unique(input_ids[rows], return_inverse=True)
-        token_targets = self.assignments(self.word_codes(self.language_model.get_input_embeddings()(tokens)),
-                                         row_weights=torch.bincount(which, minlength=len(tokens)))  # fmt: skip
+        token_targets = self.assignments(
+            self.word_codes(self.language_model.get_input_embeddings()(tokens)),
+            row_weights=torch.bincount(which, minlength=len(tokens)),
+        )
         sample = torch.arange(len(input_ids), device=input_ids.device).unsqueeze(1).expand_as(input_ids)[rows]
         mixing = torch.zeros(len(input_ids), len(tokens), device=input_ids.device)  # [B, distinct tokens]
         mixing.index_put_((sample, which), weights[rows].float(), accumulate=True)
@@ -467,8 +483,14 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
     def assignments(self, codes: torch.Tensor, row_weights: torch.Tensor | None = None) -> torch.Tensor:
         """`[B, V]` codes -> `[B, V]` Sinkhorn assignments Q (rows are distributions over words; no gradient)."""
         config = self.config
-        return sinkhorn_knopp(codes.detach(), self.word_prior, config.sinkhorn_epsilon, config.sinkhorn_iterations,
-                              marginal_weight=config.word_marginal_weight, row_weights=row_weights)  # fmt: skip
+        return sinkhorn_knopp(
+            codes.detach(),
+            self.word_prior,
+            config.sinkhorn_epsilon,
+            config.sinkhorn_iterations,
+            marginal_weight=config.word_marginal_weight,
+            row_weights=row_weights,
+        )
 
     def assignment_loss(self, image_codes, text_codes, text_targets=None) -> tuple[torch.Tensor, ...]:
         """Swapped prediction: softmax(image code / tau) predicts the caption's assignment and vice versa.
@@ -532,13 +554,22 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         return logits, labels[:, keep + 1]
 
     @torch.no_grad()
-    def caption_log_likelihood(self, input_ids, attention_mask=None, pixel_values=None, vision_hidden_states=None,
-                               prompt_input_ids=None, prompt_attention_mask=None) -> torch.Tensor:  # fmt: skip
+    def caption_log_likelihood(
+        self,
+        input_ids,
+        attention_mask=None,
+        pixel_values=None,
+        vision_hidden_states=None,
+        prompt_input_ids=None,
+        prompt_attention_mask=None,
+    ) -> torch.Tensor:
         """`[B]` log p(caption | image, prompt) summed over the caption's tokens (EOS included): scores candidate
         answers or captions for closed-set VQA and classification by the LLM itself."""
         prefix = self.get_image_prefix(pixel_values, vision_hidden_states)
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        logits, targets = self._caption_logits(prefix, input_ids, attention_mask, prompt_input_ids, prompt_attention_mask)
+        logits, targets = self._caption_logits(
+            prefix, input_ids, attention_mask, prompt_input_ids, prompt_attention_mask
+        )
         token_log_probs = -F.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none")
         return token_log_probs.sum(dim=1)
 
@@ -558,9 +589,10 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
             prompt_input_ids, prompt_attention_mask: `[B, P]` text after the visual prefix ("A picture of").
 
         With captions (they are the labels, as in transformers' captioning models) the output holds `loss`, its parts
-        and the logits at the caption positions. Without captions the LLM is not run: the output is the image features (what the image-feature-extraction
-        pipeline reads), `last_hidden_state` `[B, K, D]` the mapped visual tokens and `pooler_output` `[B, D]` their
-        normalised mean (`get_image_features`). To caption images call generate().
+        and the logits at the caption positions. Without captions the LLM is not run: the output is the image
+        features (what the image-feature-extraction pipeline reads), `last_hidden_state` `[B, K, D]` the mapped visual
+        tokens and `pooler_output` `[B, D]` their normalised mean (`get_image_features`). To caption images call
+        generate().
         """
         if input_ids is None:
             prefix = self.get_image_prefix(pixel_values, vision_hidden_states)
@@ -571,7 +603,9 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         prefix = self.get_image_prefix(pixel_values, vision_hidden_states)
         if prefix.shape[0] != input_ids.shape[0]:
             raise ValueError(f"got {prefix.shape[0]} images but {input_ids.shape[0]} captions")
-        logits, targets = self._caption_logits(prefix, input_ids, attention_mask, prompt_input_ids, prompt_attention_mask)
+        logits, targets = self._caption_logits(
+            prefix, input_ids, attention_mask, prompt_input_ids, prompt_attention_mask
+        )
         caption_loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())  # token mean, as the LLM's own
         if self.config.assignment_loss_weight == 0:  # caption-only (LiMBeR-style): skip L_map entirely
             return VLAPOutput(loss=caption_loss, caption_loss=caption_loss, logits=logits)
@@ -615,13 +649,17 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         Generation parameters come from `generation_config` (default: this model's), updated by `kwargs`.
         A decoder-only LLM sees each row left-padded: [pad ...; prefix; prompt], never padding in between.
         """
-        generation_config = copy.deepcopy(generation_config if generation_config is not None else self.generation_config)
+        generation_config = copy.deepcopy(
+            generation_config if generation_config is not None else self.generation_config
+        )
         model_kwargs = generation_config.update(**kwargs)
         prefix = self.get_image_prefix(pixel_values, vision_hidden_states)
         embeds, mask = self._prefix_and_prompt(prefix, prompt_input_ids, prompt_attention_mask)
         side = "right" if self.is_encoder_decoder_llm else "left"
         mask, embeds = pack_padding(mask, embeds, padding_side=side)
-        self._check_positions(mask.shape[1] + (generation_config.max_new_tokens or 0), prefix.shape[1], "prompt + new tokens")
+        self._check_positions(
+            mask.shape[1] + (generation_config.max_new_tokens or 0), prefix.shape[1], "prompt + new tokens"
+        )
         return self.language_model.generate(
             inputs_embeds=embeds, attention_mask=mask, generation_config=generation_config, **model_kwargs
         )
@@ -648,15 +686,26 @@ class VLAPForZeroShotImageClassification(VLAPForConditionalGeneration):
     cosine similarities out. The logit scale is fixed at 1 / `assignment_temperature` (100: the sharpness L_map trains
     the image codes with), so softmax(logits_per_image) ranks the labels as the code space does."""
 
-    def forward(self, input_ids: torch.Tensor, pixel_values=None, attention_mask=None, vision_hidden_states=None,
-                **kwargs) -> VLAPZeroShotOutput:  # fmt: skip
+    def forward(
+        self, input_ids: torch.Tensor, pixel_values=None, attention_mask=None, vision_hidden_states=None, **kwargs
+    ) -> VLAPZeroShotOutput:
         """`input_ids` `[T, L]`: the candidate texts (tokenised plainly); `pixel_values` `[N, 3, H, W]`."""
         image_embeds = self.get_image_features(pixel_values, vision_hidden_states)
         text_embeds = self.get_text_features(input_ids, attention_mask)
         logits_per_image = image_embeds @ text_embeds.T / self.config.assignment_temperature
-        return VLAPZeroShotOutput(logits_per_image=logits_per_image, logits_per_text=logits_per_image.T,
-                                  image_embeds=image_embeds, text_embeds=text_embeds)  # fmt: skip
+        return VLAPZeroShotOutput(
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_image.T,
+            image_embeds=image_embeds,
+            text_embeds=text_embeds,
+        )
 
 
-__all__ = ["VLAPPreTrainedModel", "VLAPForConditionalGeneration", "VLAPForZeroShotImageClassification", "VLAPOutput",
-           "VLAPZeroShotOutput", "LangBridge"]  # fmt: skip
+__all__ = [
+    "VLAPPreTrainedModel",
+    "VLAPForConditionalGeneration",
+    "VLAPForZeroShotImageClassification",
+    "VLAPOutput",
+    "VLAPZeroShotOutput",
+    "LangBridge",
+]

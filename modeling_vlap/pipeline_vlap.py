@@ -21,7 +21,9 @@ LABEL_TEMPLATE = "a {}"
 
 def _fetched(image, timeout):
     """An http(s) URL fetched with the pipeline's `timeout` (the processor's own `fetch_image`); anything else as is."""
-    return fetch_image(image, timeout) if isinstance(image, str) and image.startswith(("http://", "https://")) else image
+    return (
+        fetch_image(image, timeout) if isinstance(image, str) and image.startswith(("http://", "https://")) else image
+    )
 
 
 class VLAPImageToTextPipeline(Pipeline):
@@ -36,7 +38,11 @@ class VLAPImageToTextPipeline(Pipeline):
 
     def _sanitize_parameters(self, prompt=None, timeout=None, generate_kwargs=None, **generation_params):
         """`prompt` and `timeout` shape the input; everything else (max_new_tokens, num_beams, ...) goes to generate."""
-        return {"prompt": prompt, "timeout": timeout}, {"generate_kwargs": {**(generate_kwargs or {}), **generation_params}}, {}
+        return (
+            {"prompt": prompt, "timeout": timeout},
+            {"generate_kwargs": {**(generate_kwargs or {}), **generation_params}},
+            {},
+        )
 
     def preprocess(self, image, prompt=None, timeout=None):
         return self.processor(images=[_fetched(image, timeout)], prompt=prompt, return_tensors="pt")
@@ -60,8 +66,9 @@ class VLAPImageTextToTextPipeline(ImageTextToTextPipeline):
 
     def preprocess(self, inputs=None, timeout=None, continue_final_message=None, **processing_kwargs):
         if isinstance(inputs, Chat):
-            return super().preprocess(inputs, timeout=timeout, continue_final_message=continue_final_message,
-                                      **processing_kwargs)  # fmt: skip
+            return super().preprocess(
+                inputs, timeout=timeout, continue_final_message=continue_final_message, **processing_kwargs
+            )
         if isinstance(inputs, (list, tuple, str)) or inputs.get("images") is None:
             raise ValueError("a VLAP model needs an image with the text: pipe(images=..., text=...)")
         images = inputs["images"] if isinstance(inputs["images"], list) else [inputs["images"]]
@@ -74,7 +81,11 @@ class VLAPImageTextToTextPipeline(ImageTextToTextPipeline):
         prompt_text = model_inputs.pop("text")
         generate_kwargs = self._prepare_generate_kwargs(generate_kwargs or {}, return_dict_in_generate=False)
         generated = self.model.generate(**model_inputs, **generate_kwargs)  # the new tokens only
-        return {"generated_sequence": generated, "prompt_text": prompt_text, "input_ids": model_inputs["prompt_input_ids"]}
+        return {
+            "generated_sequence": generated,
+            "prompt_text": prompt_text,
+            "input_ids": model_inputs["prompt_input_ids"],
+        }
 
 
 class VLAPZeroShotImageClassificationPipeline(ZeroShotImageClassificationPipeline):
@@ -91,8 +102,11 @@ class VLAPZeroShotImageClassificationPipeline(ZeroShotImageClassificationPipelin
     def preprocess(self, image, candidate_labels=None, hypothesis_template=LABEL_TEMPLATE, timeout=None, **kwargs):
         inputs = self.processor(images=[_fetched(image, timeout)], return_tensors="pt")
         texts = self.processor(text=[hypothesis_template.format(label) for label in candidate_labels])
-        return {"pixel_values": inputs["pixel_values"].to(self.dtype), "candidate_labels": candidate_labels,
-                "text_inputs": [{"input_ids": texts["input_ids"], "attention_mask": texts["attention_mask"]}]}  # fmt: skip
+        return {
+            "pixel_values": inputs["pixel_values"].to(self.dtype),
+            "candidate_labels": candidate_labels,
+            "text_inputs": [{"input_ids": texts["input_ids"], "attention_mask": texts["attention_mask"]}],
+        }
 
     def _forward(self, model_inputs):
         text_inputs = model_inputs.pop("text_inputs")[0]

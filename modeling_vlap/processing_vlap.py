@@ -177,7 +177,10 @@ class VLAPProcessor(ProcessorMixin):
         prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         joint = self.tokenizer([prompt + separator + c for c in captions], add_special_tokens=False)["input_ids"]
         spaced = self.tokenizer([separator + c for c in captions], add_special_tokens=False)["input_ids"]
-        return [ids[len(prompt_ids) :] if ids[: len(prompt_ids)] == prompt_ids else alone for ids, alone in zip(joint, spaced)]
+        return [
+            ids[len(prompt_ids) :] if ids[: len(prompt_ids)] == prompt_ids else alone
+            for ids, alone in zip(joint, spaced)
+        ]
 
     def prompt_inputs(self, num_images: int, prompt=None, return_tensors: str | None = "pt") -> BatchFeature:
         """`prompt_input_ids` / `prompt_attention_mask` for `num_images` images (also for cached vision features).
@@ -208,9 +211,17 @@ class VLAPProcessor(ProcessorMixin):
             "attention_mask": [[1] * len(row) + [0] * (width - len(row)) for row in ids],
         }
 
-    def apply_chat_template(self, conversation, chat_template: str | None = None, add_generation_prompt: bool = False,
-                            tokenize: bool = False, return_dict: bool = False, return_tensors: str | None = "pt",
-                            continue_final_message: bool = False, **kwargs):  # fmt: skip
+    def apply_chat_template(
+        self,
+        conversation,
+        chat_template: str | None = None,
+        add_generation_prompt: bool = False,
+        tokenize: bool = False,
+        return_dict: bool = False,
+        return_tensors: str | None = "pt",
+        continue_final_message: bool = False,
+        **kwargs,
+    ):
         """Chat messages (one conversation or a list of them) -> the prompt after each image's visual prefix.
 
         Image items of the content (`{"type": "image", "image" | "url" | "path": ...}`) are taken out of the text: the
@@ -221,7 +232,9 @@ class VLAPProcessor(ProcessorMixin):
         """
         batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
         prompts, images = [], []
-        template = chat_template or getattr(self, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
+        template = (
+            chat_template or getattr(self, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
+        )
         for messages in conversation if batched else [conversation]:
             turns = []
             for message in messages:
@@ -233,16 +246,24 @@ class VLAPProcessor(ProcessorMixin):
                     content = " ".join(item["text"] for item in content if item.get("type") == "text")
                 turns.append({"role": message["role"], "content": content})
             if template:
-                prompts.append(self.tokenizer.apply_chat_template(
-                    turns, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt,
-                    continue_final_message=continue_final_message))  # fmt: skip
+                prompts.append(
+                    self.tokenizer.apply_chat_template(
+                        turns,
+                        chat_template=template,
+                        tokenize=False,
+                        add_generation_prompt=add_generation_prompt,
+                        continue_final_message=continue_final_message,
+                    )
+                )
             else:
                 prompts.append("\n".join(turn["content"] for turn in turns if turn["content"]))
         if not tokenize:
             return prompts if batched else prompts[0]
         if len(images) != len(prompts):
-            raise ValueError(f"each conversation needs exactly one image item, got {len(images)} image(s) for "
-                             f"{len(prompts)} conversation(s)")  # fmt: skip
+            raise ValueError(
+                f"each conversation needs exactly one image item, got {len(images)} image(s) for "
+                f"{len(prompts)} conversation(s)"
+            )
         return self(images=images, prompt=prompts, return_tensors=return_tensors)
 
     def decode_words(self, token_ids) -> list[list[str]]:

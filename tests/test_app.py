@@ -79,21 +79,25 @@ def test_words_of_a_langbridge_model_per_visual_token(backbones, saved):
     assert len(per_token) == 4
     for row, token in zip(per_token.itertuples(index=False), coefficients):
         top = token.topk(5)
-        expected = [f"{web.printable(model.config.langbridge_tokens[i])} ({c:.2f})" for i, c in zip(top.indices, top.values)]
+        expected = [
+            f"{web.printable(model.config.langbridge_tokens[i])} ({c:.2f})" for i, c in zip(top.indices, top.values)
+        ]
         assert row[1] == ", ".join(expected)
 
 
 def test_arithmetic_and_retrieval_rank_as_the_library(demo, saved):
     words, images = demo.arithmetic(upload(saved / "red_circle.png"), "- red + blue", top_k=5)
     image = Image.open(saved / "red_circle.png")
-    expected = tasks.arithmetic(demo.model, demo.processor, image, [("-", "red"), ("+", "blue")], top_k=5,
-                                images=demo.gallery_images)  # fmt: skip
+    expected = tasks.arithmetic(
+        demo.model, demo.processor, image, [("-", "red"), ("+", "blue")], top_k=5, images=demo.gallery_images
+    )
     assert list(words["word"]) == [web.printable(w) for w, _ in expected["words"]]
     assert [path for path, _ in images] == [str(demo.gallery_paths[i]) for i, _ in expected["images"]]
 
     found = demo.text_to_images("a blue triangle", top_k=3)
-    gallery = F.normalize(demo.model.get_image_prefix(demo.processor(images=demo.gallery_images)["pixel_values"])
-                          .mean(dim=1), dim=-1)  # fmt: skip
+    gallery = F.normalize(
+        demo.model.get_image_prefix(demo.processor(images=demo.gallery_images)["pixel_values"]).mean(dim=1), dim=-1
+    )
     query = tasks.text_features(demo.model, demo.processor, ["a blue triangle"])
     order = (query @ gallery.T)[0].argsort(descending=True)[:3]
     assert [path for path, _ in found] == [str(demo.gallery_paths[i]) for i in order]
@@ -112,7 +116,9 @@ def test_bad_input_is_a_message_that_names_the_cause(demo, saved, monkeypatch):
     assert "a text" in message(lambda: demo.text_to_images(""))
     assert "candidate captions" in message(lambda: demo.image_to_texts(red, "\n \n"))
     # The tiny LLM has 128 positions: the default VQA layout does not fit, and the page says so.
-    assert "exceed the LLM's 128 positions" in message(lambda: demo.ask(red, "What colour is it?", 10, lambda *a, **k: 0))
+    assert "exceed the LLM's 128 positions" in message(
+        lambda: demo.ask(red, "What colour is it?", 10, lambda *a, **k: 0)
+    )
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # a decompression bomb, scaled down
     assert "red_circle.png: over the limit of 100 pixels" in message(lambda: demo.words(red))
 
@@ -128,8 +134,13 @@ def test_every_model_call_waits_for_the_one_queue_slot(demo):
 def test_a_folder_that_is_not_a_model_stops_the_server_before_it_serves(entry, tmp_path):
     (tmp_path / "config.json").write_text("{ not json")
     command = [sys.executable, "-m", "vlap.cli", "serve"] if entry == "vlap serve" else [sys.executable, "app.py"]
-    result = subprocess.run(command + [str(tmp_path), "--port", str(browser.free_port())], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        command + [str(tmp_path), "--port", str(browser.free_port())],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"{tmp_path}: cannot load the model" in result.stderr.strip().splitlines()[-1]
 
@@ -149,8 +160,10 @@ def page(saved):
         pytest.fail(f"VLAP_BROWSER_TESTS=required, but {reason}")
     with browser.served(saved / "model") as (url, _), browser.browser_page() as page:
         page.outside = []
-        page.on("request", lambda request: urlparse(request.url).hostname in ("127.0.0.1", None)
-                or page.outside.append(request.url))  # fmt: skip
+        page.on(
+            "request",
+            lambda request: urlparse(request.url).hostname in ("127.0.0.1", None) or page.outside.append(request.url),
+        )
         page.goto(url)
         yield page
 

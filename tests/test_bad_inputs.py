@@ -43,7 +43,9 @@ def world(backbones, tmp_path_factory) -> dict:
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
 
 
 # ------------------------------------------------------------------------------------------------------------- CLI
@@ -56,49 +58,108 @@ CLI_CASES = {
     "caption: no such model folder": (["caption", "./no/such/model", "{images}"], "no such folder"),
     "caption: truncated weights": (["caption", "{root}/truncated", "{images}"], "truncated or not safetensors"),
     "caption: foreign weights": (["caption", "{root}/foreign", "{images}"], "truncated or not safetensors"),
-    "caption: prompt beyond the LLM": (["caption", "{model}", "{images}", "--prompt", "red " * 200],
-                                       "exceed the LLM's 128 positions"),
+    "caption: prompt beyond the LLM": (
+        ["caption", "{model}", "{images}", "--prompt", "red " * 200],
+        "exceed the LLM's 128 positions",
+    ),
     "caption: empty glob": (["caption", "{model}", "{root}/*.jpeg"], "the pattern matches no files"),
-    "vqa: unknown template field": (["vqa", "{model}", "{images}/a.png", "what?", "--template", "{question} {colour}"],
-                                    "unknown: colour"),
-    "vqa: template without the question": (["vqa", "{model}", "{images}/a.png", "what?", "--template", "Answer:"],
-                                           "needs a {question} field"),
-    "vqa: layout beyond the LLM": (["vqa", "{model}", "{images}/a.png", "what colour is it?"],
-                                   "exceed the LLM's 128 positions"),
+    "vqa: unknown template field": (
+        ["vqa", "{model}", "{images}/a.png", "what?", "--template", "{question} {colour}"],
+        "unknown: colour",
+    ),
+    "vqa: template without the question": (
+        ["vqa", "{model}", "{images}/a.png", "what?", "--template", "Answer:"],
+        "needs a {question} field",
+    ),
+    "vqa: layout beyond the LLM": (
+        ["vqa", "{model}", "{images}/a.png", "what colour is it?"],
+        "exceed the LLM's 128 positions",
+    ),
     "retrieve: no texts": (["retrieve", "{model}", "--images", "{images}"], "give texts to rank"),
-    "retrieve: empty text file": (["retrieve", "{model}", "--images", "{images}", "--texts", "{root}/empty.txt"],
-                                  "no non-empty lines"),
-    "retrieve: missing text file": (["retrieve", "{model}", "--images", "{images}", "--texts", "{root}/none.txt"],
-                                    "cannot read the text file"),
+    "retrieve: empty text file": (
+        ["retrieve", "{model}", "--images", "{images}", "--texts", "{root}/empty.txt"],
+        "no non-empty lines",
+    ),
+    "retrieve: missing text file": (
+        ["retrieve", "{model}", "--images", "{images}", "--texts", "{root}/none.txt"],
+        "cannot read the text file",
+    ),
     "words: a folder, not one image": (["words", "{model}", "{images}"], "give one image (3 found)"),
-    "arithmetic: missing sign": (["arithmetic", "{model}", "{images}/a.png", "red", "+", "blue"], "expected '+' or '-'"),
-    "arithmetic: ends with a sign": (["arithmetic", "{model}", "{images}/a.png", "-", "red", "+"],
-                                     "must end with a word"),
+    "arithmetic: missing sign": (
+        ["arithmetic", "{model}", "{images}/a.png", "red", "+", "blue"],
+        "expected '+' or '-'",
+    ),
+    "arithmetic: ends with a sign": (
+        ["arithmetic", "{model}", "{images}/a.png", "-", "red", "+"],
+        "must end with a word",
+    ),
     "classify: one label": (["classify", "{model}", "{images}", "--labels", "cat"], "at least two distinct labels"),
     "classify: repeated labels": (["classify", "{model}", "{images}", "--labels", "cat,cat"], "two distinct labels"),
-    "classify: template without {}": (["classify", "{model}", "{images}", "--labels", "cat,dog", "--template", "a"],
-                                      "has no {} for the label"),
-    "eval: --template without vqa": (["eval", "{model}", "--task", "caption", "--data", "{captions}", "--template",
-                                      "Q: {question}", "--out", "{root}/report.json"], "it needs --task vqa"),
-    "eval: missing caption column": (["eval", "{model}", "--task", "caption", "--data", "{captions}",
-                                      "--caption-column", "text", "--out", "{root}/report.json"], "no column 'text'"),
-    "eval: vqa on caption data": (["eval", "{model}", "--task", "vqa", "--data", "{captions}", "--out",
-                                   "{root}/report.json"], "VQA data needs"),
+    "classify: template without {}": (
+        ["classify", "{model}", "{images}", "--labels", "cat,dog", "--template", "a"],
+        "has no {} for the label",
+    ),
+    "eval: --template without vqa": (
+        [
+            "eval",
+            "{model}",
+            "--task",
+            "caption",
+            "--data",
+            "{captions}",
+            "--template",
+            "Q: {question}",
+            "--out",
+            "{root}/report.json",
+        ],
+        "it needs --task vqa",
+    ),
+    "eval: missing caption column": (
+        [
+            "eval",
+            "{model}",
+            "--task",
+            "caption",
+            "--data",
+            "{captions}",
+            "--caption-column",
+            "text",
+            "--out",
+            "{root}/report.json",
+        ],
+        "no column 'text'",
+    ),
+    "eval: vqa on caption data": (
+        ["eval", "{model}", "--task", "vqa", "--data", "{captions}", "--out", "{root}/report.json"],
+        "VQA data needs",
+    ),
     "eval: no such data": (["eval", "{model}", "--task", "caption", "--data", "{root}/missing.jsonl"], "missing.jsonl"),
-    "words: plot onto a full disk": (["words", "{model}", "{images}/a.png", "--plot", "/dev/full"],
-                                     "No space left on device"),
-    "eval: report onto a full disk": (["eval", "{model}", "--task", "caption", "--data", "{captions}", "--out",
-                                       "/dev/full"], "No space left on device"),
-}  # fmt: skip
+    "words: plot onto a full disk": (
+        ["words", "{model}", "{images}/a.png", "--plot", "/dev/full"],
+        "No space left on device",
+    ),
+    "eval: report onto a full disk": (
+        ["eval", "{model}", "--task", "caption", "--data", "{captions}", "--out", "/dev/full"],
+        "No space left on device",
+    ),
+}
 
 
 @pytest.mark.parametrize("case", CLI_CASES)
 def test_cli(world, capsys, monkeypatch, case):
     argv, reason = CLI_CASES[case]
-    paths = {"model": world["root"] / "model", "root": world["root"], "images": world["root"] / "images",
-             "captions": world["captions"]}  # fmt: skip
-    argv = [arg.format(**{k: str(v) for k, v in paths.items()}) if "{" in arg and "}" in arg and arg.count("{") == 1
-            and arg[arg.index("{") + 1 : arg.index("}")] in paths else arg for arg in argv]  # fmt: skip
+    paths = {
+        "model": world["root"] / "model",
+        "root": world["root"],
+        "images": world["root"] / "images",
+        "captions": world["captions"],
+    }
+    argv = [
+        arg.format(**{k: str(v) for k, v in paths.items()})
+        if "{" in arg and "}" in arg and arg.count("{") == 1 and arg[arg.index("{") + 1 : arg.index("}")] in paths
+        else arg
+        for arg in argv
+    ]
     if case == "caption: decompression bomb":
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     before = snapshot(world["root"])
@@ -110,8 +171,14 @@ def test_cli(world, capsys, monkeypatch, case):
     assert snapshot(world["root"]) == before
 
 
-@pytest.mark.parametrize("argv", [["caption", "M", "x.png", "--batch-size", "0"], ["words", "M", "x.png", "--top-k", "-1"],
-                                  ["caption", "M", "x.png", "--max-new-tokens", "0"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["caption", "M", "x.png", "--batch-size", "0"],
+        ["words", "M", "x.png", "--top-k", "-1"],
+        ["caption", "M", "x.png", "--max-new-tokens", "0"],
+    ],
+)
 def test_cli_usage_errors_exit_2_naming_the_option(capsys, argv):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -139,7 +206,7 @@ TRAIN_CASES = {
     "YAML text for a number": ({"seed": "abc"}, "seed='abc' is not a valid int"),
     "YAML true for a number": ({"batch_size": True}, "batch_size=True is not a valid int"),
     "no training data": ({"train_data": ""}, "train_data is required"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", TRAIN_CASES)
@@ -174,9 +241,13 @@ def processor_cases(world) -> dict:
         "captions and images differ": (lambda: processor(images=[image], text=["a", "b"]), "1 images but 2 captions"),
         "prompt without an image": (lambda: processor(text=["a"], prompt="Question:"), "pass images with it"),
         "nothing at all": (lambda: processor(), "pass images, text"),
-        "chat without an image": (lambda: processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], tokenize=True), "exactly one image item"),
-    }  # fmt: skip
+        "chat without an image": (
+            lambda: processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], tokenize=True
+            ),
+            "exactly one image item",
+        ),
+    }
 
 
 def model_cases(world) -> dict:
@@ -192,10 +263,24 @@ def model_cases(world) -> dict:
     }
 
 
-@pytest.mark.parametrize("case", ["a number for an image", "a float array", "no images", "missing file", "not an image",
-                                  "truncated image", "URL without network", "empty caption", "caption not a string",
-                                  "captions and images differ", "prompt without an image", "nothing at all",
-                                  "chat without an image"])  # fmt: skip
+@pytest.mark.parametrize(
+    "case",
+    [
+        "a number for an image",
+        "a float array",
+        "no images",
+        "missing file",
+        "not an image",
+        "truncated image",
+        "URL without network",
+        "empty caption",
+        "caption not a string",
+        "captions and images differ",
+        "prompt without an image",
+        "nothing at all",
+        "chat without an image",
+    ],
+)
 def test_processor(world, case):
     call, reason = processor_cases(world)[case]
     with pytest.raises(ValueError, match=None) as error:
@@ -203,8 +288,9 @@ def test_processor(world, case):
     assert reason in str(error.value)
 
 
-@pytest.mark.parametrize("case", ["images and captions differ", "prompt beyond the LLM", "no image input",
-                                  "word prior of the wrong size"])  # fmt: skip
+@pytest.mark.parametrize(
+    "case", ["images and captions differ", "prompt beyond the LLM", "no image input", "word prior of the wrong size"]
+)
 def test_model(world, case):
     call, reason = model_cases(world)[case]
     with pytest.raises(ValueError) as error:
@@ -213,13 +299,23 @@ def test_model(world, case):
 
 
 # ------------------------------------------------------------------------------------------------------ pipelines
-@pytest.mark.parametrize("task, call, reason", [
-    ("image-to-text", lambda pipe, root: pipe("http://127.0.0.1:9/x.png"), "http://127.0.0.1:9/x.png: could not fetch"),
-    ("image-to-text", lambda pipe, root: pipe(str(root / "notes.png")), "notes.png"),
-    ("image-text-to-text", lambda pipe, root: pipe(text="What is it?"), "needs an image with the text"),
-    ("zero-shot-image-classification", lambda pipe, root: pipe(str(root / "cut.png"), candidate_labels=["a", "b"]),
-     "not a readable image"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "task, call, reason",
+    [
+        (
+            "image-to-text",
+            lambda pipe, root: pipe("http://127.0.0.1:9/x.png"),
+            "http://127.0.0.1:9/x.png: could not fetch",
+        ),
+        ("image-to-text", lambda pipe, root: pipe(str(root / "notes.png")), "notes.png"),
+        ("image-text-to-text", lambda pipe, root: pipe(text="What is it?"), "needs an image with the text"),
+        (
+            "zero-shot-image-classification",
+            lambda pipe, root: pipe(str(root / "cut.png"), candidate_labels=["a", "b"]),
+            "not a readable image",
+        ),
+    ],
+)
 def test_pipeline(world, task, call, reason):
     from transformers import pipeline
 
@@ -242,9 +338,19 @@ def test_push_to_hub(world, folder, reason):
     env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": token, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     env.pop("HF_HUB_OFFLINE", None)
     before = snapshot(world["root"])
-    result = subprocess.run([sys.executable, str(Path(train.__file__).parent / "push_to_hub.py"),
-                             str(world["root"] / folder), "--repo-id", "user/bad"], env=env, capture_output=True,
-                            text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(Path(train.__file__).parent / "push_to_hub.py"),
+            str(world["root"] / folder),
+            "--repo-id",
+            "user/bad",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 1 and "Traceback" not in output and token not in output
     assert reason in result.stderr.strip().splitlines()[-1]

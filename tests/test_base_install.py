@@ -25,8 +25,9 @@ SOURCES = ("pyproject.toml", "README.md", "modeling_vlap", "vlap", "train.py", "
 
 
 def pip(python: Path, *args: str) -> None:
-    result = subprocess.run([str(python), "-m", "pip", "install", "-q", *args], capture_output=True, text=True,
-                            timeout=900)  # fmt: skip
+    result = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", *args], capture_output=True, text=True, timeout=900
+    )
     if result.returncode != 0:
         pytest.fail(f"pip install {' '.join(args)} failed:\n{result.stderr[-3000:]}")
 
@@ -39,7 +40,11 @@ def base_python(tmp_path_factory) -> Path:
     source.mkdir()
     for name in SOURCES:
         copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
-        copy(REPO / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))  # fmt: skip
+        copy(
+            REPO / name,
+            source / name,
+            **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}),
+        )
     subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True, timeout=300)
     python = root / "venv" / "bin" / "python"
     pip(python, "torch==2.13.0")
@@ -48,7 +53,9 @@ def base_python(tmp_path_factory) -> Path:
 
 
 def test_base_install_has_no_training_or_evaluation_libraries(base_python):
-    code = "import importlib.util, json; print(json.dumps([m for m in %r if importlib.util.find_spec(m)]))" % (NOT_IN_BASE,)
+    code = "import importlib.util, json; print(json.dumps([m for m in %r if importlib.util.find_spec(m)]))" % (
+        NOT_IN_BASE,
+    )
     result = subprocess.run([str(base_python), "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []
@@ -67,8 +74,14 @@ def test_base_install_runs_a_saved_model_through_auto_classes_pipelines_and_the_
     script = tmp_path / "load.py"
     script.write_text(LOAD_IN_FRESH_PROCESS)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": ""}
-    result = subprocess.run([str(base_python), str(script), str(folder), str(image_path), json.dumps(GENERATION)],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [str(base_python), str(script), str(folder), str(image_path), json.dumps(GENERATION)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded["ids"] == ids.tolist()
@@ -76,8 +89,14 @@ def test_base_install_runs_a_saved_model_through_auto_classes_pipelines_and_the_
     assert [row["label"] for row in loaded["zero_shot"]]  # the zero-shot pipeline ran
 
     cli = base_python.parent / "vlap"
-    result = subprocess.run([str(cli), "caption", str(folder), str(image_path), "--max-new-tokens", "5"], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [str(cli), "caption", str(folder), str(image_path), "--max-new-tokens", "5"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     expected = caption_images(model, processor, [Image.open(image_path)], max_new_tokens=5)[0]
     assert result.stdout.strip() == f"{image_path}: {expected}"

@@ -26,8 +26,11 @@ def saved(backbones, tmp_path_factory):
     save_tiny_vlap(backbones, root / "model")
     images = root / "images"
     images.mkdir()
-    for name, colour, shape in (("red_circle", "red", "circle"), ("blue_square", "blue", "square"),
-                                ("green_triangle", "green", "triangle")):  # fmt: skip
+    for name, colour, shape in (
+        ("red_circle", "red", "circle"),
+        ("blue_square", "blue", "square"),
+        ("green_triangle", "green", "triangle"),
+    ):
         shape_image(colour, shape).save(images / f"{name}.png")
     return {"model": root / "model", "images": images, "root": root}
 
@@ -39,7 +42,9 @@ def run(capsys, *argv) -> tuple[int, str, str]:
 
 
 def test_caption_matches_generate(saved, capsys):
-    code, out, _ = run(capsys, "caption", saved["model"], saved["images"], "--json", "--max-new-tokens", 5, "--device", "cpu")
+    code, out, _ = run(
+        capsys, "caption", saved["model"], saved["images"], "--json", "--max-new-tokens", 5, "--device", "cpu"
+    )
     rows = json.loads(out)
     assert code == 0 and [Path(r["image"]).name for r in rows] == sorted(p.name for p in saved["images"].iterdir())
     model, processor = load(str(saved["model"]))
@@ -49,8 +54,16 @@ def test_caption_matches_generate(saved, capsys):
 
 def test_vqa_words_and_plot(saved, capsys, tmp_path):
     image = saved["images"] / "red_circle.png"
-    code, out, _ = run(capsys, "vqa", saved["model"], image, "what colour is the shape?", "--json",
-                       "--template", "Question: {question} Answer:")  # fmt: skip
+    code, out, _ = run(
+        capsys,
+        "vqa",
+        saved["model"],
+        image,
+        "what colour is the shape?",
+        "--json",
+        "--template",
+        "Question: {question} Answer:",
+    )
     assert code == 0 and json.loads(out)[0]["question"] == "what colour is the shape?"
     # The tiny LLM has 128 positions: the default layout's example, caption and question do not fit.
     code, out, err = run(capsys, "vqa", saved["model"], image, "what colour is the shape?")
@@ -64,8 +77,20 @@ def test_vqa_words_and_plot(saved, capsys, tmp_path):
 def test_retrieve_scores_are_feature_cosines(saved, capsys, tmp_path):
     texts = tmp_path / "texts.txt"
     texts.write_text("a red circle\n\na blue square\n")
-    code, out, _ = run(capsys, "retrieve", saved["model"], "--images", saved["images"], "--texts", texts,
-                       "--query", "a green triangle", "--top-k", 2, "--json")  # fmt: skip
+    code, out, _ = run(
+        capsys,
+        "retrieve",
+        saved["model"],
+        "--images",
+        saved["images"],
+        "--texts",
+        texts,
+        "--query",
+        "a green triangle",
+        "--top-k",
+        2,
+        "--json",
+    )
     data = json.loads(out)
     assert code == 0 and len(data["image_to_text"]) == 3 and len(data["text_to_image"]) == 3
     model, processor = load(str(saved["model"]))
@@ -85,7 +110,9 @@ def test_arithmetic_lands_on_the_constructed_word(backbones, saved, capsys, tmp_
     red + circle. Then image - red + blue is nearest to "plain" (cosine 0.959, blue is excluded as an operand)."""
     model, processor = build(backbones, "llama")
     tokens = {word: word_ids(processor, word) for word in ("red", "blue", "circle", "plain")}
-    assert len(tokens["plain"]) == 1 and len({i for ids in tokens.values() for i in ids}) == sum(map(len, tokens.values()))
+    assert len(tokens["plain"]) == 1 and len({i for ids in tokens.values() for i in ids}) == sum(
+        map(len, tokens.values())
+    )
     with torch.no_grad():
         embeddings = model.word_embeddings
         embeddings[:, :3] = 0
@@ -98,18 +125,35 @@ def test_arithmetic_lands_on_the_constructed_word(backbones, saved, capsys, tmp_
     model.save_pretrained(tmp_path / "constructed")
     processor.save_pretrained(tmp_path / "constructed")
 
-    code, out, _ = run(capsys, "arithmetic", tmp_path / "constructed", saved["images"] / "red_circle.png",
-                       "-", "red", "+", "blue", "--images", saved["images"], "--top-k", 3, "--json")  # fmt: skip
+    code, out, _ = run(
+        capsys,
+        "arithmetic",
+        tmp_path / "constructed",
+        saved["images"] / "red_circle.png",
+        "-",
+        "red",
+        "+",
+        "blue",
+        "--images",
+        saved["images"],
+        "--top-k",
+        3,
+        "--json",
+    )
     data = json.loads(out)
     assert code == 0 and data["words"][0]["word"] == "plain"
     result = F.normalize(basis[0] + basis[2], dim=0) - basis[0] + basis[1]  # independent: the expected cosine
-    assert data["words"][0]["score"] == pytest.approx(F.cosine_similarity(result, embeddings[tokens["plain"][0]], 0).item(), abs=1e-5)
+    assert data["words"][0]["score"] == pytest.approx(
+        F.cosine_similarity(result, embeddings[tokens["plain"][0]], 0).item(), abs=1e-5
+    )
     assert {w["word"] for w in data["words"]}.isdisjoint({"red", "blue"}) and len(data["images"]) == 3
 
 
 def write_vqa_jsonl(folder: Path) -> Path:
-    rows = [{"image": f"{i:04d}.png", "question": "what colour is the shape?", "answers": ["red", "red", "red"]}
-            for i in range(3)]  # fmt: skip
+    rows = [
+        {"image": f"{i:04d}.png", "question": "what colour is the shape?", "answers": ["red", "red", "red"]}
+        for i in range(3)
+    ]
     path = folder / "vqa.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
@@ -121,8 +165,9 @@ def test_eval_writes_metrics_that_match_its_predictions(saved, capsys, tmp_path,
     source = write_vqa_jsonl(data) if task == "vqa" else data
     out = tmp_path / "report.json"
     short = ["--template", "Question: {question} Answer:"] if task == "vqa" else []  # the tiny LLM has 128 positions
-    code, stdout, _ = run(capsys, "eval", saved["model"], "--task", task, "--data", source, "--max-new-tokens", 4,
-                          "--out", out, *short)  # fmt: skip
+    code, stdout, _ = run(
+        capsys, "eval", saved["model"], "--task", task, "--data", source, "--max-new-tokens", 4, "--out", out, *short
+    )
     report = json.loads(out.read_text())
     assert code == 0 and stdout.startswith("| metric |") and out.with_suffix(".md").read_text().startswith("| metric |")
     assert report["num_images"] == (3 if task == "vqa" else 6) and report["skipped_images"] == 0
@@ -149,8 +194,23 @@ def test_eval_classification_by_class_with_held_out_classes(saved, capsys, tmp_p
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
     datasets.Dataset.from_dict({"image": images, "label": labels}, features=features).save_to_disk(tmp_path / "data")
     out, plot = tmp_path / "report.json", tmp_path / "confusion.png"
-    code, stdout, _ = run(capsys, "eval", saved["model"], "--task", "classification", "--data", tmp_path / "data",
-                          "--held-out", "square,triangle", "--max-new-tokens", 4, "--out", out, "--plot", plot)  # fmt: skip
+    code, stdout, _ = run(
+        capsys,
+        "eval",
+        saved["model"],
+        "--task",
+        "classification",
+        "--data",
+        tmp_path / "data",
+        "--held-out",
+        "square,triangle",
+        "--max-new-tokens",
+        4,
+        "--out",
+        out,
+        "--plot",
+        plot,
+    )
     assert code == 0 and stdout.startswith("| metric |") and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads(out.read_text())
     scores, confusion = report["scores"], report["confusion"]
@@ -167,13 +227,24 @@ def test_eval_classification_by_class_with_held_out_classes(saved, capsys, tmp_p
     assert scores["held_out_classification"] == pytest.approx(sum(chosen[i] == labels[i] for i in held) / 6)
     among = classify(model, processor, [images[i] for i in held], ["square", "triangle"])
     assert scores["held_out_classification_among_held_out"] == pytest.approx(
-        sum(r[0][0] == names[labels[i]] for r, i in zip(among, held)) / 6)  # fmt: skip
+        sum(r[0][0] == names[labels[i]] for r, i in zip(among, held)) / 6
+    )
     # Bad input names the cause: an unknown held-out class, labels beyond the class names, no names at all.
-    code, _, err = run(capsys, "eval", saved["model"], "--task", "classification", "--data", tmp_path / "data",
-                       "--held-out", "hexagon")  # fmt: skip
+    code, _, err = run(
+        capsys, "eval", saved["model"], "--task", "classification", "--data", tmp_path / "data", "--held-out", "hexagon"
+    )
     assert code == 1 and "hexagon" in err
-    code, _, err = run(capsys, "eval", saved["model"], "--task", "classification", "--data", tmp_path / "data",
-                       "--labels", "circle,square")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "eval",
+        saved["model"],
+        "--task",
+        "classification",
+        "--data",
+        tmp_path / "data",
+        "--labels",
+        "circle,square",
+    )
     assert code == 1 and "row 2 has label 2" in err
     datasets.Dataset.from_dict({"image": images[:2], "label": [0, 1]}).save_to_disk(tmp_path / "plain")
     code, _, err = run(capsys, "eval", saved["model"], "--task", "classification", "--data", tmp_path / "plain")
@@ -235,8 +306,9 @@ def test_classify_matches_the_zero_shot_pipeline(saved, capsys):
     from transformers import pipeline
 
     image = saved["images"] / "red_circle.png"
-    code, out, _ = run(capsys, "classify", saved["model"], image, "--labels", "red circle, blue square,green triangle",
-                       "--json")  # fmt: skip
+    code, out, _ = run(
+        capsys, "classify", saved["model"], image, "--labels", "red circle, blue square,green triangle", "--json"
+    )
     (row,) = json.loads(out)
     classifier = pipeline("zero-shot-image-classification", model=str(saved["model"]), trust_remote_code=True)
     expected = classifier(str(image), candidate_labels=["red circle", "blue square", "green triangle"])  # both: "a {}"

@@ -33,7 +33,9 @@ def contradictions(facts: dict, questions: list[str], answers: list[str]) -> lis
 
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_every_caption_agrees_with_its_images_answers(split):
-    questions, answers, image_ids = (easy_vqa.get_train_questions() if split == "train" else easy_vqa.get_test_questions())
+    questions, answers, image_ids = (
+        easy_vqa.get_train_questions() if split == "train" else easy_vqa.get_test_questions()
+    )
     per_image = {}
     for question, answer, image_id in zip(questions, answers, image_ids):
         per_image.setdefault(image_id, ([], []))
@@ -56,7 +58,9 @@ def test_question_patterns():
     assert PRESENT.fullmatch("is there a red shape in the image?").groups() == ("red", " shape")
     assert ABSENT.fullmatch("is no circle present?").groups() == ("circle", None)
     assert image_facts(["is there not a teal shape?", "what shape is present?"], ["no", "circle"]) == {
-        "colour": "teal", "shape": "circle"}  # fmt: skip
+        "colour": "teal",
+        "shape": "circle",
+    }
     assert len(TEMPLATES) == 3
 
 

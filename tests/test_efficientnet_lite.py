@@ -37,6 +37,8 @@ def test_logits_match_the_reference_package(converted):
     assert got[0].argmax().item() in (281, 282, 285) and got[1].argmax().item() == 967
     with torch.no_grad():
         torch.testing.assert_close(
-            AutoModel.from_pretrained(converted)(pixels).last_hidden_state, reference.extract_features(pixels),
-            atol=1e-4, rtol=0,
-        )  # fmt: skip
+            AutoModel.from_pretrained(converted)(pixels).last_hidden_state,
+            reference.extract_features(pixels),
+            atol=1e-4,
+            rtol=0,
+        )

@@ -13,7 +13,11 @@ from vlap.fashion_mnist import CLASSES, FILES, fashion_mnist_dataset, read_idx, 
 
 def idx_bytes(array: np.ndarray) -> bytes:
     """An idx file written by hand from the format's definition: 0, 0, type 0x08 (uint8), ndim; big-endian dims."""
-    return bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
+    return (
+        bytes([0, 0, 0x08, array.ndim])
+        + struct.pack(f">{array.ndim}I", *array.shape)
+        + array.astype(np.uint8).tobytes()
+    )
 
 
 def write_fake_source(folder, images_per_split: int = 30, seed: int = 0):
@@ -41,11 +45,14 @@ def test_read_idx_on_hand_written_files(tmp_path):
     assert read_idx(labels).tolist() == [7, 0, 9]
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"\x00\x00\x08", "not an idx file"),  # too short
-    (b"PK\x03\x04" + bytes(20), "not an idx file"),  # another format
-    (bytes([0, 0, 8, 1, 0, 0, 0, 5, 1, 2]), "needs 13"),  # 5 values announced, 2 present
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\x00\x00\x08", "not an idx file"),  # too short
+        (b"PK\x03\x04" + bytes(20), "not an idx file"),  # another format
+        (bytes([0, 0, 8, 1, 0, 0, 0, 5, 1, 2]), "needs 13"),  # 5 values announced, 2 present
+    ],
+)
 def test_read_idx_names_the_file_on_bad_content(tmp_path, content, message):
     path = tmp_path / "broken-idx1-ubyte"
     path.write_bytes(content)
@@ -85,11 +92,20 @@ def test_held_out_split_holds_no_held_out_image_or_caption(tmp_path):
         without_classes(train, ["sandals"])
 
 
-@pytest.mark.parametrize("caption, expected", [
-    ("a photo of a t-shirt", "t-shirt"), ("a shirt with a collar", "shirt"), ("two sneakers and a bag", "sneaker"),
-    ("an ankle boot", "ankle boot"), ("a boot", None), ("a pair of trousers", "pair of trousers"),
-    ("A Dress.", "dress"), ("a sweatshirt", None), ("", None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "caption, expected",
+    [
+        ("a photo of a t-shirt", "t-shirt"),
+        ("a shirt with a collar", "shirt"),
+        ("two sneakers and a bag", "sneaker"),
+        ("an ankle boot", "ankle boot"),
+        ("a boot", None),
+        ("a pair of trousers", "pair of trousers"),
+        ("A Dress.", "dress"),
+        ("a sweatshirt", None),
+        ("", None),
+    ],
+)
 def test_named_class_is_the_first_class_a_caption_names(caption, expected):
     found = named_class(caption, CLASSES)
     assert (CLASSES[found] if found is not None else None) == expected
@@ -119,12 +135,15 @@ def test_seed_summary_states_median_spread_and_separation(tmp_path):
         folder.mkdir()
         scores = {"classification": vlap, "caption_names_class": 0.5 + seed / 10}
         baseline = {"classification": caption_only, "caption_names_class": 0.55}
-        (folder / "results.json").write_text(json.dumps({"setup": {"seed": seed}, "vlap": {"scores": scores},
-                                                         "caption_only": {"scores": baseline}}))  # fmt: skip
+        (folder / "results.json").write_text(
+            json.dumps({"setup": {"seed": seed}, "vlap": {"scores": scores}, "caption_only": {"scores": baseline}})
+        )
         folders.append(folder)
     summary = summarise_seeds(folders)
     assert "| classification | 0.800 [0.700, 0.900] | 0.200 [0.100, 0.300] | +0.600 (exceeds the spread) |" in summary
-    assert "| caption_names_class | 0.600 [0.500, 0.700] | 0.550 [0.550, 0.550] | +0.050 (within the spread) |" in summary
+    assert (
+        "| caption_names_class | 0.600 [0.500, 0.700] | 0.550 [0.550, 0.550] | +0.050 (within the spread) |" in summary
+    )
 
 
 def test_demo_refuses_an_unknown_held_out_class_before_anything_is_written(tmp_path, capsys):

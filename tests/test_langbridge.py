@@ -60,9 +60,17 @@ def test_a_given_vocabulary_is_kept_in_order_and_checked(backbones):
 
 
 def test_transfer_reindexes_strings_and_keeps_adapter_weights(backbones, caption_folder, tmp_path):  # noqa: F811
-    config = write_config(tmp_path / "cfg.yaml", backbones, caption_folder, tmp_path / "run", text_model=str(backbones["llama"]),
-                          bridge_type="langbridge", langbridge_vocab_size=64, max_steps=3,
-                          langbridge_transfer_llms=str(backbones["t5"]))  # fmt: skip
+    config = write_config(
+        tmp_path / "cfg.yaml",
+        backbones,
+        caption_folder,
+        tmp_path / "run",
+        text_model=str(backbones["llama"]),
+        bridge_type="langbridge",
+        langbridge_vocab_size=64,
+        max_steps=3,
+        langbridge_transfer_llms=str(backbones["t5"]),
+    )
     run_train(config)
     source = tmp_path / "run" / "final"
     report = transfer(str(source), str(backbones["t5"]), tmp_path / "moved", min_coverage=1.0)
@@ -83,9 +91,14 @@ def test_transfer_reindexes_strings_and_keeps_adapter_weights(backbones, caption
     settings = {"max_new_tokens": 5, "min_new_tokens": 5, "do_sample": False}
     script = tmp_path / "load.py"
     script.write_text(LOAD_IN_FRESH_PROCESS)
-    loaded = subprocess.run([sys.executable, str(script), str(tmp_path / "moved"), str(image), json.dumps(settings)],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""})  # fmt: skip
+    loaded = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "moved"), str(image), json.dumps(settings)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""},
+    )
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     from modeling_vlap import VLAPProcessor
 
@@ -94,16 +107,32 @@ def test_transfer_reindexes_strings_and_keeps_adapter_weights(backbones, caption
     assert json.loads(loaded.stdout.splitlines()[-1])["ids"] == expected.tolist()
 
     # Fine-tuning the moved bridge on the new LLM starts from it: at learning rate 0 it ends exactly where it began.
-    config = write_config(tmp_path / "tune.yaml", backbones, caption_folder, tmp_path / "tuned", text_model=str(backbones["t5"]),
-                          bridge_type="langbridge", init_bridge=str(tmp_path / "moved"), max_steps=1, learning_rate=0.0)  # fmt: skip
+    config = write_config(
+        tmp_path / "tune.yaml",
+        backbones,
+        caption_folder,
+        tmp_path / "tuned",
+        text_model=str(backbones["t5"]),
+        bridge_type="langbridge",
+        init_bridge=str(tmp_path / "moved"),
+        max_steps=1,
+        learning_rate=0.0,
+    )
     run_train(config)
     tuned = VLAPForConditionalGeneration.from_pretrained(tmp_path / "tuned" / "final")
     assert tuned.config.langbridge_tokens == after.config.langbridge_tokens
     assert tuned.config.langbridge_token_ids == after.config.langbridge_token_ids
     for key, value in after.bridge.state_dict().items():
         assert torch.equal(value, tuned.bridge.state_dict()[key]), key
-    config = write_config(tmp_path / "wrong.yaml", backbones, caption_folder, tmp_path / "wrong", bridge_type="linear",
-                          init_bridge=str(tmp_path / "moved"), max_steps=1)  # fmt: skip
+    config = write_config(
+        tmp_path / "wrong.yaml",
+        backbones,
+        caption_folder,
+        tmp_path / "wrong",
+        bridge_type="linear",
+        init_bridge=str(tmp_path / "moved"),
+        max_steps=1,
+    )
     result = run_train(config, check=False)
     assert result.returncode != 0 and "its bridge does not fit this model" in result.stderr.splitlines()[-1]
 
@@ -158,7 +187,6 @@ def test_words_per_token_reads_each_visual_tokens_coefficients(backbones, tmp_pa
     assert code == 1 and last.startswith("vlap words: error: only a LangBridge model")
 
 
-
 def hand_made_tokenizers(unigram_words=("the", "circle", "blue", "zebra", "qwxz")):
     """A byte-level BPE that has " the", " red", " circle", " zebra", " qwxz" as single tokens and a SentencePiece-style
     Unigram that has `unigram_words`: by default they share " the", " circle", " zebra" among English words (" qwxz"
@@ -166,14 +194,18 @@ def hand_made_tokenizers(unigram_words=("the", "circle", "blue", "zebra", "qwxz"
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {"<pad>": 0, "a": 1} | {"Ġ" + word: 2 + i for i, word in enumerate(["the", "red", "circle", "zebra", "qwxz"])}
+    vocab = {"<pad>": 0, "a": 1} | {
+        "Ġ" + word: 2 + i for i, word in enumerate(["the", "red", "circle", "zebra", "qwxz"])
+    }
     bpe = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
     pieces = [("<pad>", 0.0), ("<unk>", 0.0), ("▁a", -1.0)] + [("▁" + word, -2.0) for word in unigram_words]
     unigram = Tokenizer(models.Unigram(pieces, unk_id=1))
     unigram.pre_tokenizer, unigram.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
-    return [PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>"),
-            PreTrainedTokenizerFast(tokenizer_object=unigram, pad_token="<pad>", unk_token="<unk>")]  # fmt: skip
+    return [
+        PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>"),
+        PreTrainedTokenizerFast(tokenizer_object=unigram, pad_token="<pad>", unk_token="<unk>"),
+    ]
 
 
 def test_english_vocabulary_is_the_shared_single_token_words_in_frequency_order():

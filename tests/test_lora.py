@@ -12,7 +12,9 @@ def test_only_lora_and_bridge_train_and_the_merged_export_reloads(backbones, tmp
     model, processor = build(backbones, "llama")
     peft_model = apply_lora(model, "4,8,q_proj|v_proj")
     trainable = [name for name, p in peft_model.named_parameters() if p.requires_grad]
-    assert trainable and all(("lora_" in n and ".language_model." in n) or ".bridge.modules_to_save." in n for n in trainable)
+    assert trainable and all(
+        ("lora_" in n and ".language_model." in n) or ".bridge.modules_to_save." in n for n in trainable
+    )
     assert any("lora_" in n for n in trainable) and any(".bridge." in n for n in trainable)
     assert not any("vision_model" in n for n in trainable)  # CLIP's q_proj/v_proj are left alone
 
@@ -50,8 +52,16 @@ def test_bad_lora_specs_are_rejected(backbones):
 
 
 def test_train_with_lora_exports_a_plain_model(backbones, caption_folder, tmp_path):  # noqa: F811
-    config = write_config(tmp_path / "cfg.yaml", backbones, caption_folder, tmp_path / "run", text_model=str(backbones["llama"]),
-                          lora="4,8,q_proj|v_proj", max_steps=4, checkpointing_steps=2)  # fmt: skip
+    config = write_config(
+        tmp_path / "cfg.yaml",
+        backbones,
+        caption_folder,
+        tmp_path / "run",
+        text_model=str(backbones["llama"]),
+        lora="4,8,q_proj|v_proj",
+        max_steps=4,
+        checkpointing_steps=2,
+    )
     result = run_train(config)
     assert "LoRA 4,8,q_proj|v_proj" in result.stdout
     exported = AutoModel.from_pretrained(tmp_path / "run" / "final", trust_remote_code=True)

@@ -100,9 +100,12 @@ def test_class_level_recall_counts_every_caption_of_the_class_as_relevant():
         [0.0, 0.1, 0.5],  # green image: "green" first -> hit at 1
     ]
     result = load_metric("retrieval_recall").compute(
-        predictions=similarity, references=[[0], [], [1], [2]], ks=[1, 2],
-        image_classes=["red", "red", "blue", "green"], text_classes=["red", "blue", "green"],
-    )  # fmt: skip
+        predictions=similarity,
+        references=[[0], [], [1], [2]],
+        ks=[1, 2],
+        image_classes=["red", "red", "blue", "green"],
+        text_classes=["red", "blue", "green"],
+    )
     assert result["image_to_text_class_R@1"] == pytest.approx(2 / 4)
     assert result["image_to_text_class_R@2"] == pytest.approx(4 / 4)
     # Text "red": image 0 (red) first -> hit at 1. "blue": 1 (red), 2 (blue) -> at 2. "green": 2 (blue), 3 -> at 2.
@@ -126,12 +129,18 @@ def test_each_metric_module_loads_alone_without_vlap(name, tmp_path):
     imported: the modules are self-contained."""
     folder = Path(shutil.copytree(METRIC_MODULES / name, tmp_path / name))
     inputs, key, expected = {  # a match and a miss each: the score is computed, not a default
-        "caption_metrics": ("predictions=['a red circle', 'a cat'], references=[['a red circle'], ['a dog']]",
-                            "ROUGE-L", (1 + 1 / 2) / 2),
+        "caption_metrics": (
+            "predictions=['a red circle', 'a cat'], references=[['a red circle'], ['a dog']]",
+            "ROUGE-L",
+            (1 + 1 / 2) / 2,
+        ),
         "vqa_accuracy": ("predictions=['Two', 'no'], references=[['2'], ['yes']]", "vqa_accuracy", 0.5),
-        "retrieval_recall": ("predictions=[[0.9, 0.1], [0.7, 0.3]], references=[[0], [1]], ks=[1]",
-                             "image_to_text_R@1", 0.5),
-    }[name]  # fmt: skip
+        "retrieval_recall": (
+            "predictions=[[0.9, 0.1], [0.7, 0.3]], references=[[0], [1]], ks=[1]",
+            "image_to_text_R@1",
+            0.5,
+        ),
+    }[name]
     code = (
         "import sys; sys.modules['vlap'] = None\n"  # any `import vlap` now raises ImportError
         f"import evaluate; print(evaluate.load({str(folder)!r}).compute({inputs})[{key!r}])"

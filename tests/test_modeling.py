@@ -242,8 +242,11 @@ def test_word_embedding_text_features_are_the_sif_weighted_mean(backbones):
     frequency = counts / counts.sum()
     embeddings = model.word_embeddings.detach().double()
     for row in range(2):
-        ids = [i for i, m in zip(batch["input_ids"][row].tolist(), batch["attention_mask"][row].tolist())
-               if m and i != processor.tokenizer.eos_token_id]  # fmt: skip
+        ids = [
+            i
+            for i, m in zip(batch["input_ids"][row].tolist(), batch["attention_mask"][row].tolist())
+            if m and i != processor.tokenizer.eos_token_id
+        ]
         weights = 1e-3 / (1e-3 + frequency[ids])
         expected = torch.nn.functional.normalize((weights.unsqueeze(1) * embeddings[ids]).sum(0), dim=0)
         torch.testing.assert_close(features[row].double(), expected, atol=1e-5, rtol=0)
@@ -260,8 +263,11 @@ def test_word_assignment_targets_mix_each_caption_tokens_own_assignment(backbone
         out = model(**batch)
     frequency, words = counts / counts.sum(), torch.nn.functional.normalize(model.word_embeddings.double(), dim=-1)
     for row in range(2):
-        ids = [i for i, m in zip(batch["input_ids"][row].tolist(), batch["attention_mask"][row].tolist())
-               if m and i != processor.tokenizer.eos_token_id]  # fmt: skip
+        ids = [
+            i
+            for i, m in zip(batch["input_ids"][row].tolist(), batch["attention_mask"][row].tolist())
+            if m and i != processor.tokenizer.eos_token_id
+        ]
         weights = 1e-3 / (1e-3 + frequency[ids])
         per_token = torch.softmax(words[ids] @ words.T / 0.01, dim=-1)  # marginal_weight 0: a row softmax per token
         expected = (weights.unsqueeze(1) * per_token).sum(0) / weights.sum()
@@ -302,8 +308,9 @@ def test_classify_in_code_space_scores_each_label_target_under_the_image_assignm
     expected = torch.softmax(log_p @ targets.T, dim=-1)
     for row, hits in enumerate(ranked):
         assert [label for label, _ in hits] == [labels[i] for i in expected[row].argsort(descending=True)]
-        torch.testing.assert_close(torch.tensor([score for _, score in hits]), expected[row].sort(descending=True).values,
-                                   atol=1e-4, rtol=1e-4)  # fmt: skip
+        torch.testing.assert_close(
+            torch.tensor([score for _, score in hits]), expected[row].sort(descending=True).values, atol=1e-4, rtol=1e-4
+        )
     with pytest.raises(ValueError, match="method"):
         classify(model, processor, pictures, labels, method="likelihood")
 
@@ -313,8 +320,9 @@ def test_word_assignment_targets_equal_the_plan_over_every_token_row(backbones, 
     """Computed once per distinct token, the targets must be those of one Sinkhorn row per caption token."""
     from modeling_vlap.optimal_transport import sinkhorn_knopp
 
-    model, processor = build(backbones, "llama", text_representation="word_assignments",
-                             word_marginal_weight=marginal_weight)  # fmt: skip
+    model, processor = build(
+        backbones, "llama", text_representation="word_assignments", word_marginal_weight=marginal_weight
+    )
     model.fit_word_prior(torch.arange(model.word_prior.numel()).double() % 7 + 1)
     batch = processor(text=CAPTIONS[:4] + CAPTIONS[:2])  # repeated captions: repeated token rows
     ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -322,8 +330,13 @@ def test_word_assignment_targets_equal_the_plan_over_every_token_row(backbones, 
     weights = model._sif_weights(ids, mask)
     rows = weights > 0
     words = torch.nn.functional.normalize(model.word_embeddings.detach(), dim=-1)
-    every_row = sinkhorn_knopp(words[ids[rows]] @ words.T, model.word_prior, model.config.sinkhorn_epsilon,
-                               model.config.sinkhorn_iterations, marginal_weight)  # fmt: skip
+    every_row = sinkhorn_knopp(
+        words[ids[rows]] @ words.T,
+        model.word_prior,
+        model.config.sinkhorn_epsilon,
+        model.config.sinkhorn_iterations,
+        marginal_weight,
+    )
     for sample in range(len(ids)):
         mine = rows.nonzero()[:, 0] == sample
         expected = (weights[rows][mine].unsqueeze(1) * every_row[mine]).sum(0) / weights[sample].sum()
@@ -348,8 +361,9 @@ def test_caption_log_likelihood_is_the_summed_token_loss_and_ranks_answers(backb
     inputs = processor(images=image * 3, prompt=prompt)
     scores = model.caption_log_likelihood(**processor.answer_inputs(candidates, prompt), **inputs)
     torch.testing.assert_close(scores, torch.tensor(totals), atol=1e-4, rtol=1e-5)
-    chosen = choose_answer(model, processor, image, [prompt.split(": ", 1)[1].split(" Answer")[0]], candidates,
-                           template=PAPER_VQA_TEMPLATE)  # fmt: skip
+    chosen = choose_answer(
+        model, processor, image, [prompt.split(": ", 1)[1].split(" Answer")[0]], candidates, template=PAPER_VQA_TEMPLATE
+    )
     assert chosen == [candidates[max(range(3), key=totals.__getitem__)]]
 
 
@@ -372,8 +386,9 @@ def test_vqa_prompts_describe_the_image_in_the_trained_layout_first(backbones):
     short = "{prompt} {caption}. Q: {question} A:"
     prompts = vqa_prompts(model, processor, pictures, questions, None, short, batch_size=2)
     assert prompts == [f"{processor.prompt} {t.rstrip('.')}. Q: {q} A:" for t, q in zip(captions, questions)]
-    direct = processor.batch_decode(model.generate(**processor(images=pictures, prompt=prompts), max_new_tokens=3),
-                                    skip_special_tokens=True)  # fmt: skip
+    direct = processor.batch_decode(
+        model.generate(**processor(images=pictures, prompt=prompts), max_new_tokens=3), skip_special_tokens=True
+    )
     assert answer(model, processor, pictures, questions, template=short, max_new_tokens=3) == [
         first_line(t) for t in direct
     ]
@@ -413,7 +428,9 @@ def test_training_on_a_separable_task_learns_what_it_was_taught(backbones):
 
     model, processor = build(backbones, "opt", assignment_loss_weight=1.0, num_visual_tokens=4)
     colours = ["red", "green", "blue", "yellow"]
-    train = [(shape_image(c, s, size), f"a {c} {s}") for c in colours for s in ("circle", "square") for size in (32, 40)]
+    train = [
+        (shape_image(c, s, size), f"a {c} {s}") for c in colours for s in ("circle", "square") for size in (32, 40)
+    ]
     held_out = [shape_image(c, "triangle", size) for c in colours for size in (30, 44)]
     truth = [c for c in colours for _ in range(2)]
     counts = caption_token_counts([t for _, t in train], processor, model.word_prior.numel())

@@ -30,15 +30,30 @@ def test_short_real_run_exports_a_loadable_captioner(tmp_path):
     train = datasets.load_from_disk(str(easy_vqa_dataset(cache_root())))["train"].select(range(48))
     train.save_to_disk(str(tmp_path / "train"))
     config = {
-        "vision_model": str(vision), "text_model": str(llm), "train_data": str(tmp_path / "train"),
-        "num_visual_tokens": 9, "batch_size": 8, "max_steps": 24, "learning_rate": 1e-3, "warmup_steps": 2,
-        "cache_features": str(tmp_path / "features"), "checkpointing_steps": 24, "eval_steps": 0,
-        "output_dir": str(tmp_path / "run"), "cpu": True,
-    }  # fmt: skip
+        "vision_model": str(vision),
+        "text_model": str(llm),
+        "train_data": str(tmp_path / "train"),
+        "num_visual_tokens": 9,
+        "batch_size": 8,
+        "max_steps": 24,
+        "learning_rate": 1e-3,
+        "warmup_steps": 2,
+        "cache_features": str(tmp_path / "features"),
+        "checkpointing_steps": 24,
+        "eval_steps": 0,
+        "output_dir": str(tmp_path / "run"),
+        "cpu": True,
+    }
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-    result = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", str(tmp_path / "cfg.yaml")],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "--config", str(tmp_path / "cfg.yaml")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     losses = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [record["caption_loss"] for record in losses if "caption_loss" in record]
@@ -50,8 +65,12 @@ def test_short_real_run_exports_a_loadable_captioner(tmp_path):
     script.write_text(LOAD_IN_FRESH_PROCESS)
     loaded = subprocess.run(
         [sys.executable, str(script), str(tmp_path / "run" / "final"), str(image), json.dumps({"max_new_tokens": 8})],
-        cwd=tmp_path, env={**env, "PYTHONPATH": ""}, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     outputs = json.loads(loaded.stdout.splitlines()[-1])
     assert outputs["caption"].strip() and outputs["model_class"] == "VLAPForConditionalGeneration"

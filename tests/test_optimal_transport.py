@@ -41,9 +41,15 @@ def test_converged_plan_matches_pot_sinkhorn_log(epsilon):
     scores, prior = cosine_scores(batch, vocab, seed=2), random_prior(vocab, seed=3)
     ours = sinkhorn_knopp(scores, prior, epsilon=epsilon, iterations=3000)
     reference = ot.sinkhorn(
-        np.full(batch, 1.0 / batch), prior.double().numpy(), -scores.double().numpy(), reg=epsilon,
-        method="sinkhorn_log", numItermax=3000, stopThr=1e-10, warn=False,
-    )  # fmt: skip
+        np.full(batch, 1.0 / batch),
+        prior.double().numpy(),
+        -scores.double().numpy(),
+        reg=epsilon,
+        method="sinkhorn_log",
+        numItermax=3000,
+        stopThr=1e-10,
+        warn=False,
+    )
     np.testing.assert_allclose(ours.numpy(), batch * reference, atol=1e-4)
 
 
@@ -117,8 +123,10 @@ def test_two_processes_share_one_global_sample_marginal():
     assert (local - distributed).abs().max() > 1e-3
     # Row weights (repeat counts) are global too: the weighted shards give the weighted plan of the whole batch.
     weights = torch.arange(1, 11)
-    torch.testing.assert_close(torch.cat([results["weighted0"], results["weighted1"]]),
-                               sinkhorn_knopp(scores, prior, epsilon=0.05, iterations=3, row_weights=weights))  # fmt: skip
+    torch.testing.assert_close(
+        torch.cat([results["weighted0"], results["weighted1"]]),
+        sinkhorn_knopp(scores, prior, epsilon=0.05, iterations=3, row_weights=weights),
+    )
 
 
 @pytest.mark.parametrize("marginal_weight", [0.0, 0.02, 1.0])
@@ -127,9 +135,15 @@ def test_semi_relaxed_plan_matches_pot_unbalanced(marginal_weight):
     scores, prior = cosine_scores(batch, vocab, seed=4), random_prior(vocab, seed=5)
     ours = sinkhorn_knopp(scores, prior, epsilon=epsilon, iterations=3000, marginal_weight=marginal_weight)
     reference = ot.unbalanced.sinkhorn_unbalanced(
-        np.full(batch, 1.0 / batch), prior.double().numpy(), -scores.double().numpy(), epsilon,
-        (float("inf"), marginal_weight), reg_type="entropy", numItermax=20000, stopThr=1e-12,
-    )  # fmt: skip
+        np.full(batch, 1.0 / batch),
+        prior.double().numpy(),
+        -scores.double().numpy(),
+        epsilon,
+        (float("inf"), marginal_weight),
+        reg_type="entropy",
+        numItermax=20000,
+        stopThr=1e-12,
+    )
     np.testing.assert_allclose(ours.numpy(), batch * reference, atol=1e-5)
     torch.testing.assert_close(ours.sum(dim=1), torch.ones(batch), atol=1e-5, rtol=0)
 

@@ -18,11 +18,22 @@ import push_to_hub
 REPO = Path(__file__).resolve().parent.parent
 
 FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdefXYZ"
-REMOTE_CODE = {"configuration_vlap.py", "modeling_vlap.py", "optimal_transport.py", "processing_vlap.py",
-               "pipeline_vlap.py", "efficientnet_lite.py"}  # fmt: skip
+REMOTE_CODE = {
+    "configuration_vlap.py",
+    "modeling_vlap.py",
+    "optimal_transport.py",
+    "processing_vlap.py",
+    "pipeline_vlap.py",
+    "efficientnet_lite.py",
+}
 PROCESSOR_FILES = {"processor_config.json", "tokenizer.json", "tokenizer_config.json"}
-REPORT = {"model": "run/final", "task": "caption", "data": "easy-vqa-test", "command": "vlap eval run/final --task caption",
-          "scores": {"BLEU-4": 0.031, "CIDEr": 0.282}}  # fmt: skip
+REPORT = {
+    "model": "run/final",
+    "task": "caption",
+    "data": "easy-vqa-test",
+    "command": "vlap eval run/final --task caption",
+    "scores": {"BLEU-4": 0.031, "CIDEr": 0.282},
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +45,9 @@ def trained(backbones, tmp_path_factory) -> Path:
         model.bridge.weight.normal_(std=0.5)  # a trained-looking bridge, so outputs depend on it
     model.save_pretrained(root / "final")
     processor.save_pretrained(root / "final")
-    (root / "train_config.json").write_text(json.dumps({"train_data": "data/shapes", "max_steps": 60, "batch_size": 16,
-                                                        "learning_rate": 1e-3, "seed": 0}))  # fmt: skip
+    (root / "train_config.json").write_text(
+        json.dumps({"train_data": "data/shapes", "max_steps": 60, "batch_size": 16, "learning_rate": 1e-3, "seed": 0})
+    )
     return root
 
 
@@ -46,16 +58,31 @@ def before_upload(trained) -> dict:
 
 
 def push(hub: HubStub, tmp_path: Path, *args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": FAKE_TOKEN, "HF_HOME": str(tmp_path / "hf-home"),
-           "HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": hub.endpoint,
+        "HF_TOKEN": FAKE_TOKEN,
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    }
     env.pop("HF_HUB_OFFLINE", None)
-    return subprocess.run([sys.executable, str(REPO / "push_to_hub.py"), *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(REPO / "push_to_hub.py"), *map(str, args)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def uploads(hub: HubStub) -> list[dict]:
-    return [r for r in hub.requests if r["path"].split("?")[0].rsplit("/", 2)[-2] in ("commit", "preupload")
-            or r["path"].startswith("/api/repos/create")]  # fmt: skip
+    return [
+        r
+        for r in hub.requests
+        if r["path"].split("?")[0].rsplit("/", 2)[-2] in ("commit", "preupload")
+        or r["path"].startswith("/api/repos/create")
+    ]
 
 
 def test_upload_round_trips_through_the_hub(trained, before_upload, tmp_path):
@@ -65,8 +92,12 @@ def test_upload_round_trips_through_the_hub(trained, before_upload, tmp_path):
         result = push(hub, tmp_path, trained, "--repo-id", "tester/tiny-vlap", "--results", report)
         assert result.returncode == 0, result.stderr[-3000:]
         uploaded = hub.repos["tester/tiny-vlap"]["main"]
-        assert set(uploaded) == REMOTE_CODE | PROCESSOR_FILES | {"config.json", "generation_config.json",
-                                                                 "model.safetensors", "README.md"}  # fmt: skip
+        assert set(uploaded) == REMOTE_CODE | PROCESSOR_FILES | {
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+            "README.md",
+        }
         assert f"{hub.endpoint}/tester/tiny-vlap" in result.stdout
         config = json.loads(uploaded["config.json"])
         assert config["auto_map"]["AutoModel"] and config["custom_pipelines"]["image-to-text"]
@@ -80,13 +111,17 @@ def test_upload_round_trips_through_the_hub(trained, before_upload, tmp_path):
 
 def test_bridge_only_upload_is_small_and_loads_its_local_backbones(trained, before_upload, tmp_path):
     with HubStub() as hub:
-        result = push(hub, tmp_path, trained / "final", "--repo-id", "tester/tiny-bridge", "--bridge-only",
-                      "--revision", "bridge")  # fmt: skip
+        result = push(
+            hub, tmp_path, trained / "final", "--repo-id", "tester/tiny-bridge", "--bridge-only", "--revision", "bridge"
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         assert hub.repos["tester/tiny-bridge"]["main"] == {} and result.stdout.strip().endswith("/tree/bridge")
         uploaded = hub.repos["tester/tiny-bridge"]["bridge"]
-        downloaded = Path(snapshot_download("tester/tiny-bridge", revision="bridge", endpoint=hub.endpoint,
-                                            cache_dir=tmp_path / "cache"))  # fmt: skip
+        downloaded = Path(
+            snapshot_download(
+                "tester/tiny-bridge", revision="bridge", endpoint=hub.endpoint, cache_dir=tmp_path / "cache"
+            )
+        )
     with safe_open(downloaded / "model.safetensors", "pt") as weights:
         assert set(weights.keys()) == {"bridge.weight", "bridge.bias", "word_prior", "word_frequency"}
     config = json.loads(uploaded["config.json"])
@@ -114,14 +149,28 @@ def test_a_folder_that_fails_verification_is_not_uploaded(backbones, tmp_path):
     with HubStub() as hub:
         result = push(hub, tmp_path, tmp_path / "broken", "--repo-id", "tester/broken", "--bridge-only")
         assert result.returncode == 1 and "Traceback" not in result.stderr
-        assert result.stderr.strip().splitlines()[-1].startswith("push_to_hub: error: verification failed, nothing uploaded")
+        assert (
+            result.stderr.strip()
+            .splitlines()[-1]
+            .startswith("push_to_hub: error: verification failed, nothing uploaded")
+        )
         assert uploads(hub) == [] and hub.repos == {}
 
 
 def test_dry_run_shards_lists_the_files_and_uploads_nothing(trained, tmp_path):
     with HubStub() as hub:
-        result = push(hub, tmp_path, trained, "--repo-id", "tester/dry", "--dry-run", "--staging", tmp_path / "stage",
-                      "--max-shard-size", "50KB")  # fmt: skip
+        result = push(
+            hub,
+            tmp_path,
+            trained,
+            "--repo-id",
+            "tester/dry",
+            "--dry-run",
+            "--staging",
+            tmp_path / "stage",
+            "--max-shard-size",
+            "50KB",
+        )
         assert result.returncode == 0, result.stderr[-3000:]  # the sharded folder passed the fresh-process check
         assert uploads(hub) == []
     listed = {line.split()[-1] for line in result.stdout.splitlines() if line.strip()[:1].isdigit()}
@@ -143,8 +192,15 @@ def test_card_renders_and_validates(trained, tmp_path, with_results):
     model.config.backbones["vision"]["name_or_path"] = "openai/clip-vit-base-patch32"  # a Hub id goes to base_model
     results = push_to_hub.load_results([_write(tmp_path / "r.json", REPORT)]) if with_results else []
     training = json.loads((trained / "train_config.json").read_text())
-    card = push_to_hub.render_card(model, "tester/card", training, results, bridge_only=False, license="apache-2.0",
-                                   datasets=["user/shape-captions"])
+    card = push_to_hub.render_card(
+        model,
+        "tester/card",
+        training,
+        results,
+        bridge_only=False,
+        license="apache-2.0",
+        datasets=["user/shape-captions"],
+    )
     push_to_hub.validate_card(card)
     metadata = card_metadata(card)
     assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "image-to-text"
@@ -181,9 +237,14 @@ def test_the_cards_usage_blocks_run_on_a_saved_model(trained, tmp_path):
 
     Image.new("RGB", (40, 40), "red").save(tmp_path / "photo.png")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, str(REPO / "model_cards" / "usage.py"), trained / "final",
-                             tmp_path / "photo.png"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(REPO / "model_cards" / "usage.py"), trained / "final", tmp_path / "photo.png"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("[{'generated_text':") and "'role': 'assistant'" in lines[3]

@@ -15,7 +15,6 @@ from tiny import LOAD_IN_FRESH_PROCESS, NO_REPO_IMPORTS, build
 GENERATION = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
 
 
-
 @pytest.mark.parametrize("llm", ["t5", "opt", "llama"])
 def test_saved_folder_loads_offline_in_a_fresh_process(backbones, llm, tmp_path):
     model, processor = build(backbones, llm)
@@ -25,8 +24,15 @@ def test_saved_folder_loads_offline_in_a_fresh_process(backbones, llm, tmp_path)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     saved = {p.name for p in folder.iterdir()}
-    assert {"modeling_vlap.py", "configuration_vlap.py", "optimal_transport.py", "pipeline_vlap.py",
-            "processing_vlap.py", "model.safetensors", "config.json"} <= saved  # fmt: skip
+    assert {
+        "modeling_vlap.py",
+        "configuration_vlap.py",
+        "optimal_transport.py",
+        "pipeline_vlap.py",
+        "processing_vlap.py",
+        "model.safetensors",
+        "config.json",
+    } <= saved
     assert not any(name.endswith((".bin", ".pt", ".pth")) for name in saved)
 
     image = Image.open(image_path)
@@ -40,8 +46,12 @@ def test_saved_folder_loads_offline_in_a_fresh_process(backbones, llm, tmp_path)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": ""}
     result = subprocess.run(
         [sys.executable, str(script), str(folder), str(image_path), json.dumps(GENERATION)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert (loaded["model_class"], loaded["processor_class"]) == ("VLAPForConditionalGeneration", "VLAPProcessor")
@@ -56,8 +66,12 @@ def test_saved_folder_loads_offline_in_a_fresh_process(backbones, llm, tmp_path)
     probabilities = torch.softmax(features @ text.T / model.config.assignment_temperature, dim=-1)[0]
     expected = sorted(zip(probabilities.tolist(), labels), reverse=True)
     assert [row["label"] for row in loaded["zero_shot"]] == [label for _, label in expected]
-    torch.testing.assert_close(torch.tensor([row["score"] for row in loaded["zero_shot"]]),
-                               torch.tensor([score for score, _ in expected]), atol=1e-5, rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        torch.tensor([row["score"] for row in loaded["zero_shot"]]),
+        torch.tensor([score for score, _ in expected]),
+        atol=1e-5,
+        rtol=0,
+    )
     # image-feature-extraction: the mapped visual tokens, and pooled: the image features.
     prefix = model.get_image_prefix(processor(images=[image])["pixel_values"])
     torch.testing.assert_close(torch.tensor(loaded["tokens"]), prefix, atol=1e-5, rtol=1e-5)
@@ -112,8 +126,14 @@ def test_image_text_to_text_pipeline_with_prompts_and_chat_messages(backbones, l
     script = tmp_path / "chat.py"
     script.write_text(CHAT_IN_FRESH_PROCESS)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, str(script), str(folder), str(image_path), json.dumps(GENERATION)],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(script), str(folder), str(image_path), json.dumps(GENERATION)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -128,10 +148,14 @@ def test_image_text_to_text_pipeline_with_prompts_and_chat_messages(backbones, l
     assert loaded["text"] == [{"input_text": question, "generated_text": reply(question)}]
     assert loaded["full"][0]["generated_text"] == question + reply(question)
     assert [row["generated_text"] for row in loaded["batch"]] == [
-        reply("A picture of"), reply("Question: is it red? Answer:")
+        reply("A picture of"),
+        reply("Question: is it red? Answer:"),
     ]
-    rendered = ("<|system|>Be brief.\n<|user|>What colour is the shape?\n<|assistant|>" if llm == "llama"
-                else "Be brief.\nWhat colour is the shape?")  # fmt: skip
+    rendered = (
+        "<|system|>Be brief.\n<|user|>What colour is the shape?\n<|assistant|>"
+        if llm == "llama"
+        else "Be brief.\nWhat colour is the shape?"
+    )
     assert loaded["rendered"] == rendered
     assert loaded["chat_ids"] == generate(rendered).tolist()
     answer = loaded["chat"][0]["generated_text"][-1]

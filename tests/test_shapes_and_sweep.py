@@ -31,7 +31,9 @@ def test_renders_cover_every_class_and_depend_only_on_the_seed():
 
 def test_variants_parse_with_yaml_values():
     assert parse_variant("paper=text_representation=hidden_states,word_marginal_weight=null,learning_rate=0.01") == (
-        "paper", {"text_representation": "hidden_states", "word_marginal_weight": None, "learning_rate": 0.01})
+        "paper",
+        {"text_representation": "hidden_states", "word_marginal_weight": None, "learning_rate": 0.01},
+    )
 
 
 def test_a_difference_exceeds_the_spread_only_when_the_seed_ranges_do_not_overlap():

@@ -35,12 +35,19 @@ def bridge(output_dir: Path) -> dict[str, torch.Tensor]:
 
 def test_killed_run_resumes_to_the_same_weights(backbones, caption_folder, tmp_path):
     reference = tmp_path / "reference"
-    run_train(write_config(tmp_path / "a.yaml", backbones, caption_folder, reference, max_steps=40, checkpointing_steps=5))
+    run_train(
+        write_config(tmp_path / "a.yaml", backbones, caption_folder, reference, max_steps=40, checkpointing_steps=5)
+    )
 
     killed = tmp_path / "killed"
     config = write_config(tmp_path / "b.yaml", backbones, caption_folder, killed, max_steps=40, checkpointing_steps=5)
-    process = subprocess.Popen([sys.executable, str(REPO / "train.py"), "--config", str(config)], cwd=REPO, env=ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), "--config", str(config)],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "step-5" / "progress.json").exists():
         assert process.poll() is None and time.time() < deadline, "training ended before its first checkpoint"
@@ -68,10 +75,24 @@ def test_two_processes_match_one_with_the_same_global_batch(backbones, caption_f
     run_train(write_config(tmp_path / "one.yaml", backbones, caption_folder, one, batch_size=8, max_steps=6))
     two = tmp_path / "two"
     # torchrun-style launch of 2 processes; `cpu: true` in the config makes them CPU processes talking over gloo.
-    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")  # fmt: skip
-    run_train(write_config(tmp_path / "two.yaml", backbones, caption_folder, two, batch_size=4, max_steps=6),
-              launcher=launcher)  # fmt: skip
+    launcher = (
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    )
+    run_train(
+        write_config(tmp_path / "two.yaml", backbones, caption_folder, two, batch_size=4, max_steps=6),
+        launcher=launcher,
+    )
     one_log, two_log = metrics(one), metrics(two)
     assert len(one_log) == len(two_log) == 6
     # Same weights, same 8 images: the assignment loss (a per-sample mean whose Sinkhorn marginal spans both
@@ -90,16 +111,33 @@ def test_training_from_the_feature_cache_matches_training_from_images(backbones,
     from_images = tmp_path / "images"
     run_train(write_config(tmp_path / "i.yaml", backbones, caption_folder, from_images, max_steps=4))
     from_cache = tmp_path / "cache"
-    run_train(write_config(tmp_path / "c.yaml", backbones, caption_folder, from_cache, max_steps=4,
-                           cache_features=str(tmp_path / "features")))  # fmt: skip
+    run_train(
+        write_config(
+            tmp_path / "c.yaml",
+            backbones,
+            caption_folder,
+            from_cache,
+            max_steps=4,
+            cache_features=str(tmp_path / "features"),
+        )
+    )
     for a, b in zip(metrics(from_images), metrics(from_cache)):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
 
 
 def test_exported_model_loads_in_a_fresh_process(backbones, caption_folder, tmp_path):
     output = tmp_path / "run"
-    result = run_train(write_config(tmp_path / "e.yaml", backbones, caption_folder, output, max_steps=3, eval_steps=3,
-                                    validation_data=str(caption_folder)))  # fmt: skip
+    result = run_train(
+        write_config(
+            tmp_path / "e.yaml",
+            backbones,
+            caption_folder,
+            output,
+            max_steps=3,
+            eval_steps=3,
+            validation_data=str(caption_folder),
+        )
+    )
     evaluation = json.loads(result.stdout.split("[eval step 3] ")[1].splitlines()[0])
     assert evaluation["val_loss"] > 0 and len(evaluation["captions"]) == 4
     summary = json.loads(result.stdout.split("summary: ")[1].splitlines()[0])
@@ -109,9 +147,19 @@ def test_exported_model_loads_in_a_fresh_process(backbones, caption_folder, tmp_
     image = tmp_path / "photo.png"
     shape_image("red", "circle").save(image)
     loaded = subprocess.run(
-        [sys.executable, str(script), str(output / "final"), str(image), json.dumps({"max_new_tokens": 4, "min_new_tokens": 4})],
-        cwd=tmp_path, env={**ENV, "PYTHONPATH": ""}, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(script),
+            str(output / "final"),
+            str(image),
+            json.dumps({"max_new_tokens": 4, "min_new_tokens": 4}),
+        ],
+        cwd=tmp_path,
+        env={**ENV, "PYTHONPATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert loaded.returncode == 0, loaded.stderr
     assert json.loads(loaded.stdout.splitlines()[-1])["caption"].strip()
 
@@ -148,13 +196,20 @@ def write_sources(root: Path, folder: Path) -> dict[str, str]:
     (root / "shards").mkdir()
     with tarfile.open(root / "shards" / "shard-000.tar", "w") as tar:
         for i, row in enumerate(rows):
-            for name, data in ((f"{i:04d}.png", (folder / row["file_name"]).read_bytes()),
-                               (f"{i:04d}.txt", row["caption"][0].encode())):  # fmt: skip
+            for name, data in (
+                (f"{i:04d}.png", (folder / row["file_name"]).read_bytes()),
+                (f"{i:04d}.txt", row["caption"][0].encode()),
+            ):
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
-    return {"imagefolder": str(folder), "json": str(root / "pairs.jsonl"), "csv": str(root / "pairs.csv"),
-            "disk": str(root / "saved"), "webdataset": str(root / "shards")}  # fmt: skip
+    return {
+        "imagefolder": str(folder),
+        "json": str(root / "pairs.jsonl"),
+        "csv": str(root / "pairs.csv"),
+        "disk": str(root / "saved"),
+        "webdataset": str(root / "shards"),
+    }
 
 
 def test_every_source_format_loads(caption_folder, tmp_path):
@@ -183,8 +238,10 @@ def test_several_captions_are_sampled_reproducibly(caption_folder):
 
 
 def test_bad_data_gives_clear_errors(caption_folder, tmp_path):
-    rows = [{"image": str(caption_folder / "0000.png"), "caption": "a red circle"},
-            {"image": str(caption_folder / "0001.png"), "caption": "  "}]  # fmt: skip
+    rows = [
+        {"image": str(caption_folder / "0000.png"), "caption": "a red circle"},
+        {"image": str(caption_folder / "0001.png"), "caption": "  "},
+    ]
     empty_caption = tmp_path / "empty_caption.jsonl"
     empty_caption.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValueError, match=r"empty_caption.jsonl: row 1 has no non-empty caption"):
@@ -209,11 +266,14 @@ def test_unreadable_images_are_skipped_then_stop_the_run(backbones, caption_fold
     batch = Collator(processor)(items)
     assert batch["bad_rows"] == [3] and batch["pixel_values"].shape[0] == 1
     # 1 bad image in 24 is 4%: above a 1% limit the run stops with the rows named, within 10% it trains on.
-    result = run_train(write_config(tmp_path / "bad.yaml", backbones, folder, tmp_path / "out", max_steps=6), check=False)
+    result = run_train(
+        write_config(tmp_path / "bad.yaml", backbones, folder, tmp_path / "out", max_steps=6), check=False
+    )
     assert result.returncode != 0 and "unreadable images, more than max_bad_fraction=0.01" in result.stderr
     assert "0003.png" in result.stderr  # the bad file is named, not only its row
-    result = run_train(write_config(tmp_path / "ok.yaml", backbones, folder, tmp_path / "ok", max_steps=6,
-                                    max_bad_fraction=0.1))  # fmt: skip
+    result = run_train(
+        write_config(tmp_path / "ok.yaml", backbones, folder, tmp_path / "ok", max_steps=6, max_bad_fraction=0.1)
+    )
     assert '"unreadable_images": 1' in result.stdout
 
 
@@ -242,7 +302,9 @@ def test_a_run_is_never_overwritten_and_a_planted_pickle_is_never_loaded(backbon
 
     marker = tmp_path / "marker"
     checkpoint = run / "checkpoints" / "step-4"
-    assert not list(checkpoint.glob("*.pkl")) or all(p.name.startswith("random_states") for p in checkpoint.glob("*.pkl"))
+    assert not list(checkpoint.glob("*.pkl")) or all(
+        p.name.startswith("random_states") for p in checkpoint.glob("*.pkl")
+    )
     (checkpoint / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(_Planted(marker)))
     resumed = run_train(config, "--resume", check=False)
     assert resumed.returncode != 0 and "refusing to resume" in resumed.stderr and not marker.exists()
@@ -253,8 +315,11 @@ def test_a_run_is_never_overwritten_and_a_planted_pickle_is_never_loaded(backbon
 
 def test_bad_budgets_fail_with_a_reason_before_training(backbones, caption_folder, tmp_path):
     config = write_config(tmp_path / "d.yaml", backbones, caption_folder, tmp_path / "run")
-    for extra, reason in ((("--batch-size", "100"), "no full batch"), (("--learning-rate", "-1"), "learning_rate"),
-                          (("--batch-size", "0"), "batch_size")):  # fmt: skip
+    for extra, reason in (
+        (("--batch-size", "100"), "no full batch"),
+        (("--learning-rate", "-1"), "learning_rate"),
+        (("--batch-size", "0"), "batch_size"),
+    ):
         result = run_train(config, *extra, check=False)
         assert result.returncode != 0 and reason in result.stderr and "Traceback" not in result.stderr, extra
     assert not (tmp_path / "run" / "final").exists()

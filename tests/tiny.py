@@ -82,13 +82,20 @@ def unigram_tokenizer() -> PreTrainedTokenizerFast:
 
 def clip_vision_config() -> CLIPVisionConfig:
     return CLIPVisionConfig(
-        hidden_size=24, intermediate_size=48, num_attention_heads=2, num_hidden_layers=2,
-        image_size=IMAGE_SIZE, patch_size=8, projection_dim=16,
-    )  # fmt: skip
+        hidden_size=24,
+        intermediate_size=48,
+        num_attention_heads=2,
+        num_hidden_layers=2,
+        image_size=IMAGE_SIZE,
+        patch_size=8,
+        projection_dim=16,
+    )
 
 
 def image_processor() -> CLIPImageProcessorPil:
-    return CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    return CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
 
 
 def language_model(kind: str, tokenizer: PreTrainedTokenizerFast):
@@ -101,23 +108,44 @@ def language_model(kind: str, tokenizer: PreTrainedTokenizerFast):
     special = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
     if kind == "t5":
         config = T5Config(
-            vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-            decoder_start_token_id=tokenizer.pad_token_id, **special,
-        )  # fmt: skip
+            vocab_size=vocab,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            decoder_start_token_id=tokenizer.pad_token_id,
+            **special,
+        )
         return T5ForConditionalGeneration(config)
     if kind == "opt":
         config = OPTConfig(
-            vocab_size=vocab, hidden_size=32, word_embed_proj_dim=16, ffn_dim=64, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=128, bos_token_id=tokenizer.bos_token_id,
-            init_std=0.2, **special,
-        )  # fmt: skip
+            vocab_size=vocab,
+            hidden_size=32,
+            word_embed_proj_dim=16,
+            ffn_dim=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=128,
+            bos_token_id=tokenizer.bos_token_id,
+            init_std=0.2,
+            **special,
+        )
         return OPTForCausalLM(config)
     if kind == "llama":
         config = LlamaConfig(
-            vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True, initializer_range=0.2,
-            bos_token_id=tokenizer.bos_token_id, **special,
-        )  # fmt: skip
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            tie_word_embeddings=True,
+            initializer_range=0.2,
+            bos_token_id=tokenizer.bos_token_id,
+            **special,
+        )
         return LlamaForCausalLM(config)
     raise ValueError(kind)
 
@@ -129,11 +157,19 @@ def save_tiny_backbones(root: Path, seed: int = 0) -> dict[str, Path]:
     paths["clip"] = root / "clip"
     full_clip = CLIPConfig(
         vision_config=clip_vision_config().to_dict(),
-        text_config={"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2, "num_hidden_layers": 1,
-                     "vocab_size": 64, "max_position_embeddings": 16, "bos_token_id": 1, "eos_token_id": 2,
-                     "pad_token_id": 0},
+        text_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_attention_heads": 2,
+            "num_hidden_layers": 1,
+            "vocab_size": 64,
+            "max_position_embeddings": 16,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "pad_token_id": 0,
+        },
         projection_dim=16,
-    )  # fmt: skip
+    )
     CLIPModel(full_clip).save_pretrained(paths["clip"])
     image_processor().save_pretrained(paths["clip"])
     paths["clip_vision"] = root / "clip_vision"
@@ -219,23 +255,25 @@ LOAD_IN_FRESH_PROCESS = NO_REPO_IMPORTS + textwrap.dedent(
 
     folder, image_path, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     LABELS, TEMPLATE = ["red circle", "blue square", "green triangle"], "a photo of a {}."
+    QUESTION = "Question: what colour is the shape? Answer:"
     image = Image.open(image_path)
     model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     assert type(AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)) is type(model)
     ids = model.generate(**processor(images=[image]), **settings)
     captioner = pipeline("image-to-text", model=folder, trust_remote_code=True)
+    features = pipeline("image-feature-extraction", model=folder, trust_remote_code=True)
     print(json.dumps({
         "model_class": type(model).__name__,
         "processor_class": type(processor).__name__,
         "ids": ids.tolist(),
         "caption": captioner(image, **settings)[0]["generated_text"],
-        "answer": captioner(image, prompt="Question: what colour is the shape? Answer:", **settings)[0]["generated_text"],
+        "answer": captioner(image, prompt=QUESTION, **settings)[0]["generated_text"],
         "image_features": model.get_image_features(processor(images=[image])["pixel_values"]).tolist(),
         "zero_shot": pipeline("zero-shot-image-classification", model=folder, trust_remote_code=True)(
             image, candidate_labels=LABELS, hypothesis_template=TEMPLATE),
-        "tokens": pipeline("image-feature-extraction", model=folder, trust_remote_code=True)(image, return_tensors=True).tolist(),
-        "pooled": pipeline("image-feature-extraction", model=folder, trust_remote_code=True)(image, pool=True),
+        "tokens": features(image, return_tensors=True).tolist(),
+        "pooled": features(image, pool=True),
     }))
     """
 )
@@ -248,8 +286,15 @@ def langbridge(backbones, llm="llama", size=40, coefficients="softmax", transfer
     counts = caption_token_counts(CORPUS, VLAPProcessor(image_processor(), tokenizer), len(tokenizer))
     others = [AutoTokenizer.from_pretrained(backbones[name]) for name in transfer_to]
     tokens, ids = select_vocabulary(counts, tokenizer, size, others)
-    model, processor = build(backbones, llm, bridge_type="langbridge", langbridge_tokens=tokens,
-                             langbridge_token_ids=ids, langbridge_coefficients=coefficients, num_visual_tokens=4)  # fmt: skip
+    model, processor = build(
+        backbones,
+        llm,
+        bridge_type="langbridge",
+        langbridge_tokens=tokens,
+        langbridge_token_ids=ids,
+        langbridge_coefficients=coefficients,
+        num_visual_tokens=4,
+    )
     return model.eval(), processor
 
 
@@ -259,10 +304,20 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_
 
 def write_config(path: Path, backbones, data: Path, output_dir: Path, **overrides) -> Path:
     config = {
-        "vision_model": str(backbones["clip"]), "text_model": str(backbones["opt"]), "train_data": str(data),
-        "batch_size": 4, "max_steps": 12, "learning_rate": 1e-3, "warmup_steps": 2, "checkpointing_steps": 4,
-        "eval_steps": 0, "output_dir": str(output_dir), "seed": 3, "cpu": True, **overrides,
-    }  # fmt: skip
+        "vision_model": str(backbones["clip"]),
+        "text_model": str(backbones["opt"]),
+        "train_data": str(data),
+        "batch_size": 4,
+        "max_steps": 12,
+        "learning_rate": 1e-3,
+        "warmup_steps": 2,
+        "checkpointing_steps": 4,
+        "eval_steps": 0,
+        "output_dir": str(output_dir),
+        "seed": 3,
+        "cpu": True,
+        **overrides,
+    }
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -270,8 +325,12 @@ def write_config(path: Path, backbones, data: Path, output_dir: Path, **override
 def run_train(config: Path, *extra, launcher=(sys.executable,), check=True) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [*launcher, str(REPO / "train.py"), "--config", str(config), *extra],
-        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -309,7 +368,9 @@ class HubStub:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 path = unquote(urlparse(self.path).path)
-                stub.requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body})
+                stub.requests.append(
+                    {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
+                )
                 status, reply, headers = stub.route(self.command, path, body)
                 self._reply(status, reply, headers)
 
@@ -356,7 +417,11 @@ class HubStub:
                 return 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
             if action == "preupload":
                 files = json.loads(body)["files"]
-                return 200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}, None
+                return (
+                    200,
+                    {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]},
+                    None,
+                )
             if action == "commit":
                 files = dict(self.repos[repo].get(rest, self.repos[repo]["main"]))
                 for line in body.decode().splitlines():
@@ -364,7 +429,11 @@ class HubStub:
                     if operation["key"] == "file":
                         files[operation["value"]["path"]] = base64.b64decode(operation["value"]["content"])
                 self.repos[repo][rest] = files
-                return 200, {"commitUrl": f"{self.endpoint}/{repo}/commit/{self.sha(files)}", "commitOid": self.sha(files)}, None
+                return (
+                    200,
+                    {"commitUrl": f"{self.endpoint}/{repo}/commit/{self.sha(files)}", "commitOid": self.sha(files)},
+                    None,
+                )
             if action == "branch":
                 self.repos[repo].setdefault(rest, dict(self.repos[repo]["main"]))
                 return 200, {}, None
@@ -374,11 +443,17 @@ class HubStub:
                 if files is None:
                     return 404, {"error": "Revision not found"}, {"X-Error-Code": "RevisionNotFound"}
                 if action == "tree":
-                    entries = [{"type": "file", "path": p, "size": len(c), "oid": hashlib.sha1(c).hexdigest()}
-                               for p, c in sorted(files.items())]  # fmt: skip
+                    entries = [
+                        {"type": "file", "path": p, "size": len(c), "oid": hashlib.sha1(c).hexdigest()}
+                        for p, c in sorted(files.items())
+                    ]
                     return 200, entries, None
-                info = {"id": repo, "sha": self.sha(files), "private": False,
-                        "siblings": [{"rfilename": p} for p in sorted(files)]}  # fmt: skip
+                info = {
+                    "id": repo,
+                    "sha": self.sha(files),
+                    "private": False,
+                    "siblings": [{"rfilename": p} for p in sorted(files)],
+                }
                 return 200, info, None
         if len(parts) >= 5 and parts[2] == "resolve":
             repo, revision, file_path = f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:])
@@ -386,7 +461,10 @@ class HubStub:
             if files is None or file_path not in files:
                 return 404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"}
             content = files[file_path]
-            headers = {"X-Repo-Commit": self.sha(files), "ETag": f'"{hashlib.sha1(content).hexdigest()}"',
-                       "Content-Type": "application/octet-stream"}  # fmt: skip
+            headers = {
+                "X-Repo-Commit": self.sha(files),
+                "ETag": f'"{hashlib.sha1(content).hexdigest()}"',
+                "Content-Type": "application/octet-stream",
+            }
             return 200, content, headers
         return 404, {"error": f"stub Hub: no route for {method} {path}"}, None

@@ -18,7 +18,11 @@ from transformers import CLIPImageProcessorPil
 
 from modeling_vlap.efficientnet_lite import EfficientNetLiteConfig, EfficientNetLiteForImageClassification
 
-EFFICIENTNET_FOLDER, SMOLLM2_FOLDER, GEMMA3_FOLDER = "efficientnet-lite0", "smollm2-135m-instruct", "gemma3-270m"  # under cache_root()
+EFFICIENTNET_FOLDER, SMOLLM2_FOLDER, GEMMA3_FOLDER = (
+    "efficientnet-lite0",
+    "smollm2-135m-instruct",
+    "gemma3-270m",
+)  # under cache_root()
 
 
 def cache_root() -> Path:
@@ -34,13 +38,24 @@ def efficientnet_reference_state_dict() -> dict[str, torch.Tensor]:
 
 def rename_efficientnet_key(key: str) -> str:
     """Reference (lukemelas-style) names -> EfficientNetLiteForImageClassification names."""
-    block_parts = {"_expand_conv": "expand.conv", "_bn0": "expand.norm", "_depthwise_conv": "depthwise.conv",
-                   "_bn1": "depthwise.norm", "_project_conv": "project.conv", "_bn2": "project.norm"}  # fmt: skip
+    block_parts = {
+        "_expand_conv": "expand.conv",
+        "_bn0": "expand.norm",
+        "_depthwise_conv": "depthwise.conv",
+        "_bn1": "depthwise.norm",
+        "_project_conv": "project.conv",
+        "_bn2": "project.norm",
+    }
     if match := re.fullmatch(r"_blocks\.(\d+)\.(_\w+?)\.(\w+)", key):
         index, part, field = match.groups()
         return f"efficientnet_lite.blocks.{index}.{block_parts[part]}.{field}"
-    top = {"_conv_stem": "efficientnet_lite.stem.conv", "_bn0": "efficientnet_lite.stem.norm",
-           "_conv_head": "efficientnet_lite.head.conv", "_bn1": "efficientnet_lite.head.norm", "_fc": "classifier"}  # fmt: skip
+    top = {
+        "_conv_stem": "efficientnet_lite.stem.conv",
+        "_bn0": "efficientnet_lite.stem.norm",
+        "_conv_head": "efficientnet_lite.head.conv",
+        "_bn1": "efficientnet_lite.head.norm",
+        "_fc": "classifier",
+    }
     part, field = key.split(".", 1)
     return f"{top[part]}.{field}"
 
@@ -48,9 +63,11 @@ def rename_efficientnet_key(key: str) -> str:
 def efficientnet_image_processor() -> CLIPImageProcessorPil:
     """Shortest side 224, centre crop 224, pixels scaled to [-1, 1] (mean = std = 0.5), as the weights expect."""
     return CLIPImageProcessorPil(
-        size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224},
-        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
-    )  # fmt: skip
+        size={"shortest_edge": 224},
+        crop_size={"height": 224, "width": 224},
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
 
 
 def efficientnet_lite0(root: Path | None = None) -> Path:

@@ -77,7 +77,7 @@ def one_image(spec: str) -> Path:
 
 
 def comma_separated(text: str) -> list[str]:
-    """"a, b,,c" -> ["a", "b", "c"]."""
+    """ "a, b,,c" -> ["a", "b", "c"]."""
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
@@ -129,8 +129,15 @@ def cmd_caption(args) -> None:
     found = expand_images(args.images)
     paths, images, failures = open_images(found, keep_going=True)
     model, processor = load_model(args)
-    captions = caption(model, processor, images, prompt=args.prompt, batch_size=args.batch_size,
-                       max_new_tokens=args.max_new_tokens, progress=True)  # fmt: skip
+    captions = caption(
+        model,
+        processor,
+        images,
+        prompt=args.prompt,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        progress=True,
+    )
     data = [{"image": str(path), "caption": text} for path, text in zip(paths, captions)]
     emit(args, data, "\n".join(f"{row['image']}: {row['caption']}" for row in data))
     report_failures(failures, len(found))
@@ -142,8 +149,16 @@ def cmd_vqa(args) -> None:
     found = expand_images([args.image])
     paths, images, failures = open_images(found, keep_going=True)
     model, processor = load_model(args)
-    answers = answer(model, processor, images, [args.question] * len(images), template=args.template or VQA_TEMPLATE,
-                     batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=True)  # fmt: skip
+    answers = answer(
+        model,
+        processor,
+        images,
+        [args.question] * len(images),
+        template=args.template or VQA_TEMPLATE,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        progress=True,
+    )
     data = [{"image": str(path), "question": args.question, "answer": text} for path, text in zip(paths, answers)]
     emit(args, data, "\n".join(f"{row['image']}: {row['answer']}" for row in data))
     report_failures(failures, len(found))
@@ -165,9 +180,13 @@ def cmd_retrieve(args) -> None:
     data = {"image_to_text": [], "text_to_image": []}
     if candidates:
         for path, ranked in zip(paths, rank(similarity[:, : len(candidates)], args.top_k)):
-            data["image_to_text"].append({"image": str(path), "texts": [{"text": candidates[i], "score": s} for i, s in ranked]})
+            data["image_to_text"].append(
+                {"image": str(path), "texts": [{"text": candidates[i], "score": s} for i, s in ranked]}
+            )
     for text, ranked in zip(queries, rank(similarity.T, args.top_k)):
-        data["text_to_image"].append({"text": text, "images": [{"image": str(paths[i]), "score": s} for i, s in ranked]})
+        data["text_to_image"].append(
+            {"text": text, "images": [{"image": str(paths[i]), "score": s} for i, s in ranked]}
+        )
     lines = []
     for row in data["image_to_text"]:
         lines += [f"{row['image']}:"] + [f"  {hit['score']:+.3f}  {hit['text']}" for hit in row["texts"]]
@@ -185,11 +204,18 @@ def cmd_classify(args) -> None:
     paths, images, failures = open_images(found, keep_going=True)
     model, processor = load_model(args)
     ranked = classify(model, processor, images, labels, template=args.template, batch_size=args.batch_size)
-    data = [{"image": str(path), "labels": [{"label": label, "score": score} for label, score in scores]}
-            for path, scores in zip(paths, ranked)]  # fmt: skip
-    emit(args, data, "\n".join(f"{row['image']}: " + ", ".join(f"{hit['label']} {hit['score']:.3f}"
-                                                              for hit in row["labels"][: args.top_k])
-                               for row in data))  # fmt: skip
+    data = [
+        {"image": str(path), "labels": [{"label": label, "score": score} for label, score in scores]}
+        for path, scores in zip(paths, ranked)
+    ]
+    emit(
+        args,
+        data,
+        "\n".join(
+            f"{row['image']}: " + ", ".join(f"{hit['label']} {hit['score']:.3f}" for hit in row["labels"][: args.top_k])
+            for row in data
+        ),
+    )
     report_failures(failures, len(found))
 
 
@@ -210,9 +236,10 @@ def cmd_words(args) -> None:
     if args.per_token:
         said = token_words(model, processor, images, top_k=args.top_k)[0]
         data["visual_tokens"] = [[{"word": word, "coefficient": c} for word, c in token] for token in said]
-        lines += ["per visual token:"] + [f"  {index:3d}  " + ", ".join(f"{word.strip() or repr(word)} {c:.3f}"
-                                                                         for word, c in token)
-                                          for index, token in enumerate(said)]  # fmt: skip
+        lines += ["per visual token:"] + [
+            f"  {index:3d}  " + ", ".join(f"{word.strip() or repr(word)} {c:.3f}" for word, c in token)
+            for index, token in enumerate(said)
+        ]
     emit(args, data, "\n".join(lines))
 
 
@@ -242,21 +269,39 @@ def cmd_eval(args) -> None:
     if not classification and (args.labels or args.held_out or args.plot):
         raise CLIError("--labels, --held-out and --plot are for --task classification")
     labels = comma_separated(args.labels) if args.labels else None
-    data = load_eval_data(args.data, args.task, args.format, args.split, args.image_column, args.caption_column,
-                          args.limit, args.label_column, labels)  # fmt: skip
+    data = load_eval_data(
+        args.data,
+        args.task,
+        args.format,
+        args.split,
+        args.image_column,
+        args.caption_column,
+        args.limit,
+        args.label_column,
+        labels,
+    )
     model, processor = load_model(args)
     generation = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
     if args.template is not None:
         if args.task not in ("vqa", "classification"):
-            raise CLIError("--template is the VQA prompt or the class label template: it needs --task vqa or "
-                           "classification")  # fmt: skip
+            raise CLIError(
+                "--template is the VQA prompt or the class label template: it needs --task vqa or classification"
+            )
         generation["template"] = args.template
     if args.held_out:
         generation["held_out"] = comma_separated(args.held_out)
-    result = evaluate_task(model, processor, data, args.task, batch_size=args.batch_size, progress=not classification,
-                           **generation)  # fmt: skip
-    full = {"model": args.model, "task": args.task, "data": args.data, "command": "vlap " + shlex.join(args.argv),
-            "num_images": len(data["images"]), "skipped_images": data["skipped"], **result}  # fmt: skip
+    result = evaluate_task(
+        model, processor, data, args.task, batch_size=args.batch_size, progress=not classification, **generation
+    )
+    full = {
+        "model": args.model,
+        "task": args.task,
+        "data": args.data,
+        "command": "vlap " + shlex.join(args.argv),
+        "num_images": len(data["images"]),
+        "skipped_images": data["skipped"],
+        **result,
+    }
     report = {key: value for key, value in full.items() if key != "predictions"}
     table = markdown_table({args.model: result["scores"]})
     if result.get("unavailable"):
@@ -281,8 +326,12 @@ def cmd_transfer(args) -> None:
     if out.exists() and any(out.iterdir()):
         raise CLIError(f"{out}: the output folder exists and is not empty")
     report = transfer(args.model, args.to_llm, out, min_coverage=args.min_coverage)
-    emit(args, report, f"{report['found']} of {report['strings']} LangBridge strings found in {args.to_llm} "
-                       f"({report['coverage']:.1%}); saved {report['out']}")  # fmt: skip
+    emit(
+        args,
+        report,
+        f"{report['found']} of {report['strings']} LangBridge strings found in {args.to_llm} "
+        f"({report['coverage']:.1%}); saved {report['out']}",
+    )
 
 
 def cmd_serve(args) -> None:
@@ -309,8 +358,11 @@ def positive_int(text: str) -> int:
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """--host, --port and --gallery of `vlap serve` and app.py. Spaces set GRADIO_SERVER_NAME=0.0.0.0; anywhere
     else the default is loopback, and binding wider is the user's explicit choice."""
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-                        help="address to bind (default 127.0.0.1: this machine only)")  # fmt: skip
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        help="address to bind (default 127.0.0.1: this machine only)",
+    )
     parser.add_argument("--port", type=positive_int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     parser.add_argument("--gallery", metavar="DIR", help="images for Arithmetic and Retrieve (default: the examples)")
 
@@ -321,27 +373,40 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass (default 16)")
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
 
-    parser = argparse.ArgumentParser(prog="vlap", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="vlap", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name, function, help_text, epilog=None):
-        sub = commands.add_parser(name, parents=[common], help=help_text, description=help_text, epilog=epilog,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+        sub = commands.add_parser(
+            name,
+            parents=[common],
+            help=help_text,
+            description=help_text,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         sub.add_argument("model", metavar="MODEL", help="a saved VLAP folder or a Hub id")
         sub.set_defaults(function=function)
         return sub
 
     sub = command("caption", cmd_caption, "one caption per image")
     sub.add_argument("images", metavar="IMAGE", nargs="+", help="image files, globs or folders")
-    sub.add_argument("--prompt", default=None, help="text after the visual prefix (default: the model's, 'A picture of')")
+    sub.add_argument(
+        "--prompt", default=None, help="text after the visual prefix (default: the model's, 'A picture of')"
+    )
     sub.add_argument("--max-new-tokens", type=positive_int, default=20)
 
     sub = command("vqa", cmd_vqa, "answer a question about an image (zero-shot, prompted)")
     sub.add_argument("image", metavar="IMAGE", help="an image file (or a folder/glob: the question for each)")
     sub.add_argument("question", metavar="QUESTION")
-    sub.add_argument("--template", default=None,
-                     help="prompt template with {question}, optionally {caption} (the model's caption of the image) "
-                          "and {prompt} (the model's caption prompt); default: vlap.tasks.VQA_TEMPLATE")  # fmt: skip
+    sub.add_argument(
+        "--template",
+        default=None,
+        help="prompt template with {question}, optionally {caption} (the model's caption of the image) "
+        "and {prompt} (the model's caption prompt); default: vlap.tasks.VQA_TEMPLATE",
+    )
     sub.add_argument("--max-new-tokens", type=positive_int, default=10)
 
     sub = command("retrieve", cmd_retrieve, "rank texts for each image and images for each text")
@@ -353,19 +418,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("classify", cmd_classify, "zero-shot classification among labels (CLIP-style, by feature cosine)")
     sub.add_argument("images", metavar="IMAGE", nargs="+", help="image files, globs or folders")
     sub.add_argument("--labels", required=True, help="comma-separated candidate labels, e.g. 'cat,dog,car'")
-    sub.add_argument("--template", default="a {}", help="label text template with {} (as the pipeline's hypothesis_template; "
-                     "default 'a {}', the form of the training captions)")
+    sub.add_argument(
+        "--template",
+        default="a {}",
+        help="label text template with {} (as the pipeline's hypothesis_template; "
+        "default 'a {}', the form of the training captions)",
+    )
     sub.add_argument("--top-k", type=positive_int, default=5)
 
     sub = command("words", cmd_words, "read an image as words: the top of its assignment over the vocabulary")
     sub.add_argument("image", metavar="IMAGE")
     sub.add_argument("--top-k", type=positive_int, default=10)
     sub.add_argument("--plot", metavar="PNG", help="also draw the words as a bar chart into this file")
-    sub.add_argument("--per-token", action="store_true",
-                     help="LangBridge: also the top words each visual token says (its coefficients)")  # fmt: skip
+    sub.add_argument(
+        "--per-token",
+        action="store_true",
+        help="LangBridge: also the top words each visual token says (its coefficients)",
+    )
 
-    sub = command("arithmetic", cmd_arithmetic, "visual semantic arithmetic: IMAGE - word + word -> nearest words",
-                  epilog='example: vlap arithmetic MODEL red_circle.png - red + blue --images shapes/')  # fmt: skip
+    sub = command(
+        "arithmetic",
+        cmd_arithmetic,
+        "visual semantic arithmetic: IMAGE - word + word -> nearest words",
+        epilog="example: vlap arithmetic MODEL red_circle.png - red + blue --images shapes/",
+    )
     sub.add_argument("image", metavar="IMAGE")
     sub.add_argument("terms", metavar="TERM", nargs="+", help="'-' or '+' followed by a word, repeated")
     sub.add_argument("--images", metavar="DIR", help="also rank these images by the result")
@@ -373,20 +449,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("eval", cmd_eval, "evaluate on a dataset: metrics as a markdown table (or --json)")
     sub.add_argument("--task", required=True, choices=["caption", "vqa", "retrieval", "classification"])
-    sub.add_argument("--data", required=True, help="imagefolder, .jsonl/.csv, save_to_disk folder, Hub id or .tar shards")
+    sub.add_argument(
+        "--data", required=True, help="imagefolder, .jsonl/.csv, save_to_disk folder, Hub id or .tar shards"
+    )
     sub.add_argument("--format", default="auto", help="data format (default: detected)")
     sub.add_argument("--split", default=None, help="default: test, or train when there is no test split")
     sub.add_argument("--image-column", default="image")
     sub.add_argument("--caption-column", default="caption")
     sub.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N images")
     sub.add_argument("--max-new-tokens", type=positive_int, default=None, help="caption: 20, vqa: 10 (default)")
-    sub.add_argument("--template", default=None, help="vqa: the prompt template (as `vlap vqa --template`); "
-                     "classification: the label template (as `vlap classify --template`)")
+    sub.add_argument(
+        "--template",
+        default=None,
+        help="vqa: the prompt template (as `vlap vqa --template`); "
+        "classification: the label template (as `vlap classify --template`)",
+    )
     sub.add_argument("--label-column", default="label", help="classification: class index or name per image")
-    sub.add_argument("--labels", help="classification: comma-separated class names (default: the label column's "
-                     "datasets.ClassLabel names)")
-    sub.add_argument("--held-out", metavar="NAMES", help="classification: comma-separated classes left out of "
-                     "training; adds held-out and seen figures")
+    sub.add_argument(
+        "--labels",
+        help="classification: comma-separated class names (default: the label column's datasets.ClassLabel names)",
+    )
+    sub.add_argument(
+        "--held-out",
+        metavar="NAMES",
+        help="classification: comma-separated classes left out of training; adds held-out and seen figures",
+    )
     sub.add_argument("--plot", metavar="PNG", help="classification: draw the confusion matrices into this file")
     sub.add_argument("--out", metavar="FILE.json", help="also write the report (with predictions) and FILE.md")
 
@@ -394,7 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(sub)
 
     sub = command("transfer", cmd_transfer, "move a LangBridge model to another LLM without training (re-index words)")
-    sub.add_argument("--to-llm", required=True, metavar="LLM", help="the new LLM (Hub id or folder, with its tokenizer)")
+    sub.add_argument(
+        "--to-llm", required=True, metavar="LLM", help="the new LLM (Hub id or folder, with its tokenizer)"
+    )
     sub.add_argument("--out", metavar="DIR", help="where to save (default: MODEL-to-LLM)")
     sub.add_argument("--min-coverage", type=float, default=0.9, help="refuse below this share of strings found (0.9)")
     return parser

@@ -26,7 +26,11 @@ def detect_format(source: str) -> str:
     if source.endswith(".tar") or glob.glob(os.path.join(source, "*.tar")) or "*" in source:
         return "webdataset"
     if path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "state.json").exists() or (path / "dataset_dict.json").exists():
+        if (
+            (path / "dataset_info.json").exists()
+            or (path / "state.json").exists()
+            or (path / "dataset_dict.json").exists()
+        ):
             return "disk"
         return "imagefolder"
     if path.suffix in (".jsonl", ".json"):
@@ -130,7 +134,7 @@ class CaptionedImages(torch.utils.data.Dataset):
         self.base_dir, self.seed, self.epoch, self.features = base_dir, seed, 0, features
 
     def describe_rows(self, rows, limit: int = 10) -> str:
-        """"row 3 (images/0003.png), ...": the first `limit` rows with the file each image came from, when known."""
+        """ "row 3 (images/0003.png), ...": the first `limit` rows with the file each image came from, when known."""
         described = []
         for row in sorted(rows)[:limit]:
             cell = self.dataset[row][self.image_column]

@@ -68,12 +68,23 @@ def banner(text: str) -> None:
 
 def train(name: str, out: Path, train_data: Path, vision: Path, llm: Path, args, **overrides) -> Path:
     config = {
-        "vision_model": str(vision), "text_model": str(llm), "train_data": str(train_data), **DEMO_BUDGET,
-        "max_steps": args.steps, "warmup_steps": max(args.steps // 10, 1), "cache_features": str(out / "features"),
-        "checkpointing_steps": args.steps, "checkpoints_total_limit": 1, "eval_steps": 0, "num_eval_images": 4,
-        "output_dir": str(out / name), "overwrite_output_dir": True, "seed": args.seed,
-        "cpu": not torch.cuda.is_available(), **overrides,
-    }  # fmt: skip
+        "vision_model": str(vision),
+        "text_model": str(llm),
+        "train_data": str(train_data),
+        **DEMO_BUDGET,
+        "max_steps": args.steps,
+        "warmup_steps": max(args.steps // 10, 1),
+        "cache_features": str(out / "features"),
+        "checkpointing_steps": args.steps,
+        "checkpoints_total_limit": 1,
+        "eval_steps": 0,
+        "num_eval_images": 4,
+        "output_dir": str(out / name),
+        "overwrite_output_dir": True,
+        "seed": args.seed,
+        "cpu": not torch.cuda.is_available(),
+        **overrides,
+    }
     config_path = out / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     subprocess.run([sys.executable, str(REPO / "train.py"), "--config", str(config_path)], check=True, cwd=REPO)
@@ -84,10 +95,12 @@ def evaluate_model(folder: Path, sets: dict, test_captions: list) -> dict:
     """Caption metrics on the test images and `evaluate_shape_world` on every set, for one exported model."""
     model, processor = load_model(folder)
     test_states = sets["test"]["vision_hidden_states"]
-    caption = evaluate_captioning(model, processor, references=test_captions, vision_hidden_states=test_states,
-                                  max_new_tokens=12, batch_size=32)  # fmt: skip
-    worlds = {name: evaluate_shape_world(model, processor, **data, other_vqa_layouts=False)
-              for name, data in sets.items()}  # fmt: skip
+    caption = evaluate_captioning(
+        model, processor, references=test_captions, vision_hidden_states=test_states, max_new_tokens=12, batch_size=32
+    )
+    worlds = {
+        name: evaluate_shape_world(model, processor, **data, other_vqa_layouts=False) for name, data in sets.items()
+    }
     scores = {**caption["scores"]}
     for name, world in worlds.items():
         scores.update({f"{name}: {k}": v for k, v in world.items() if isinstance(v, float)})
@@ -101,8 +114,13 @@ def encode_test_split(test: datasets.Dataset, max_questions: int) -> tuple[torch
     return vision_states(test["image"], f"test-{len(test)}"), questions_of(test, max_questions)
 
 
-DIAGNOSTICS = ("text_target_entropy", "image_target_entropy", "text_target_content_mass",
-               "image_target_content_mass", "top1_agreement")  # vlap.diagnostics, logged by train.py every step
+DIAGNOSTICS = (
+    "text_target_entropy",
+    "image_target_entropy",
+    "text_target_content_mass",
+    "image_target_content_mass",
+    "top1_agreement",
+)  # vlap.diagnostics, logged by train.py every step
 
 
 def plot_losses(out: Path, runs: dict) -> None:
@@ -114,7 +132,9 @@ def plot_losses(out: Path, runs: dict) -> None:
 
     figure, (losses, diagnostics) = plt.subplots(1, 2, figsize=(13, 4))
     for name, folder in runs.items():
-        records = [r for r in map(json.loads, (folder.parent / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+        records = [
+            r for r in map(json.loads, (folder.parent / "metrics.jsonl").read_text().splitlines()) if "loss" in r
+        ]
         steps = [r["step"] for r in records]
         losses.plot(steps, [r["caption_loss"] for r in records], label=f"{name}: caption loss")
         for half in ("image_predicts_text", "text_predicts_image"):
@@ -173,9 +193,11 @@ def fashion_mnist(args, out: Path, start: float) -> None:
         train_rows.save_to_disk(str(train_data))
     evaluated = validation if args.eval_split == "validation" else splits["test"]
     evaluated = evaluated.select(range(min(args.test_images, len(evaluated))))
-    print(f"vision {vision}\nLLM {llm}\nFashion-MNIST: {len(train_rows)} training images"
-          + (f" without {', '.join(held_out)}" if held_out else "")
-          + f", {len(evaluated)} {args.eval_split} images")  # fmt: skip
+    print(
+        f"vision {vision}\nLLM {llm}\nFashion-MNIST: {len(train_rows)} training images"
+        + (f" without {', '.join(held_out)}" if held_out else "")
+        + f", {len(evaluated)} {args.eval_split} images"
+    )
 
     banner("2. VLAP: caption + assignment prediction (frozen-feature cache)")
     runs = {"vlap": train("vlap", out, train_data, vision, llm, args, **VLAP_METHOD)}
@@ -187,18 +209,44 @@ def fashion_mnist(args, out: Path, start: float) -> None:
     results = {}
     for name, folder in runs.items():
         model, processor = load_model(folder)
-        results[name] = evaluate_classification(model, processor, labels=evaluated["label"], class_names=CLASSES,
-                                                vision_hidden_states=states, held_out=held_out, batch_size=32)  # fmt: skip
+        results[name] = evaluate_classification(
+            model,
+            processor,
+            labels=evaluated["label"],
+            class_names=CLASSES,
+            vision_hidden_states=states,
+            held_out=held_out,
+            batch_size=32,
+        )
         plot_confusion(results[name], out / f"confusion_{name}.png")
-        print(f"{name} captions: " + "; ".join(f"{e['caption']!r} ({e['class']})" for e in results[name]["examples"][:4]))
-    markdown = markdown_table({"VLAP (caption + assignment)": results["vlap"]["scores"],
-                               "caption-only baseline": results["caption_only"]["scores"]})  # fmt: skip
+        print(
+            f"{name} captions: " + "; ".join(f"{e['caption']!r} ({e['class']})" for e in results[name]["examples"][:4])
+        )
+    markdown = markdown_table(
+        {
+            "VLAP (caption + assignment)": results["vlap"]["scores"],
+            "caption-only baseline": results["caption_only"]["scores"],
+        }
+    )
     print(markdown)
-    finish(out, start, results, markdown, runs, {
-        "dataset": "fashion-mnist", "held_out": held_out, "eval_split": args.eval_split, "train_images": len(train_rows),
-        "evaluated_images": len(evaluated), **DEMO_BUDGET, "max_steps": args.steps, "seed": args.seed,
-        "vlap_method": VLAP_METHOD,
-    })  # fmt: skip
+    finish(
+        out,
+        start,
+        results,
+        markdown,
+        runs,
+        {
+            "dataset": "fashion-mnist",
+            "held_out": held_out,
+            "eval_split": args.eval_split,
+            "train_images": len(train_rows),
+            "evaluated_images": len(evaluated),
+            **DEMO_BUDGET,
+            "max_steps": args.steps,
+            "seed": args.seed,
+            "vlap_method": VLAP_METHOD,
+        },
+    )
 
 
 def finish(out: Path, start: float, results: dict, markdown: str, runs: dict, setup: dict) -> None:
@@ -206,29 +254,42 @@ def finish(out: Path, start: float, results: dict, markdown: str, runs: dict, se
     seconds = time.time() - start
     processes = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
     peak_rss_mb = max(resource.getrusage(who).ru_maxrss for who in processes) / 1024
-    results["setup"] = {**setup, "command": "python -m vlap.demo " + " ".join(sys.argv[1:]), "seconds": round(seconds, 1),
-                        "peak_rss_mb": round(peak_rss_mb)}  # fmt: skip
+    results["setup"] = {
+        **setup,
+        "command": "python -m vlap.demo " + " ".join(sys.argv[1:]),
+        "seconds": round(seconds, 1),
+        "peak_rss_mb": round(peak_rss_mb),
+    }
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown + "\n")
     plot_losses(out, runs)
-    print(f"wrote {', '.join(sorted(str(path) for path in out.glob('*.png')))}, {out / 'results.json'}, {out / 'results.md'}")
-    print(f"demo done in {seconds:.0f} s (easy-vqa target <= 600 s, Fashion-MNIST <= 900 s), peak RSS {peak_rss_mb:.0f} MB "
-          "(target <= 4096 MB)")
+    plots = ", ".join(sorted(str(path) for path in out.glob("*.png")))
+    print(f"wrote {plots}, {out / 'results.json'}, {out / 'results.md'}")
+    print(
+        f"demo done in {seconds:.0f} s (easy-vqa target <= 600 s, Fashion-MNIST <= 900 s), "
+        f"peak RSS {peak_rss_mb:.0f} MB (target <= 4096 MB)"
+    )
 
 
 def summarise_seeds(folders: list[Path]) -> str:
     """VLAP and caption-only, median [min, max] over the runs in `folders` (one seed each, their results.json), and
     whether VLAP - caption-only exceeds the seed spread (the two [min, max] ranges do not overlap)."""
     runs = [json.loads((folder / "results.json").read_text()) for folder in folders]
-    lines = [f"{len(runs)} seeds ({', '.join(str(run['setup']['seed']) for run in runs)}): median [min, max]", "",
-             "| metric | VLAP (caption + assignment) | caption-only | VLAP - caption-only |", "|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"{len(runs)} seeds ({', '.join(str(run['setup']['seed']) for run in runs)}): median [min, max]",
+        "",
+        "| metric | VLAP (caption + assignment) | caption-only | VLAP - caption-only |",
+        "|---|---|---|---|",
+    ]
     for metric, value in runs[0]["vlap"]["scores"].items():
         if not isinstance(value, float) or metric not in runs[0]["caption_only"]["scores"]:
             continue
         a, b = ([run[name]["scores"][metric] for run in runs] for name in ("vlap", "caption_only"))
         verdict = "exceeds the spread" if min(a) > max(b) or min(b) > max(a) else "within the spread"
-        lines.append(f"| {metric} | {median_and_spread(a)} | {median_and_spread(b)} | "
-                     f"{statistics.median(a) - statistics.median(b):+.3f} ({verdict}) |")  # fmt: skip
+        lines.append(
+            f"| {metric} | {median_and_spread(a)} | {median_and_spread(b)} | "
+            f"{statistics.median(a) - statistics.median(b):+.3f} ({verdict}) |"
+        )
     return "\n".join(lines)
 
 
@@ -241,12 +302,21 @@ def main(argv=None) -> None:
     parser.add_argument("--vqa-questions", type=int, default=90)
     parser.add_argument("--renders-per-class", type=int, default=5)
     parser.add_argument("--held-out", default=None, help="fashion-mnist: comma-separated classes left out of training")
-    parser.add_argument("--eval-split", choices=["test", "validation"], default="test",
-                        help="fashion-mnist: evaluate on test or on the validation slice carved from train")
+    parser.add_argument(
+        "--eval-split",
+        choices=["test", "validation"],
+        default="test",
+        help="fashion-mnist: evaluate on test or on the validation slice carved from train",
+    )
     parser.add_argument("--steps", type=int, default=DEMO_BUDGET["max_steps"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--seeds", type=int, nargs="+", help="fashion-mnist: one run per seed into OUT/seed{S}, then "
-                        "OUT/summary.md (median and spread, which differences exceed it)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="fashion-mnist: one run per seed into OUT/seed{S}, then "
+        "OUT/summary.md (median and spread, which differences exceed it)",
+    )
     args = parser.parse_args(argv)
     fashion = args.dataset == "fashion-mnist"
     if (args.held_out or args.seeds) and not fashion:
@@ -283,8 +353,10 @@ def main(argv=None) -> None:
     splits = datasets.load_from_disk(str(easy_vqa_dataset(cache_root())))
     test = splits["test"].select(range(min(args.test_images, len(splits["test"]))))
     train_data = training_set(out, train_split)
-    print(f"vision {vision}\nLLM {llm}\neasy-vqa: {len(train_split)} train images (of {len(pool)} in the training "
-          f"pool) + {TRAIN_RENDERS_PER_CLASS} renders of each of the 24 classes, {len(test)} test images")  # fmt: skip
+    print(
+        f"vision {vision}\nLLM {llm}\neasy-vqa: {len(train_split)} train images (of {len(pool)} in the training "
+        f"pool) + {TRAIN_RENDERS_PER_CLASS} renders of each of the 24 classes, {len(test)} test images"
+    )
 
     banner("2. VLAP: caption + assignment prediction (frozen-feature cache)")
     runs = {"vlap": train("vlap", out, train_data, vision, llm, args, **VLAP_METHOD)}
@@ -295,18 +367,30 @@ def main(argv=None) -> None:
     test_states, questions = encode_test_split(test, args.vqa_questions)
     renders, colours, shapes = render_shapes(args.renders_per_class, RENDER_SEED_REPORTED)
     sets = {
-        "test": {"vision_hidden_states": test_states, "colours": test["colour"], "shapes": test["shape"],
-                 "questions": questions},
-        "renders": {"vision_hidden_states": vision_states(renders, f"renders-{RENDER_SEED_REPORTED}-{len(renders)}"),
-                    "colours": colours, "shapes": shapes},
-    }  # fmt: skip
+        "test": {
+            "vision_hidden_states": test_states,
+            "colours": test["colour"],
+            "shapes": test["shape"],
+            "questions": questions,
+        },
+        "renders": {
+            "vision_hidden_states": vision_states(renders, f"renders-{RENDER_SEED_REPORTED}-{len(renders)}"),
+            "colours": colours,
+            "shapes": shapes,
+        },
+    }
     results = {name: evaluate_model(folder, sets, test["caption"]) for name, folder in runs.items()}
-    baselines = vqa_baselines(*load_model(runs["vlap"]), questions, majority_answers(train_split), test["colour"],
-                              test["shape"])  # fmt: skip
+    baselines = vqa_baselines(
+        *load_model(runs["vlap"]), questions, majority_answers(train_split), test["colour"], test["shape"]
+    )
     results["vqa_baselines"] = baselines
-    markdown = markdown_table({"VLAP (caption + assignment)": results["vlap"]["scores"],
-                               "caption-only baseline": results["caption_only"]["scores"],
-                               "majority answer / bare LLM (no image)": baselines})  # fmt: skip
+    markdown = markdown_table(
+        {
+            "VLAP (caption + assignment)": results["vlap"]["scores"],
+            "caption-only baseline": results["caption_only"]["scores"],
+            "majority answer / bare LLM (no image)": baselines,
+        }
+    )
     print(markdown)
 
     banner("5. captions and top words through pipeline('image-to-text') from the exported folder")
@@ -315,12 +399,27 @@ def main(argv=None) -> None:
 
     banner("6. results")
     plot_words(shown[0]["top_words"], shown[0]["image"], out / "top_words.png")
-    finish(out, start, results, markdown, runs, {
-        "dataset": "easy-vqa", "vision": "EfficientNet-Lite0 (ImageNet), 7x7x1280 map pooled to 9 tokens",
-        "llm": "SmolLM2-135M-Instruct", "train_images": len(train_split), "test_images": len(test),
-        "vqa_questions": len(questions), "renders": len(renders), **DEMO_BUDGET, "max_steps": args.steps,
-        "seed": args.seed, "vlap_method": VLAP_METHOD,
-    })  # fmt: skip
+    finish(
+        out,
+        start,
+        results,
+        markdown,
+        runs,
+        {
+            "dataset": "easy-vqa",
+            "vision": "EfficientNet-Lite0 (ImageNet), 7x7x1280 map pooled to 9 tokens",
+            "llm": "SmolLM2-135M-Instruct",
+            "train_images": len(train_split),
+            "test_images": len(test),
+            "vqa_questions": len(questions),
+            "renders": len(renders),
+            **DEMO_BUDGET,
+            "max_steps": args.steps,
+            "seed": args.seed,
+            "vlap_method": VLAP_METHOD,
+        },
+    )
+
 
 if __name__ == "__main__":
     main()

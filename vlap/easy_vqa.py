@@ -15,7 +15,9 @@ TEMPLATES = ["a {colour} {shape}", "a {shape} that is {colour}", "a {colour} {sh
 
 
 PRESENT = re.compile(r"(?:is there a|does the image contain a|is a) (\w+)( shape)?(?: present| in the image)?\?")
-ABSENT = re.compile(r"(?:is there not a|is no|does the image not contain a) (\w+)( shape)?(?: present| in the image)?\?")
+ABSENT = re.compile(
+    r"(?:is there not a|is no|does the image not contain a) (\w+)( shape)?(?: present| in the image)?\?"
+)
 COLOUR_OF = re.compile(r"what colou?r is the (\w+)\?|what is the colou?r of the (\w+)\?")
 
 
@@ -49,7 +51,9 @@ def captions_for(facts: dict[str, str]) -> list[str]:
 def split_dataset(split: str) -> datasets.Dataset:
     import easy_vqa
 
-    questions, answers, image_ids = (easy_vqa.get_train_questions() if split == "train" else easy_vqa.get_test_questions())
+    questions, answers, image_ids = (
+        easy_vqa.get_train_questions() if split == "train" else easy_vqa.get_test_questions()
+    )
     paths = easy_vqa.get_train_image_paths() if split == "train" else easy_vqa.get_test_image_paths()
     per_image = {image_id: ([], []) for image_id in paths}
     for question, answer, image_id in zip(questions, answers, image_ids):

@@ -26,10 +26,16 @@ TASKS = ("caption", "vqa", "retrieval", "classification")
 
 
 def load_eval_data(
-    source: str, task: str, data_format: str = "auto", split: str | None = None, image_column: str = "image",
-    caption_column: str = "caption", limit: int | None = None, label_column: str = "label",
+    source: str,
+    task: str,
+    data_format: str = "auto",
+    split: str | None = None,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    limit: int | None = None,
+    label_column: str = "label",
     labels: list[str] | None = None,
-) -> dict:  # fmt: skip
+) -> dict:
     """Readable images and their references: {"images", "references" | "questions" | "labels" + "class_names",
     "skipped"}.
 
@@ -89,8 +95,9 @@ def _class_names(dataset, label_column: str, labels: list[str] | None, source: s
     feature = (getattr(dataset, "features", None) or {}).get(label_column)
     if isinstance(feature, datasets.ClassLabel):
         return list(feature.names)
-    raise ValueError(f"{source}: the {label_column!r} column has no class names (not a datasets.ClassLabel): "
-                     "give them with --labels")  # fmt: skip
+    raise ValueError(
+        f"{source}: the {label_column!r} column has no class names (not a datasets.ClassLabel): give them with --labels"
+    )
 
 
 def _label_index(value, class_names: list[str], source: str, index: int) -> int:
@@ -98,8 +105,10 @@ def _label_index(value, class_names: list[str], source: str, index: int) -> int:
         return class_names.index(value)
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(class_names):
         return value
-    raise ValueError(f"{source}: row {index} has label {value!r}, not one of the {len(class_names)} classes "
-                     f"({', '.join(class_names)}) nor an index of one")  # fmt: skip
+    raise ValueError(
+        f"{source}: row {index} has label {value!r}, not one of the {len(class_names)} classes "
+        f"({', '.join(class_names)}) nor an index of one"
+    )
 
 
 def _questions_of(row: dict, source: str, index: int) -> list[tuple[str, list[str]]]:
@@ -115,7 +124,9 @@ def _questions_of(row: dict, source: str, index: int) -> list[tuple[str, list[st
         return [(row["question"], answer_list(row["answers"] if "answers" in row else row.get("answer")))]
     if "questions" in row and "answers" in row:
         if len(row["questions"]) != len(row["answers"]):
-            raise ValueError(f"{source}: row {index} has {len(row['questions'])} questions but {len(row['answers'])} answers")
+            raise ValueError(
+                f"{source}: row {index} has {len(row['questions'])} questions but {len(row['answers'])} answers"
+            )
         return [(question, answer_list(answers)) for question, answers in zip(row["questions"], row["answers"])]
     raise ValueError(f"{source}: VQA data needs 'question' + 'answers'/'answer' or 'questions' + 'answers' columns")
 
@@ -136,18 +147,22 @@ def evaluate_vqa(model, processor, images=None, questions=(), *, vision_hidden_s
         vision_hidden_states, images = vision_hidden_states[rows], None
     else:
         images = [images[row] for row in rows]
-    predicted = tasks.answer(model, processor, images, [q for _, q, _ in questions],
-                             vision_hidden_states=vision_hidden_states, **kwargs)  # fmt: skip
+    predicted = tasks.answer(
+        model, processor, images, [q for _, q, _ in questions], vision_hidden_states=vision_hidden_states, **kwargs
+    )
     answers = [list(a) for _, _, a in questions]
     score = load_metric("vqa_accuracy").compute(predictions=predicted, references=answers)
     examples = [{"question": q, "answers": list(a), "predicted": p} for (_, q, a), p in zip(questions[:8], predicted)]
     return {"scores": score, "predictions": predicted, "examples": examples}
 
 
-def evaluate_retrieval(model, processor, images=None, references=(), *, vision_hidden_states=None, batch_size=16) -> dict:
+def evaluate_retrieval(
+    model, processor, images=None, references=(), *, vision_hidden_states=None, batch_size=16
+) -> dict:
     """Rank all reference captions for each image and all images for each caption: R@1/5/10 both ways."""
-    features = tasks.image_features(model, processor, images, vision_hidden_states=vision_hidden_states,
-                                    batch_size=batch_size)  # fmt: skip
+    features = tasks.image_features(
+        model, processor, images, vision_hidden_states=vision_hidden_states, batch_size=batch_size
+    )
     texts = [text for captions in references for text in captions]
     owned, start = [], 0
     for captions in references:
@@ -158,18 +173,22 @@ def evaluate_retrieval(model, processor, images=None, references=(), *, vision_h
     return {"scores": scores}
 
 
-def evaluate_task(model, processor, data: dict, task: str, batch_size: int = 16, progress: bool = False,
-                  **generation) -> dict:  # fmt: skip
+def evaluate_task(
+    model, processor, data: dict, task: str, batch_size: int = 16, progress: bool = False, **generation
+) -> dict:
     """Run one task on `load_eval_data` output; `generation` (max_new_tokens, ...) goes to generate."""
     if task == "caption":
-        return evaluate_captioning(model, processor, data["images"], data["references"], batch_size=batch_size,
-                                   progress=progress, **generation)  # fmt: skip
+        return evaluate_captioning(
+            model, processor, data["images"], data["references"], batch_size=batch_size, progress=progress, **generation
+        )
     if task == "vqa":
-        return evaluate_vqa(model, processor, data["images"], data["questions"], batch_size=batch_size,
-                            progress=progress, **generation)  # fmt: skip
+        return evaluate_vqa(
+            model, processor, data["images"], data["questions"], batch_size=batch_size, progress=progress, **generation
+        )
     if task == "classification":
-        return evaluate_classification(model, processor, data["images"], data["labels"], data["class_names"],
-                                       batch_size=batch_size, **generation)  # fmt: skip
+        return evaluate_classification(
+            model, processor, data["images"], data["labels"], data["class_names"], batch_size=batch_size, **generation
+        )
     return evaluate_retrieval(model, processor, data["images"], data["references"], batch_size=batch_size)
 
 
@@ -199,9 +218,19 @@ def _accuracy_by_class(predicted: list, truth: list[int], class_names, prefix: s
 
 
 @torch.no_grad()
-def evaluate_classification(model, processor, images=None, labels=(), class_names=(), *, vision_hidden_states=None,
-                            held_out=(), template: str = tasks.LABEL_TEMPLATE, batch_size: int = 16,
-                            max_new_tokens: int = 12) -> dict:  # fmt: skip
+def evaluate_classification(
+    model,
+    processor,
+    images=None,
+    labels=(),
+    class_names=(),
+    *,
+    vision_hidden_states=None,
+    held_out=(),
+    template: str = tasks.LABEL_TEMPLATE,
+    batch_size: int = 16,
+    max_new_tokens: int = 12,
+) -> dict:
     """Images of known class (`labels`: indices into `class_names`), two ways:
 
     - classification: zero-shot among all the class names, as `pipeline("zero-shot-image-classification")` does it
@@ -241,13 +270,26 @@ def evaluate_classification(model, processor, images=None, labels=(), class_name
                 scores[f"{group}_{name}"] = sum(guesses[i] == truth[i] for i in members) / max(len(members), 1)
         if rows and len(held) > 1:
             for method in tasks.CLASSIFY_METHODS:
-                among = tasks.classify(model, processor, labels=list(held_out), template=template, method=method,
-                                       vision_hidden_states=vision_hidden_states[rows], batch_size=batch_size)  # fmt: skip
+                among = tasks.classify(
+                    model,
+                    processor,
+                    labels=list(held_out),
+                    template=template,
+                    method=method,
+                    vision_hidden_states=vision_hidden_states[rows],
+                    batch_size=batch_size,
+                )
                 suffix = "" if method == "feature" else f"_{method}"
                 scores[f"held_out_classification{suffix}_among_held_out"] = sum(
-                    r[0][0] == class_names[truth[i]] for r, i in zip(among, rows)) / len(rows)  # fmt: skip
-    return {"scores": scores, "confusion": confusion, "class_names": list(class_names), "predictions": captions,
-            "examples": [{"caption": c, "class": class_names[t]} for c, t in zip(captions[:8], truth[:8])]}  # fmt: skip
+                    r[0][0] == class_names[truth[i]] for r, i in zip(among, rows)
+                ) / len(rows)
+    return {
+        "scores": scores,
+        "confusion": confusion,
+        "class_names": list(class_names),
+        "predictions": captions,
+        "examples": [{"caption": c, "class": class_names[t]} for c, t in zip(captions[:8], truth[:8])],
+    }
 
 
 def markdown_table(columns: dict[str, dict]) -> str:
@@ -260,13 +302,13 @@ def markdown_table(columns: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-
 def _vqa_by_type(predicted, questions, types) -> dict:
     scores = {}
     for kind in sorted(set(types)):
         rows = [i for i, t in enumerate(types) if t == kind]
-        accuracy = load_metric("vqa_accuracy").compute(predictions=[predicted[i] for i in rows],
-                                                       references=[list(questions[i][2]) for i in rows])  # fmt: skip
+        accuracy = load_metric("vqa_accuracy").compute(
+            predictions=[predicted[i] for i in rows], references=[list(questions[i][2]) for i in rows]
+        )
         scores[f"vqa_{kind}"] = accuracy["vqa_accuracy"]
     return scores
 
@@ -275,8 +317,14 @@ NO_IMAGE_TEMPLATE = tasks.FORMAT_EXAMPLE + "Question: {question}\nAnswer:"
 
 
 @torch.no_grad()
-def answer_without_image(model, processor, questions: list[str], descriptions: list[str] | None = None,
-                         batch_size: int = 32, max_new_tokens: int = 4) -> list[str]:  # fmt: skip
+def answer_without_image(
+    model,
+    processor,
+    questions: list[str],
+    descriptions: list[str] | None = None,
+    batch_size: int = 32,
+    max_new_tokens: int = 4,
+) -> list[str]:
     """The bare frozen LLM's answers, no visual prefix. Without `descriptions`: to the question alone (what the text
     alone makes likely). With them (e.g. each image's true caption): to `tasks.VQA_TEMPLATE` with that description
     in place of the model's caption, i.e. how well the LLM answers from a perfect caption."""
@@ -285,8 +333,10 @@ def answer_without_image(model, processor, questions: list[str], descriptions: l
     if descriptions is None:
         texts = [NO_IMAGE_TEMPLATE.format(question=q, prompt=processor.prompt) for q in questions]
     else:
-        texts = [tasks.VQA_TEMPLATE.format(question=q, caption=c, prompt=processor.prompt)
-                 for q, c in zip(questions, descriptions)]  # fmt: skip
+        texts = [
+            tasks.VQA_TEMPLATE.format(question=q, caption=c, prompt=processor.prompt)
+            for q, c in zip(questions, descriptions)
+        ]
     tokenizer, answers = processor.tokenizer, []
     for start in range(0, len(questions), batch_size):
         prompts = texts[start : start + batch_size]
@@ -295,15 +345,29 @@ def answer_without_image(model, processor, questions: list[str], descriptions: l
         embeds = model.language_model.get_input_embeddings()(ids.to(model.device))
         side = "right" if model.is_encoder_decoder_llm else "left"
         mask, embeds = pack_padding(mask.to(model.device), embeds, padding_side=side)
-        out = model.language_model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                            pad_token_id=tokenizer.pad_token_id, do_sample=False)  # fmt: skip
+        out = model.language_model.generate(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            do_sample=False,
+        )
         answers += [tasks.first_line(text) for text in tokenizer.batch_decode(out, skip_special_tokens=True)]
     return answers
 
 
 @torch.no_grad()
-def evaluate_shape_world(model, processor, vision_hidden_states, colours, shapes, questions=(), batch_size: int = 32,
-                         arithmetic_per_class: int = 4, other_vqa_layouts: bool = True) -> dict:  # fmt: skip
+def evaluate_shape_world(
+    model,
+    processor,
+    vision_hidden_states,
+    colours,
+    shapes,
+    questions=(),
+    batch_size: int = 32,
+    arithmetic_per_class: int = 4,
+    other_vqa_layouts: bool = True,
+) -> dict:
     """Everything a model of easy-vqa's 24 coloured-shape classes should get right, on images of known class.
 
     - caption_colour_shape: the caption names the image's colour and shape (and no other);
@@ -342,23 +406,34 @@ def evaluate_shape_world(model, processor, vision_hidden_states, colours, shapes
     all_captions = [t.format(colour=n.split()[0], shape=n.split()[1]) for n in CLASSES for t in TEMPLATES]
     similarity = image_features @ tasks.text_features(model, processor, all_captions).T
     text_classes = [n for n in CLASSES for _ in TEMPLATES]
-    scores.update(metric_functions("retrieval_recall").class_retrieval_recall(similarity, labels, text_classes, ks=(1, 5)))
+    scores.update(
+        metric_functions("retrieval_recall").class_retrieval_recall(similarity, labels, text_classes, ks=(1, 5))
+    )
 
     words = tasks.read_words(model, processor, top_k=5, **shared)
     scores["top5_colour_and_shape"] = sum(
         colour in named(" ".join(w for w, _ in top), {colour}) and shape in named(" ".join(w for w, _ in top), {shape})
         for top, colour, shape in zip(words, colours, shapes)
-    ) / len(words)  # fmt: skip
+    ) / len(words)
 
-    prototypes = torch.stack([F.normalize(image_features[truth == k].mean(0), dim=0) if (truth == k).any()
-                              else torch.zeros(image_features.shape[1]) for k in range(len(CLASSES))])  # fmt: skip
+    prototypes = torch.stack(
+        [
+            F.normalize(image_features[truth == k].mean(0), dim=0)
+            if (truth == k).any()
+            else torch.zeros(image_features.shape[1])
+            for k in range(len(CLASSES))
+        ]
+    )
     hits = trials = 0
     for k, name in enumerate(CLASSES):
         colour, shape = name.split()
         for row in (truth == k).nonzero().flatten()[:arithmetic_per_class].tolist():
             for other in {c for c, _ in (n.split() for n in CLASSES)} - {colour}:
-                vector = image_features[row] - tasks.word_vector(model, processor, colour) + tasks.word_vector(
-                    model, processor, other)  # fmt: skip
+                vector = (
+                    image_features[row]
+                    - tasks.word_vector(model, processor, colour)
+                    + tasks.word_vector(model, processor, other)
+                )
                 hits += int((prototypes @ vector).argmax()) == CLASSES.index(f"{other} {shape}")
                 trials += 1
     scores["arithmetic_hit_rate"] = hits / max(trials, 1)
@@ -366,17 +441,40 @@ def evaluate_shape_world(model, processor, vision_hidden_states, colours, shapes
     if questions:
         rows = [row for row, _, _ in questions]
         texts = [question for _, question, _ in questions]
-        predicted = tasks.answer(model, processor, vision_hidden_states=vision_hidden_states[rows], questions=texts,
-                                 batch_size=batch_size, max_new_tokens=4)  # fmt: skip
+        predicted = tasks.answer(
+            model,
+            processor,
+            vision_hidden_states=vision_hidden_states[rows],
+            questions=texts,
+            batch_size=batch_size,
+            max_new_tokens=4,
+        )
         types = [question_type(q) for q in texts]
-        scores["vqa"] = load_metric("vqa_accuracy").compute(predictions=predicted, references=[list(a) for _, _, a in questions])["vqa_accuracy"]  # fmt: skip
+        scores["vqa"] = load_metric("vqa_accuracy").compute(
+            predictions=predicted, references=[list(a) for _, _, a in questions]
+        )["vqa_accuracy"]
         scores.update(_vqa_by_type(predicted, questions, types))
         if other_vqa_layouts:
-            paper = tasks.answer(model, processor, vision_hidden_states=vision_hidden_states[rows], questions=texts,
-                                 template=tasks.PAPER_VQA_TEMPLATE, batch_size=batch_size, max_new_tokens=4)  # fmt: skip
-            scores["vqa_paper_layout"] = load_metric("vqa_accuracy").compute(predictions=paper, references=[list(a) for _, _, a in questions])["vqa_accuracy"]  # fmt: skip
-            chosen = tasks.choose_answer(model, processor, vision_hidden_states=vision_hidden_states[rows],
-                                         questions=texts, candidates=ANSWERS, batch_size=4 * batch_size)  # fmt: skip
+            paper = tasks.answer(
+                model,
+                processor,
+                vision_hidden_states=vision_hidden_states[rows],
+                questions=texts,
+                template=tasks.PAPER_VQA_TEMPLATE,
+                batch_size=batch_size,
+                max_new_tokens=4,
+            )
+            scores["vqa_paper_layout"] = load_metric("vqa_accuracy").compute(
+                predictions=paper, references=[list(a) for _, _, a in questions]
+            )["vqa_accuracy"]
+            chosen = tasks.choose_answer(
+                model,
+                processor,
+                vision_hidden_states=vision_hidden_states[rows],
+                questions=texts,
+                candidates=ANSWERS,
+                batch_size=4 * batch_size,
+            )
             scores.update({f"closed_set_{k}": v for k, v in _vqa_by_type(chosen, questions, types).items()})
         scores["vqa_examples"] = [(q, p) for q, p in zip(texts[:6], predicted[:6])]
     scores["caption_examples"] = captions[:6]
@@ -384,8 +482,9 @@ def evaluate_shape_world(model, processor, vision_hidden_states, colours, shapes
     return scores
 
 
-def vqa_baselines(model, processor, questions, majority_answers: dict, colours=None, shapes=None,
-                  batch_size: int = 32) -> dict:  # fmt: skip
+def vqa_baselines(
+    model, processor, questions, majority_answers: dict, colours=None, shapes=None, batch_size: int = 32
+) -> dict:
     """Per question type: the majority training answer of the type, the bare frozen LLM with no image and, given the
     images' `colours` and `shapes`, the bare LLM reading each image's true caption (the answers a perfect caption
     would allow this LLM: the ceiling of the describe-then-answer layout)."""
@@ -428,11 +527,21 @@ def plot_confusion(result: dict, path) -> None:
         axis.set_yticks(range(len(names)), names, fontsize=8)
         for row, column in counts.nonzero().tolist():
             value = shares[row, column].item()
-            axis.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=6,
-                      color="white" if value > 0.5 else "black")  # fmt: skip
+            axis.text(
+                column,
+                row,
+                f"{value:.2f}",
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="white" if value > 0.5 else "black",
+            )
         accuracy = result["scores"].get(kind)
-        axis.set(xlabel="predicted", ylabel="true class", title=f"{kind}" + (f" (accuracy {accuracy:.3f})"
-                                                                              if accuracy is not None else ""))
+        axis.set(
+            xlabel="predicted",
+            ylabel="true class",
+            title=f"{kind}" + (f" (accuracy {accuracy:.3f})" if accuracy is not None else ""),
+        )
     figure.tight_layout()
     buffer = io.BytesIO()  # rendered first, then written: a write error (a full disk) is raised, not swallowed
     figure.savefig(buffer, format="png", dpi=110)

@@ -17,19 +17,31 @@ from PIL import Image
 
 DEBIAN_FOLDER = "/usr/share/datasets/fashion-mnist"
 # The dataset's 10 labels, in label order, as a caption names them.
-CLASSES = ("t-shirt", "pair of trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
-           "ankle boot")  # fmt: skip
+CLASSES = (
+    "t-shirt",
+    "pair of trousers",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+)
 TEMPLATES = ("a photo of {}", "{}", "a black and white photo of {}", "a product photo of {}")  # {}: "an ankle boot"
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-         "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}  # fmt: skip
+FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
 
 
 def read_idx(path: str | Path) -> np.ndarray:
     """An idx file (LeCun's MNIST format, gzipped or not) as an array: 2 zero bytes, a type code, the number of
     dimensions, one big-endian uint32 per dimension, then the values. A wrong header or length names the file."""
     path = Path(path)
-    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as handle:
+    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as handle:
         data = handle.read()
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] not in IDX_DTYPES:
         raise ValueError(f"{path}: not an idx file (header {data[:4].hex() or 'empty'})")
@@ -46,9 +58,11 @@ def source_folder() -> Path:
     folder = Path(os.environ.get("VLAP_FASHION_MNIST", DEBIAN_FOLDER))
     missing = [name for names in FILES.values() for name in names if not (folder / name).exists()]
     if missing:
-        raise FileNotFoundError(f"Fashion-MNIST not found in {folder} (missing {', '.join(missing)}): install Debian's "
-                                "package with `apt-get install dataset-fashion-mnist`, or set VLAP_FASHION_MNIST to a "
-                                "folder holding the idx files")  # fmt: skip
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found in {folder} (missing {', '.join(missing)}): install Debian's "
+            "package with `apt-get install dataset-fashion-mnist`, or set VLAP_FASHION_MNIST to a "
+            "folder holding the idx files"
+        )
     return folder
 
 
@@ -56,8 +70,13 @@ def split_dataset(folder: Path, split: str) -> datasets.Dataset:
     images, labels = (read_idx(folder / name) for name in FILES[split])
     if images.ndim != 3 or labels.shape != images.shape[:1]:
         raise ValueError(f"{folder}: {split} images {images.shape} do not match labels {labels.shape}")
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(CLASSES)),
-                                  "caption": datasets.Sequence(datasets.Value("string"))})  # fmt: skip
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "label": datasets.ClassLabel(names=list(CLASSES)),
+            "caption": datasets.Sequence(datasets.Value("string")),
+        }
+    )
     rows = {
         "image": [Image.fromarray(255 - image) for image in images],  # dark on white, as a catalogue photo
         "label": labels.tolist(),
@@ -90,6 +109,6 @@ def class_index(name: str) -> int:
 def without_classes(dataset: datasets.Dataset, held_out) -> datasets.Dataset:
     """The rows whose label is not held out: neither their images nor their captions are seen in training."""
     removed = {class_index(name) for name in held_out}
-    return dataset.filter(lambda labels: [label not in removed for label in labels], input_columns="label",
-                          batched=True)  # fmt: skip
-
+    return dataset.filter(
+        lambda labels: [label not in removed for label in labels], input_columns="label", batched=True
+    )

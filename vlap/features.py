@@ -76,8 +76,11 @@ def build_feature_cache(model, processor, images, root, accelerator, batch_size:
     for shard_number, start in enumerate(range(0, len(rows), SHARD_ROWS)):
         features, indices = [], []
         chunk = rows[start : start + SHARD_ROWS]
-        progress = tqdm(range(0, len(chunk), batch_size), desc="caching vision features",
-                        disable=not accelerator.is_local_main_process)  # fmt: skip
+        progress = tqdm(
+            range(0, len(chunk), batch_size),
+            desc="caching vision features",
+            disable=not accelerator.is_local_main_process,
+        )
         for offset in progress:
             batch_rows = chunk[offset : offset + batch_size]
             decoded = [(index, images.image(index)) for index in batch_rows]
@@ -90,7 +93,9 @@ def build_feature_cache(model, processor, images, root, accelerator, batch_size:
             indices += [index for index, _ in good]
         if indices:
             name = f"rank{rank}-{shard_number}.safetensors"
-            save_file({"features": torch.cat(features).contiguous(), "indices": torch.tensor(indices)}, directory / name)
+            save_file(
+                {"features": torch.cat(features).contiguous(), "indices": torch.tensor(indices)}, directory / name
+            )
             shards.append(name)
     (directory / f"rank{rank}.json").write_text(json.dumps({"shards": shards, "bad": bad}))
     accelerator.wait_for_everyone()

@@ -51,7 +51,9 @@ def select_vocabulary(
         candidates = [(ids_of.get(string), string) for string in given]
         missing = [string for token_id, string in candidates if token_id is None]
         if missing:
-            raise ValueError(f"{len(missing)} given LangBridge strings are not single tokens of this LLM: {missing[:5]}")
+            raise ValueError(
+                f"{len(missing)} given LangBridge strings are not single tokens of this LLM: {missing[:5]}"
+            )
     else:
         order = torch.argsort(torch.as_tensor(token_counts), descending=True, stable=True).tolist()
         candidates = [(i, strings[i]) for i in order if i < len(strings) and token_counts[i] > 0 and strings[i]]
@@ -118,10 +120,13 @@ def transfer(source: str, to_llm: str, out: str | Path, min_coverage: float = 0.
     language_model = language_model_class(text_config).from_pretrained(to_llm, dtype=model.dtype)
     config_fields = {name: getattr(model.config, name) for name in VLAPConfig.__annotations__}
     config_fields.update(
-        text_config=language_model.config.to_dict(), vision_config=model.vision_model.config.to_dict(),
-        projection_dim=None, langbridge_token_ids=new_ids, bridge_only=False,
+        text_config=language_model.config.to_dict(),
+        vision_config=model.vision_model.config.to_dict(),
+        projection_dim=None,
+        langbridge_token_ids=new_ids,
+        bridge_only=False,
         backbones={**(model.config.backbones or {}), "text": {"name_or_path": str(to_llm), "revision": None}},
-    )  # fmt: skip
+    )
     if model.config.langbridge_hidden_size is None:  # the MLP width was the old LLM's; keep it explicitly
         config_fields["langbridge_hidden_size"] = model.config.projection_dim
     moved = VLAPForConditionalGeneration(
@@ -129,5 +134,7 @@ def transfer(source: str, to_llm: str, out: str | Path, min_coverage: float = 0.
     )
     moved.bridge.load_state_dict(model.bridge.state_dict())
     moved.eval().save_pretrained(out)
-    VLAPProcessor(image_processor=processor.image_processor, tokenizer=tokenizer, prompt=processor.prompt).save_pretrained(out)
+    VLAPProcessor(
+        image_processor=processor.image_processor, tokenizer=tokenizer, prompt=processor.prompt
+    ).save_pretrained(out)
     return {"strings": len(strings), "found": found, "coverage": coverage, "missing": missing, "out": str(out)}

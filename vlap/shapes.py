@@ -11,9 +11,15 @@ import random
 from PIL import Image, ImageDraw
 
 COLOURS = {
-    "red": (255, 0, 0), "green": (0, 128, 0), "blue": (0, 0, 255), "black": (0, 0, 0),
-    "gray": (128, 128, 128), "teal": (0, 128, 128), "brown": (165, 42, 42), "yellow": (255, 255, 0),
-}  # fmt: skip
+    "red": (255, 0, 0),
+    "green": (0, 128, 0),
+    "blue": (0, 0, 255),
+    "black": (0, 0, 0),
+    "gray": (128, 128, 128),
+    "teal": (0, 128, 128),
+    "brown": (165, 42, 42),
+    "yellow": (255, 255, 0),
+}
 SHAPES = ("circle", "rectangle", "triangle")
 CLASSES = [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES]
 ANSWERS = [*COLOURS, *SHAPES, "yes", "no"]  # easy-vqa's 13 answers
@@ -41,7 +47,10 @@ def question_type(question: str) -> str:
 def _polygon(shape: str, centre, size: float, angle: float):
     cx, cy = centre
     if shape == "triangle":
-        corners = [(math.cos(angle + k * 2 * math.pi / 3 - math.pi / 2), math.sin(angle + k * 2 * math.pi / 3 - math.pi / 2)) for k in range(3)]
+        corners = [
+            (math.cos(angle + k * 2 * math.pi / 3 - math.pi / 2), math.sin(angle + k * 2 * math.pi / 3 - math.pi / 2))
+            for k in range(3)
+        ]
         return [(cx + size * x, cy + size * y) for x, y in corners]
     aspect = 0.55  # a rectangle that is clearly not a square
     corners = [(-1, -aspect), (1, -aspect), (1, aspect), (-1, aspect)]
@@ -54,7 +63,9 @@ def render_shape(colour: str, shape: str, rng: random.Random) -> Image.Image:
     side = rng.choice([48, 64, 96, 128, 160, 224])
     background = rng.choice(["white", "pastel", "light gray", "noise", "gradient"])
     if background == "noise":
-        image = Image.frombytes("L", (side, side), rng.randbytes(side * side)).point(lambda v: 200 + v // 16).convert("RGB")
+        image = (
+            Image.frombytes("L", (side, side), rng.randbytes(side * side)).point(lambda v: 200 + v // 16).convert("RGB")
+        )
     elif background == "gradient":
         image = Image.linear_gradient("L").resize((side, side)).point(lambda v: 200 + v // 5).convert("RGB")
     else:
@@ -96,8 +107,17 @@ def render_dataset(per_class: int, seed: int):
     from vlap.easy_vqa import TEMPLATES
 
     images, colours, shapes = render_shapes(per_class, seed)
-    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Sequence(datasets.Value("string")),
-                                  "colour": datasets.Value("string"), "shape": datasets.Value("string")})  # fmt: skip
-    captions = [[t.format(colour=c, shape=s) for t in TEMPLATES if "background" not in t] for c, s in zip(colours, shapes)]
-    return datasets.Dataset.from_dict({"image": images, "caption": captions, "colour": colours, "shape": shapes},
-                                      features=features)  # fmt: skip
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "caption": datasets.Sequence(datasets.Value("string")),
+            "colour": datasets.Value("string"),
+            "shape": datasets.Value("string"),
+        }
+    )
+    captions = [
+        [t.format(colour=c, shape=s) for t in TEMPLATES if "background" not in t] for c, s in zip(colours, shapes)
+    ]
+    return datasets.Dataset.from_dict(
+        {"image": images, "caption": captions, "colour": colours, "shape": shapes}, features=features
+    )

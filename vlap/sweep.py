@@ -1,6 +1,7 @@
 """Choose the demo's budget and method variant on a validation slice of easy-vqa's train split (never its test split).
 
-    python -m vlap.sweep [--out outputs/sweep] [--seeds 0 1 2] [--variant name=field=value,...] [--test vlap caption_only]
+    python -m vlap.sweep [--out outputs/sweep] [--seeds 0 1 2] [--variant name=field=value,...]
+                         [--test vlap caption_only]
 
 Every run goes through train.py (checkpoints every `--eval-every` steps); every checkpoint is evaluated on the
 validation slice and on out-of-distribution renders (vlap.shapes, a seed of their own) with
@@ -30,8 +31,14 @@ RENDER_SEED_TRAIN = 0  # renders mixed into training (TRAIN_RENDERS_PER_CLASS of
 TRAIN_RENDERS_PER_CLASS = 20
 RENDER_SEED_VALIDATION = 1  # renders used to choose; the README's held-out renders use another seed
 RENDER_SEED_REPORTED = 2
-DEMO_BUDGET = {"num_visual_tokens": 9, "batch_size": 16, "max_steps": 200, "learning_rate": 1e-2, "warmup_steps": 20,
-               "max_caption_length": 16}  # fmt: skip
+DEMO_BUDGET = {
+    "num_visual_tokens": 9,
+    "batch_size": 16,
+    "max_steps": 200,
+    "learning_rate": 1e-2,
+    "warmup_steps": 20,
+    "max_caption_length": 16,
+}
 VLAP_METHOD = {"text_representation": "word_assignments", "word_marginal_weight": 0.01}
 # The baseline: no L_map, and VLAP's text side (so retrieval and classification compare the same text features).
 CAPTION_ONLY = {"assignment_loss_weight": 0.0, "text_representation": VLAP_METHOD["text_representation"]}
@@ -84,9 +91,16 @@ def vision_states(images, name: str) -> torch.Tensor:
 
     folder = efficientnet_lite0()
     model, processor = EfficientNetLiteModel.from_pretrained(folder).eval(), AutoImageProcessor.from_pretrained(folder)
-    states = torch.cat([model(pixel_values=processor([im.convert("RGB") for im in images[s : s + 32]],
-                                                     return_tensors="pt")["pixel_values"]).last_hidden_state
-                        for s in range(0, len(images), 32)])  # fmt: skip
+    states = torch.cat(
+        [
+            model(
+                pixel_values=processor([im.convert("RGB") for im in images[s : s + 32]], return_tensors="pt")[
+                    "pixel_values"
+                ]
+            ).last_hidden_state
+            for s in range(0, len(images), 32)
+        ]
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({"states": states.contiguous()}, path)
     return states
@@ -94,8 +108,11 @@ def vision_states(images, name: str) -> torch.Tensor:
 
 def questions_of(dataset, limit: int, seed: int = 0) -> list[tuple]:
     """(row, question, [answer]) triples, a fixed random subset of `limit`."""
-    triples = [(row, q, [a]) for row, (qs, ans) in enumerate(zip(dataset["questions"], dataset["answers"]))
-               for q, a in zip(qs, ans)]  # fmt: skip
+    triples = [
+        (row, q, [a])
+        for row, (qs, ans) in enumerate(zip(dataset["questions"], dataset["answers"]))
+        for q, a in zip(qs, ans)
+    ]
     order = torch.randperm(len(triples), generator=torch.Generator().manual_seed(seed)).tolist()
     return [triples[i] for i in order[:limit]]
 
@@ -117,11 +134,22 @@ def train_run(out: Path, name: str, train_data: Path, seed: int, overrides: dict
     run = out / f"{name}-seed{seed}"
     if (run / "final" / "config.json").exists():
         return run
-    config = {"vision_model": str(efficientnet_lite0()), "text_model": str(smollm2_135m()), "train_data": str(train_data),
-              **DEMO_BUDGET, "cache_features": str(out / "features"), "checkpointing_steps": eval_every,
-              "checkpoints_total_limit": 0, "eval_steps": 0, "num_eval_images": 0, "output_dir": str(run), "seed": seed,
-              "overwrite_output_dir": True,
-              "cpu": not torch.cuda.is_available(), **overrides}  # fmt: skip
+    config = {
+        "vision_model": str(efficientnet_lite0()),
+        "text_model": str(smollm2_135m()),
+        "train_data": str(train_data),
+        **DEMO_BUDGET,
+        "cache_features": str(out / "features"),
+        "checkpointing_steps": eval_every,
+        "checkpoints_total_limit": 0,
+        "eval_steps": 0,
+        "num_eval_images": 0,
+        "output_dir": str(run),
+        "seed": seed,
+        "overwrite_output_dir": True,
+        "cpu": not torch.cuda.is_available(),
+        **overrides,
+    }
     path = out / f"{name}-seed{seed}.yaml"
     path.write_text(yaml.safe_dump(config))
     subprocess.run([sys.executable, str(REPO / "train.py"), "--config", str(path)], check=True, cwd=REPO)
@@ -153,13 +181,18 @@ def evaluate_run(run: Path, sets: dict, overrides: dict) -> dict:
         model.load_state_dict(load_file(checkpoint / "model.safetensors"), strict=False)
         step = int(checkpoint.name.split("-")[1])
         curve[step] = {name: evaluate_shape_world(model, processor, **data) for name, data in sets.items()}
-        print(f"{run.name} step {step}: " + json.dumps({n: {k: round(v, 3) for k, v in s.items() if isinstance(v, float)}
-                                                         for n, s in curve[step].items()}), flush=True)  # fmt: skip
+        print(
+            f"{run.name} step {step}: "
+            + json.dumps(
+                {n: {k: round(v, 3) for k, v in s.items() if isinstance(v, float)} for n, s in curve[step].items()}
+            ),
+            flush=True,
+        )
     return curve
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
-    """"name=field=value,field=value" -> (name, {field: value}) with YAML-typed values."""
+    """ "name=field=value,field=value" -> (name, {field: value}) with YAML-typed values."""
     name, _, fields = text.partition("=")
     overrides = {}
     for item in filter(None, fields.split(",")):
@@ -174,7 +207,10 @@ def summarise(results: dict, metrics: list[str]) -> str:
     for variant, seeds in results.items():
         finals = [curve[max(curve, key=lambda step: int(step) if step.isdigit() else 0)] for curve in seeds.values()]
         for set_name in finals[0]:
-            cells = [median_and_spread([f[set_name][m] for f in finals]) if m in finals[0][set_name] else "-" for m in metrics]
+            cells = [
+                median_and_spread([f[set_name][m] for f in finals]) if m in finals[0][set_name] else "-"
+                for m in metrics
+            ]
             lines.append(f"| {variant} | {set_name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -189,10 +225,14 @@ def plot_curves(results: dict, path: Path, metrics=("caption_colour_shape", "cla
     for axis, metric in zip(axes, metrics):
         for variant, seeds in results.items():
             steps = sorted({int(s) for curve in seeds.values() for s in curve})
-            values = [[curve[str(s)]["validation"].get(metric) for curve in seeds.values() if str(s) in curve] for s in steps]
+            values = [
+                [curve[str(s)]["validation"].get(metric) for curve in seeds.values() if str(s) in curve] for s in steps
+            ]
             medians = [statistics.median(v) if v and None not in v else float("nan") for v in values]
-            line, = axis.plot(steps, medians, marker="o", label=variant)
-            axis.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.2, color=line.get_color())
+            (line,) = axis.plot(steps, medians, marker="o", label=variant)
+            axis.fill_between(
+                steps, [min(v) for v in values], [max(v) for v in values], alpha=0.2, color=line.get_color()
+            )
         axis.set_title(f"{metric} (validation)")
         axis.set_xlabel("step")
         axis.set_ylim(0, 1.02)
@@ -206,19 +246,31 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/sweep")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variant", action="append", default=[],
-                        help='"name=field=value,..." (TrainConfig fields over the demo budget); repeatable; '
-                             "default: VARIANTS")  # fmt: skip
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help='"name=field=value,..." (TrainConfig fields over the demo budget); repeatable; default: VARIANTS',
+    )
     parser.add_argument("--one-seed", nargs="*", default=list(ONE_SEED), help="variants run with the first seed only")
-    parser.add_argument("--train-renders-per-class", type=int, default=TRAIN_RENDERS_PER_CLASS,
-                        help="renders of each class mixed into training (0: easy-vqa images only)")
+    parser.add_argument(
+        "--train-renders-per-class",
+        type=int,
+        default=TRAIN_RENDERS_PER_CLASS,
+        help="renders of each class mixed into training (0: easy-vqa images only)",
+    )
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--validation-images", type=int, default=200)
     parser.add_argument("--renders-per-class", type=int, default=5)
     parser.add_argument("--questions", type=int, default=60)
-    parser.add_argument("--test", nargs="*", default=None, metavar="VARIANT",
-                        help="after choosing: evaluate these variants' final models (every seed) once on all of "
-                             "easy-vqa test and on held-out renders (seed 2); writes test.json / test.md")  # fmt: skip
+    parser.add_argument(
+        "--test",
+        nargs="*",
+        default=None,
+        metavar="VARIANT",
+        help="after choosing: evaluate these variants' final models (every seed) once on all of "
+        "easy-vqa test and on held-out renders (seed 2); writes test.json / test.md",
+    )
     parser.add_argument("--test-questions", type=int, default=300)
     parser.add_argument("--test-renders-per-class", type=int, default=10)
     args = parser.parse_args(argv)
@@ -231,12 +283,18 @@ def main(argv=None) -> None:
     validation = validation.select(range(args.validation_images))
     renders, render_colours, render_shapes_ = render_shapes(args.renders_per_class, RENDER_SEED_VALIDATION)
     sets = {
-        "validation": {"vision_hidden_states": vision_states(validation["image"], f"validation-{len(validation)}"),
-                       "colours": validation["colour"], "shapes": validation["shape"],
-                       "questions": questions_of(validation, args.questions)},
-        "renders": {"vision_hidden_states": vision_states(renders, f"renders-seed{RENDER_SEED_VALIDATION}-{len(renders)}"),
-                    "colours": render_colours, "shapes": render_shapes_},
-    }  # fmt: skip
+        "validation": {
+            "vision_hidden_states": vision_states(validation["image"], f"validation-{len(validation)}"),
+            "colours": validation["colour"],
+            "shapes": validation["shape"],
+            "questions": questions_of(validation, args.questions),
+        },
+        "renders": {
+            "vision_hidden_states": vision_states(renders, f"renders-seed{RENDER_SEED_VALIDATION}-{len(renders)}"),
+            "colours": render_colours,
+            "shapes": render_shapes_,
+        },
+    }
     results_path = out / "sweep.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     for seed in args.seeds:  # seeds outermost: an interrupted sweep still compares every variant
@@ -252,13 +310,24 @@ def main(argv=None) -> None:
 
         first = next(out.glob("*-seed*/final"))
         majority = majority_answers(datasets.load_from_disk(str(pool)))
-        results["vqa_baselines"] = vqa_baselines(*load_model(first), sets["validation"]["questions"], majority,
-                                                 validation["colour"], validation["shape"])  # fmt: skip
+        results["vqa_baselines"] = vqa_baselines(
+            *load_model(first), sets["validation"]["questions"], majority, validation["colour"], validation["shape"]
+        )
         results_path.write_text(json.dumps(results, indent=1))
     print("VQA baselines on the validation questions: " + json.dumps(results["vqa_baselines"]))
     results = {name: seeds for name, seeds in results.items() if name != "vqa_baselines"}
-    metrics = ["caption_colour_shape", "classification_feature", "classification_code", "image_to_text_class_R@1",
-               "top5_colour_and_shape", "arithmetic_hit_rate", "vqa", "vqa_colour", "vqa_shape", "vqa_yes/no"]  # fmt: skip
+    metrics = [
+        "caption_colour_shape",
+        "classification_feature",
+        "classification_code",
+        "image_to_text_class_R@1",
+        "top5_colour_and_shape",
+        "arithmetic_hit_rate",
+        "vqa",
+        "vqa_colour",
+        "vqa_shape",
+        "vqa_yes/no",
+    ]
     table = summarise(results, metrics)
     (out / "sweep.md").write_text(table + "\n")
     plot_curves(results, out / "sweep.png")
@@ -272,11 +341,18 @@ def test_report(out: Path, variants: dict, args) -> None:
     test = datasets.load_from_disk(str(easy_vqa_dataset(cache_root())))["test"]
     renders, colours, shapes = render_shapes(args.test_renders_per_class, RENDER_SEED_REPORTED)
     sets = {
-        "test": {"vision_hidden_states": vision_states(test["image"], f"test-{len(test)}"), "colours": test["colour"],
-                 "shapes": test["shape"], "questions": questions_of(test, args.test_questions)},
-        "renders": {"vision_hidden_states": vision_states(renders, f"renders-{RENDER_SEED_REPORTED}-{len(renders)}"),
-                    "colours": colours, "shapes": shapes},
-    }  # fmt: skip
+        "test": {
+            "vision_hidden_states": vision_states(test["image"], f"test-{len(test)}"),
+            "colours": test["colour"],
+            "shapes": test["shape"],
+            "questions": questions_of(test, args.test_questions),
+        },
+        "renders": {
+            "vision_hidden_states": vision_states(renders, f"renders-{RENDER_SEED_REPORTED}-{len(renders)}"),
+            "colours": colours,
+            "shapes": shapes,
+        },
+    }
     path = out / "test.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     for name, overrides in variants.items():
@@ -295,14 +371,29 @@ def test_report(out: Path, variants: dict, args) -> None:
 
         majority = majority_answers(datasets.load_from_disk(str(out / "train-pool")))
         first = next(out / f"{name}-seed{seed}" / "final" for name in variants for seed in args.seeds)
-        results["vqa_baselines"] = vqa_baselines(*load_model(first), sets["test"]["questions"], majority,
-                                                 test["colour"], test["shape"])  # fmt: skip
+        results["vqa_baselines"] = vqa_baselines(
+            *load_model(first), sets["test"]["questions"], majority, test["colour"], test["shape"]
+        )
         path.write_text(json.dumps(results, indent=1))
     baselines = results.pop("vqa_baselines")
-    metrics = ["caption_colour_shape", "classification_feature", "classification_code", "classification_pipeline",
-               "image_to_text_class_R@1", "text_to_image_class_R@1", "top5_colour_and_shape", "arithmetic_hit_rate", "vqa", "vqa_colour",
-               "vqa_shape", "vqa_yes/no", "vqa_paper_layout", "closed_set_vqa_colour", "closed_set_vqa_shape",
-               "closed_set_vqa_yes/no"]  # fmt: skip
+    metrics = [
+        "caption_colour_shape",
+        "classification_feature",
+        "classification_code",
+        "classification_pipeline",
+        "image_to_text_class_R@1",
+        "text_to_image_class_R@1",
+        "top5_colour_and_shape",
+        "arithmetic_hit_rate",
+        "vqa",
+        "vqa_colour",
+        "vqa_shape",
+        "vqa_yes/no",
+        "vqa_paper_layout",
+        "closed_set_vqa_colour",
+        "closed_set_vqa_shape",
+        "closed_set_vqa_yes/no",
+    ]
     table = summarise(results, metrics)
     table += "\n\nVQA baselines on the same test questions: " + ", ".join(f"{k} {v:.3f}" for k, v in baselines.items())
     names = list(results)

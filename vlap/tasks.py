@@ -83,14 +83,31 @@ def _generate(model, processor, images, vision_hidden_states, prompts, batch_siz
 
 @torch.no_grad()
 def caption(
-    model, processor, images=None, *, vision_hidden_states=None, prompt: str | None = None, batch_size: int = 16,
-    max_new_tokens: int = 20, progress: bool = False, **generation,
-) -> list[str]:  # fmt: skip
+    model,
+    processor,
+    images=None,
+    *,
+    vision_hidden_states=None,
+    prompt: str | None = None,
+    batch_size: int = 16,
+    max_new_tokens: int = 20,
+    progress: bool = False,
+    **generation,
+) -> list[str]:
     """One caption per image, after `prompt` (default: the processor's, "A picture of")."""
     count = _count(images, vision_hidden_states)
     prompts = None if prompt is None else [prompt] * count
-    return _generate(model, processor, images, vision_hidden_states, prompts, batch_size, progress,
-                     max_new_tokens=max_new_tokens, **generation)  # fmt: skip
+    return _generate(
+        model,
+        processor,
+        images,
+        vision_hidden_states,
+        prompts,
+        batch_size,
+        progress,
+        max_new_tokens=max_new_tokens,
+        **generation,
+    )
 
 
 def vqa_prompts(model, processor, images, questions, vision_hidden_states, template: str, batch_size: int) -> list[str]:
@@ -101,32 +118,69 @@ def vqa_prompts(model, processor, images, questions, vision_hidden_states, templ
         raise ValueError(f"got {count} images but {len(questions)} questions")
     unknown = {field for _, field, _, _ in Formatter().parse(template) if field} - {"question", "caption", "prompt"}
     if "{question}" not in template or unknown:
-        raise ValueError(f"the VQA template {template!r} needs a {{question}} field and may also use {{caption}} and "
-                         f"{{prompt}} (unknown: {', '.join(sorted(unknown)) or 'none'})")  # fmt: skip
+        raise ValueError(
+            f"the VQA template {template!r} needs a {{question}} field and may also use {{caption}} and "
+            f"{{prompt}} (unknown: {', '.join(sorted(unknown)) or 'none'})"
+        )
     captions = [""] * count
     if "{caption}" in template:
-        captions = [text.rstrip(".") for text in caption(model, processor, images, vision_hidden_states=vision_hidden_states,
-                                                          batch_size=batch_size, max_new_tokens=12)]  # fmt: skip
+        captions = [
+            text.rstrip(".")
+            for text in caption(
+                model,
+                processor,
+                images,
+                vision_hidden_states=vision_hidden_states,
+                batch_size=batch_size,
+                max_new_tokens=12,
+            )
+        ]
     return [template.format(question=q, caption=c, prompt=processor.prompt) for q, c in zip(questions, captions)]
 
 
 @torch.no_grad()
 def answer(
-    model, processor, images=None, questions: Sequence[str] = (), *, vision_hidden_states=None,
-    template: str = VQA_TEMPLATE, batch_size: int = 16, max_new_tokens: int = 10, progress: bool = False, **generation,
-) -> list[str]:  # fmt: skip
+    model,
+    processor,
+    images=None,
+    questions: Sequence[str] = (),
+    *,
+    vision_hidden_states=None,
+    template: str = VQA_TEMPLATE,
+    batch_size: int = 16,
+    max_new_tokens: int = 10,
+    progress: bool = False,
+    **generation,
+) -> list[str]:
     """Zero-shot VQA: one answer per (image, question) pair, the question put into `template` as the prompt (see
     VQA_TEMPLATE: by default the model first captions the image, and the question follows that description)."""
     prompts = vqa_prompts(model, processor, images, questions, vision_hidden_states, template, batch_size)
-    return _generate(model, processor, images, vision_hidden_states, prompts, batch_size, progress,
-                     max_new_tokens=max_new_tokens, **generation)  # fmt: skip
+    return _generate(
+        model,
+        processor,
+        images,
+        vision_hidden_states,
+        prompts,
+        batch_size,
+        progress,
+        max_new_tokens=max_new_tokens,
+        **generation,
+    )
 
 
 @torch.no_grad()
 def choose_answer(
-    model, processor, images=None, questions: Sequence[str] = (), candidates: Sequence[str] = (), *,
-    vision_hidden_states=None, template: str = VQA_TEMPLATE, batch_size: int = 64, progress: bool = False,
-) -> list[str]:  # fmt: skip
+    model,
+    processor,
+    images=None,
+    questions: Sequence[str] = (),
+    candidates: Sequence[str] = (),
+    *,
+    vision_hidden_states=None,
+    template: str = VQA_TEMPLATE,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> list[str]:
     """Closed-set VQA: for each (image, question) the candidate answer the LLM finds most likely after the visual
     prefix and the question, log p(answer + end token | image, prompt) (rank classification over a known answer set,
     e.g. a dataset's answer vocabulary)."""
@@ -135,16 +189,18 @@ def choose_answer(
     candidates = list(candidates)
     filled = vqa_prompts(model, processor, images, questions, vision_hidden_states, template, batch_size)
     chosen = []
-    for rows, inputs in _batches(model, processor, images, vision_hidden_states, max(batch_size // len(candidates), 1),
-                                 progress):  # fmt: skip
+    for rows, inputs in _batches(
+        model, processor, images, vision_hidden_states, max(batch_size // len(candidates), 1), progress
+    ):
         states = inputs.get("vision_hidden_states")
         if states is None:
             states = model.get_vision_hidden_states(inputs["pixel_values"])
         prompts = [prompt for prompt in filled[rows] for _ in candidates]
         answers = processor.answer_inputs(candidates * (rows.stop - rows.start), prompts[0])  # all prompts end alike
         answers.update(processor.prompt_inputs(len(prompts), prompts))
-        scores = model.caption_log_likelihood(vision_hidden_states=states.repeat_interleave(len(candidates), dim=0),
-                                              **answers.to(model.device))  # fmt: skip
+        scores = model.caption_log_likelihood(
+            vision_hidden_states=states.repeat_interleave(len(candidates), dim=0), **answers.to(model.device)
+        )
         chosen += [candidates[i] for i in scores.view(-1, len(candidates)).argmax(dim=1).tolist()]
     return chosen
 
@@ -177,9 +233,17 @@ CLASSIFY_METHODS = ("feature", "code")
 
 
 @torch.no_grad()
-def classify(model, processor, images=None, labels: Sequence[str] = (), *, vision_hidden_states=None,
-             template: str = LABEL_TEMPLATE, method: str = "feature",
-             batch_size: int = 16) -> list[list[tuple[str, float]]]:  # fmt: skip
+def classify(
+    model,
+    processor,
+    images=None,
+    labels: Sequence[str] = (),
+    *,
+    vision_hidden_states=None,
+    template: str = LABEL_TEMPLATE,
+    method: str = "feature",
+    batch_size: int = 16,
+) -> list[list[tuple[str, float]]]:
     """Zero-shot classification: each image's labels, best first, with scores (a softmax over the labels) from
 
     - "feature": cos(image feature, label text feature) / temperature, CLIP-style: the numbers of
@@ -203,8 +267,9 @@ def classify(model, processor, images=None, labels: Sequence[str] = (), *, visio
     else:
         tokens = processor(text=texts).to(model.device)
         targets = model.caption_assignments(tokens["input_ids"], tokens["attention_mask"], model.word_codes(text))
-        logits = torch.cat([torch.log_softmax(model.word_codes(rows) / tau, dim=-1) @ targets.T
-                            for rows in image.split(256)])  # fmt: skip
+        logits = torch.cat(
+            [torch.log_softmax(model.word_codes(rows) / tau, dim=-1) @ targets.T for rows in image.split(256)]
+        )
     return [[(labels[i], p) for i, p in ranked] for ranked in rank(torch.softmax(logits, dim=-1), len(labels))]
 
 
@@ -234,9 +299,13 @@ def token_words(model, processor, images=None, *, vision_hidden_states=None, top
         coefficients = model.get_word_coefficients(**inputs).float()
         present = model.bridge.present.to(coefficients.device)
         top = coefficients.masked_fill(~present, float("-inf")).topk(min(top_k, int(present.sum())), dim=-1)
-        result += [[[(words[i], value) for i, value in zip(ids.tolist(), values.tolist())]
-                    for ids, values in zip(image_ids, image_values)]
-                   for image_ids, image_values in zip(top.indices, top.values)]  # fmt: skip
+        result += [
+            [
+                [(words[i], value) for i, value in zip(ids.tolist(), values.tolist())]
+                for ids, values in zip(image_ids, image_values)
+            ]
+            for image_ids, image_values in zip(top.indices, top.values)
+        ]
     return result
 
 
@@ -258,9 +327,15 @@ def word_vector(model, processor, word: str) -> torch.Tensor:
 
 @torch.no_grad()
 def arithmetic(
-    model, processor, image, terms: Sequence[tuple[str, str]], *, top_k: int = 10, images: Sequence = (),
+    model,
+    processor,
+    image,
+    terms: Sequence[tuple[str, str]],
+    *,
+    top_k: int = 10,
+    images: Sequence = (),
     candidate_features: torch.Tensor | None = None,
-) -> dict:  # fmt: skip
+) -> dict:
     """Visual semantic arithmetic in the word-embedding space: image feature (+|-) word vectors, term by term.
 
     `terms` are `("+" | "-", word)` pairs, applied to the unit image feature with unit word vectors. Returns the

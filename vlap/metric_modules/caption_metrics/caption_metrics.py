@@ -14,7 +14,8 @@ SPICE_UNAVAILABLE = "SPICE downloads Stanford CoreNLP at run time: unavailable o
 _CITATION = """\
 @article{chen2015microsoft,
   title={Microsoft COCO Captions: Data Collection and Evaluation Server},
-  author={Chen, Xinlei and Fang, Hao and Lin, Tsung-Yi and Vedantam, Ramakrishna and Gupta, Saurabh and Dollar, Piotr and Zitnick, C. Lawrence},
+  author={Chen, Xinlei and Fang, Hao and Lin, Tsung-Yi and Vedantam, Ramakrishna and Gupta, Saurabh and Dollar, Piotr
+           and Zitnick, C. Lawrence},
   journal={arXiv preprint arXiv:1504.00325},
   year={2015}
 }

@@ -86,8 +86,10 @@ def class_retrieval_recall(similarity: torch.Tensor, image_classes, text_classes
     image_classes = torch.tensor([index[label] for label in image_classes])
     text_classes = torch.tensor([index[label] for label in text_classes])
     if similarity.shape != (len(image_classes), len(text_classes)):
-        raise ValueError(f"similarity is {tuple(similarity.shape)} but there are {len(image_classes)} image and "
-                         f"{len(text_classes)} text classes")  # fmt: skip
+        raise ValueError(
+            f"similarity is {tuple(similarity.shape)} but there are {len(image_classes)} image and "
+            f"{len(text_classes)} text classes"
+        )
     relevant = image_classes.unsqueeze(1) == text_classes.unsqueeze(0)  # [I, T]
     text_rank = torch.gather(relevant, 1, similarity.argsort(dim=1, descending=True)).float().argmax(dim=1)
     image_rank = torch.gather(relevant.T, 1, similarity.T.argsort(dim=1, descending=True)).float().argmax(dim=1)

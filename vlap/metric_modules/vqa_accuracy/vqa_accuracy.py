@@ -9,7 +9,8 @@ import evaluate
 _CITATION = """\
 @inproceedings{antol2015vqa,
   title={VQA: Visual Question Answering},
-  author={Antol, Stanislaw and Agrawal, Aishwarya and Mitra, Jiasen and Batra, Dhruv and Zitnick, C. Lawrence and Parikh, Devi},
+  author={Antol, Stanislaw and Agrawal, Aishwarya and Mitra, Jiasen and Batra, Dhruv
+           and Zitnick, C. Lawrence and Parikh, Devi},
   booktitle={ICCV},
   year={2015}
 }
@@ -50,8 +51,20 @@ class VqaAccuracy(evaluate.Metric):
         return {"vqa_accuracy": vqa_accuracy(predictions, references)}
 
 
-NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-                "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}  # fmt: skip
+NUMBER_WORDS = {
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}
 ARTICLES = {"a", "an", "the"}
 
 

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent
 CARD_TEMPLATE = REPO / "model_cards" / "vlap.md"
 CARD_USAGE = REPO / "model_cards" / "usage.py"  # the card's pipeline blocks; the tests run this file as it is
-REMOTE_CODE = sorted(p.name for p in (REPO / "modeling_vlap").glob("*.py") if p.name != "__init__.py")
 
 VERIFY_SCRIPT = textwrap.dedent(
     """
@@ -261,9 +259,6 @@ def assemble(folder: Path, staging: Path, bridge_only: bool, max_shard_size: str
     processor = VLAPProcessor.from_pretrained(folder)
     model.save_pretrained(staging, bridge_only=bridge_only, max_shard_size=max_shard_size)
     processor.save_pretrained(staging)
-    for name in REMOTE_CODE:  # save_pretrained copies the modules it imports; make sure every one travels
-        if not (staging / name).exists():
-            shutil.copy2(REPO / "modeling_vlap" / name, staging / name)
     config = json.loads((staging / "config.json").read_text())
     for key in ("auto_map", "custom_pipelines"):
         if not config.get(key):

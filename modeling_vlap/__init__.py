@@ -5,6 +5,7 @@ each other). Importing the package registers them with the Auto classes, so `sav
 `AutoModel` / `AutoProcessor` / `pipeline("image-to-text")` load with `trust_remote_code=True`.
 """
 
+from . import efficientnet_lite  # noqa: F401  (registers EfficientNet-Lite with AutoConfig / AutoModel here)
 from .configuration_vlap import VLAPConfig
 from .modeling_vlap import (
     VLAPForConditionalGeneration,

@@ -1,11 +1,15 @@
 """VLAP configuration (remote code: imports only transformers)."""
 
-from transformers import AutoConfig, PreTrainedConfig
+from transformers import CONFIG_MAPPING, AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-# Importing the module registers the EfficientNet-Lite vision model with AutoConfig / AutoModel, so a saved config
-# can name it as its vision_config (the `from .x import y` form is what remote-code loading follows).
-from .efficientnet_lite import EfficientNetLiteConfig  # noqa: F401
+# Vision models whose code is not in transformers (the offline default's EfficientNet-Lite): their module ships in a
+# model folder only when the model uses it (VLAPForConditionalGeneration.save_pretrained copies it) and is imported
+# from that folder at load, which registers it with AutoConfig / AutoModel. No `from .module import` line names it,
+# so remote-code loading does not require it in folders of other models.
+VISION_MODULES = {"efficientnet_lite": "efficientnet_lite.EfficientNetLiteConfig"}
+HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
 # The pipelines that `pipeline(task, model=<saved folder>, trust_remote_code=True)` resolves to.
 CUSTOM_PIPELINES = {
@@ -129,6 +133,17 @@ class VLAPConfig(PreTrainedConfig):
                 )
         if self.num_visual_tokens is not None and self.num_visual_tokens < 1:
             raise ValueError(f"VLAPConfig.num_visual_tokens must be >= 1 or None, got {self.num_visual_tokens}")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "VLAPConfig":
+        """As PreTrainedConfig's; a vision model whose code ships in the folder (VISION_MODULES) is imported from it
+        first, unless it is registered already."""
+        config_dict, _ = cls.get_config_dict(pretrained_model_name_or_path, **kwargs)
+        vision_type = (config_dict.get("vision_config") or {}).get("model_type")
+        if vision_type in VISION_MODULES and vision_type not in CONFIG_MAPPING:
+            hub_kwargs = {name: kwargs[name] for name in HUB_KWARGS if name in kwargs}
+            get_class_from_dynamic_module(VISION_MODULES[vision_type], pretrained_model_name_or_path, **hub_kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @property
     def vision_hidden_size(self) -> int:

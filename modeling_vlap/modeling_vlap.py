@@ -5,8 +5,11 @@ Remote code: imports only torch, transformers and its sibling modules.
 """
 
 import copy
+import inspect
 import math
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +27,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import load_state_dict
 from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput, cached_file, logging
 
-from .configuration_vlap import VLAPConfig
+from .configuration_vlap import VISION_MODULES, VLAPConfig
 from .optimal_transport import sinkhorn_knopp
 from .pipeline_vlap import VLAPImageToTextPipeline  # noqa: F401  (imported so save_pretrained ships the pipeline file)
 
@@ -302,6 +305,11 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
                 "AutoModelForZeroShotImageClassification": f"{module}.VLAPForZeroShotImageClassification",
             }
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **auto_model}
+        vision_module = VISION_MODULES.get(self.config.vision_config.model_type)
+        if vision_module is not None:  # its code travels with the model (configuration_vlap imports it at load)
+            Path(save_directory).mkdir(parents=True, exist_ok=True)
+            target = Path(save_directory) / f"{vision_module.split('.')[0]}.py"
+            shutil.copyfile(inspect.getsourcefile(type(self.vision_model.config)), target)
         if not bridge_only:
             return super().save_pretrained(save_directory, *args, **kwargs)
         names = [(self.config.backbones or {}).get(side, {}).get("name_or_path") for side in ("vision", "text")]

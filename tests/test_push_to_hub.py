@@ -24,8 +24,7 @@ REMOTE_CODE = {
     "optimal_transport.py",
     "processing_vlap.py",
     "pipeline_vlap.py",
-    "efficientnet_lite.py",
-}
+}  # not efficientnet_lite.py: these tiny models see through CLIP
 PROCESSOR_FILES = {"processor_config.json", "tokenizer.json", "tokenizer_config.json"}
 REPORT = {
     "model": "run/final",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny import LOAD_IN_FRESH_PROCESS, NO_REPO_IMPORTS, build
+from tiny import LOAD_IN_FRESH_PROCESS, NO_REPO_IMPORTS, build, image_processor
 
 GENERATION = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
 
@@ -34,6 +34,7 @@ def test_saved_folder_loads_offline_in_a_fresh_process(backbones, llm, tmp_path)
         "config.json",
     } <= saved
     assert not any(name.endswith((".bin", ".pt", ".pth")) for name in saved)
+    assert "efficientnet_lite.py" not in saved  # shipped only with an EfficientNet-Lite vision model
 
     image = Image.open(image_path)
     ids = model.generate(**processor(images=[image]), **GENERATION)
@@ -160,3 +161,38 @@ def test_image_text_to_text_pipeline_with_prompts_and_chat_messages(backbones, l
     assert loaded["chat_ids"] == generate(rendered).tolist()
     answer = loaded["chat"][0]["generated_text"][-1]
     assert answer["role"] == "assistant" and answer["content"] == reply(rendered)
+
+
+def test_an_efficientnet_lite_export_ships_its_vision_code_and_loads_in_a_fresh_process(backbones, tmp_path):
+    """EfficientNet-Lite is not a transformers model: its module travels with the models that use it (and only
+    with them, see above) and is imported from the saved folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration, VLAPProcessor
+    from modeling_vlap.efficientnet_lite import EfficientNetLiteConfig, EfficientNetLiteModel
+
+    torch.manual_seed(0)
+    stages = [[1, 3, 1, 1, 8, 8], [1, 3, 2, 2, 8, 16]]  # [repeats, kernel, stride, expand, in, out]
+    vision = EfficientNetLiteModel(EfficientNetLiteConfig(stages=stages, stem_channels=8, hidden_dim=16, image_size=32))
+    language = AutoModelForCausalLM.from_pretrained(backbones["opt"])
+    config = VLAPConfig(
+        vision_config=vision.config.to_dict(), text_config=language.config.to_dict(), num_visual_tokens=4
+    )
+    model = VLAPForConditionalGeneration(config, vision_model=vision, language_model=language).eval()
+    processor = VLAPProcessor(
+        image_processor=image_processor(), tokenizer=AutoTokenizer.from_pretrained(backbones["opt"])
+    )
+    folder, image_path = tmp_path / "vlap", tmp_path / "photo.png"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    assert (folder / "efficientnet_lite.py").exists()
+    Image.fromarray(np.random.RandomState(4).randint(0, 255, (40, 48, 3), dtype=np.uint8)).save(image_path)
+    ids = model.generate(**processor(images=[Image.open(image_path)]), **GENERATION)
+
+    script = tmp_path / "load.py"
+    script.write_text(LOAD_IN_FRESH_PROCESS)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": ""}
+    command = [sys.executable, str(script), str(folder), str(image_path), json.dumps(GENERATION)]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["ids"] == ids.tolist()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tiny import LOAD_IN_FRESH_PROCESS, REPO, build
+from tiny import REPO, build, load_in_fresh_process
 
 from vlap.tasks import caption as caption_images
 
@@ -71,19 +71,7 @@ def test_base_install_runs_a_saved_model_through_auto_classes_pipelines_and_the_
     ids = model.generate(**processor(images=[Image.open(image_path)]), **GENERATION)
     caption = processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
 
-    script = tmp_path / "load.py"
-    script.write_text(LOAD_IN_FRESH_PROCESS)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": ""}
-    result = subprocess.run(
-        [str(base_python), str(script), str(folder), str(image_path), json.dumps(GENERATION)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    loaded, _ = load_in_fresh_process(folder, image_path, GENERATION, python=base_python)
     assert loaded["ids"] == ids.tolist()
     assert loaded["caption"] == caption
     assert [row["label"] for row in loaded["zero_shot"]]  # the zero-shot pipeline ran
@@ -92,7 +80,7 @@ def test_base_install_runs_a_saved_model_through_auto_classes_pipelines_and_the_
     result = subprocess.run(
         [str(cli), "caption", str(folder), str(image_path), "--max-new-tokens", "5"],
         cwd=tmp_path,
-        env=env,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""},
         capture_output=True,
         text=True,
         timeout=300,

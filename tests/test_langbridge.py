@@ -2,14 +2,11 @@
 a different tokenizer by re-indexing strings, loaded back in a fresh process."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from PIL import Image
-from tiny import CORPUS, LOAD_IN_FRESH_PROCESS, build, image_processor, images, langbridge, run_train, write_config
+from tiny import CORPUS, build, image_processor, images, langbridge, load_in_fresh_process, run_train, write_config
 from transformers import AutoTokenizer
 
 from modeling_vlap import VLAPForConditionalGeneration, VLAPProcessor
@@ -89,22 +86,10 @@ def test_transfer_reindexes_strings_and_keeps_adapter_weights(backbones, caption
     image = tmp_path / "shape.png"
     images(1)[0].save(image)
     settings = {"max_new_tokens": 5, "min_new_tokens": 5, "do_sample": False}
-    script = tmp_path / "load.py"
-    script.write_text(LOAD_IN_FRESH_PROCESS)
-    loaded = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "moved"), str(image), json.dumps(settings)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""},
-    )
-    assert loaded.returncode == 0, loaded.stderr[-3000:]
-    from modeling_vlap import VLAPProcessor
-
+    loaded, _ = load_in_fresh_process(tmp_path / "moved", image, settings)
     processor = VLAPProcessor.from_pretrained(tmp_path / "moved")
     expected = after.generate(**processor(images=[Image.open(image)]), **settings)
-    assert json.loads(loaded.stdout.splitlines()[-1])["ids"] == expected.tolist()
+    assert loaded["ids"] == expected.tolist()
 
     # Fine-tuning the moved bridge on the new LLM starts from it: at learning rate 0 it ends exactly where it began.
     config = write_config(

@@ -17,7 +17,7 @@ import yaml
 pytest.importorskip("easy_vqa")
 pytest.importorskip("gguf")
 
-from tiny import LOAD_IN_FRESH_PROCESS  # noqa: E402
+from tiny import load_in_fresh_process  # noqa: E402
 
 from vlap.assets import cache_root, efficientnet_lite0, smollm2_135m  # noqa: E402
 from vlap.easy_vqa import easy_vqa_dataset  # noqa: E402
@@ -61,16 +61,5 @@ def test_short_real_run_exports_a_loadable_captioner(tmp_path):
 
     image = tmp_path / "shape.png"
     datasets.load_from_disk(str(easy_vqa_dataset(cache_root())))["test"][0]["image"].save(image)
-    script = tmp_path / "load.py"
-    script.write_text(LOAD_IN_FRESH_PROCESS)
-    loaded = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "run" / "final"), str(image), json.dumps({"max_new_tokens": 8})],
-        cwd=tmp_path,
-        env={**env, "PYTHONPATH": ""},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert loaded.returncode == 0, loaded.stderr[-3000:]
-    outputs = json.loads(loaded.stdout.splitlines()[-1])
+    outputs, _ = load_in_fresh_process(tmp_path / "run" / "final", image, {"max_new_tokens": 8})
     assert outputs["caption"].strip() and outputs["model_class"] == "VLAPForConditionalGeneration"

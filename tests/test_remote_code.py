@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny import LOAD_IN_FRESH_PROCESS, NO_REPO_IMPORTS, build, image_processor
+from tiny import NO_REPO_IMPORTS, build, image_processor, load_in_fresh_process
 
 GENERATION = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
 
@@ -42,19 +42,7 @@ def test_saved_folder_loads_offline_in_a_fresh_process(backbones, llm, tmp_path)
     answer_ids = model.generate(**processor(images=[image], prompt=question), **GENERATION)
     features = model.get_image_features(processor(images=[image])["pixel_values"])
 
-    script = tmp_path / "load.py"
-    script.write_text(LOAD_IN_FRESH_PROCESS)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, str(script), str(folder), str(image_path), json.dumps(GENERATION)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    loaded, stderr = load_in_fresh_process(folder, image_path, GENERATION)
     assert (loaded["model_class"], loaded["processor_class"]) == ("VLAPForConditionalGeneration", "VLAPProcessor")
     assert loaded["ids"] == ids.tolist()
     assert loaded["caption"] == processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
@@ -77,8 +65,8 @@ def test_saved_folder_loads_offline_in_a_fresh_process(backbones, llm, tmp_path)
     prefix = model.get_image_prefix(processor(images=[image])["pixel_values"])
     torch.testing.assert_close(torch.tensor(loaded["tokens"]), prefix, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(torch.tensor(loaded["pooled"]), features, atol=1e-5, rtol=1e-5)
-    noise = [line for line in result.stderr.splitlines() if "warn" in line.lower() or "traceback" in line.lower()]
-    assert not noise, result.stderr
+    noise = [line for line in stderr.splitlines() if "warn" in line.lower() or "traceback" in line.lower()]
+    assert not noise, stderr
 
 
 CHAT_IN_FRESH_PROCESS = NO_REPO_IMPORTS + textwrap.dedent(
@@ -189,10 +177,4 @@ def test_an_efficientnet_lite_export_ships_its_vision_code_and_loads_in_a_fresh_
     Image.fromarray(np.random.RandomState(4).randint(0, 255, (40, 48, 3), dtype=np.uint8)).save(image_path)
     ids = model.generate(**processor(images=[Image.open(image_path)]), **GENERATION)
 
-    script = tmp_path / "load.py"
-    script.write_text(LOAD_IN_FRESH_PROCESS)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": ""}
-    command = [sys.executable, str(script), str(folder), str(image_path), json.dumps(GENERATION)]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1])["ids"] == ids.tolist()
+    assert load_in_fresh_process(folder, image_path, GENERATION)[0]["ids"] == ids.tolist()

@@ -15,7 +15,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
-from tiny import ENV, LOAD_IN_FRESH_PROCESS, run_train, shape_image, write_config
+from tiny import ENV, load_in_fresh_process, run_train, shape_image, write_config
 
 from train import find_checkpoint
 from vlap.data import CaptionedImages, Collator, StreamedCaptionedImages, load_source, validate
@@ -142,26 +142,10 @@ def test_exported_model_loads_in_a_fresh_process(backbones, caption_folder, tmp_
     assert evaluation["val_loss"] > 0 and len(evaluation["captions"]) == 4
     summary = json.loads(result.stdout.split("summary: ")[1].splitlines()[0])
     assert summary["best_val_loss"] == evaluation["val_loss"] and summary["model"] == str(output / "final")
-    script = tmp_path / "load.py"
-    script.write_text(LOAD_IN_FRESH_PROCESS)
     image = tmp_path / "photo.png"
     shape_image("red", "circle").save(image)
-    loaded = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            str(output / "final"),
-            str(image),
-            json.dumps({"max_new_tokens": 4, "min_new_tokens": 4}),
-        ],
-        cwd=tmp_path,
-        env={**ENV, "PYTHONPATH": ""},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert loaded.returncode == 0, loaded.stderr
-    assert json.loads(loaded.stdout.splitlines()[-1])["caption"].strip()
+    loaded, _ = load_in_fresh_process(output / "final", image, {"max_new_tokens": 4, "min_new_tokens": 4})
+    assert loaded["caption"].strip()
 
 
 def test_feature_cache_is_keyed_by_the_vision_model(backbones, caption_folder, tmp_path):

@@ -278,6 +278,19 @@ LOAD_IN_FRESH_PROCESS = NO_REPO_IMPORTS + textwrap.dedent(
     """
 )
 
+
+def load_in_fresh_process(folder: Path, image: Path, settings: dict, python=sys.executable) -> tuple[dict, str]:
+    """Run LOAD_IN_FRESH_PROCESS with `python` (offline, PYTHONPATH cleared, in the image's folder) on a saved model
+    folder: (its outputs, its stderr); a failure shows the stderr."""
+    script = Path(image).parent / "load_in_fresh_process.py"
+    script.write_text(LOAD_IN_FRESH_PROCESS)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": ""}
+    command = [str(python), str(script), str(folder), str(image), json.dumps(settings)]
+    result = subprocess.run(command, cwd=script.parent, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
+
+
 CAPTIONS = ["a red circle", "a blue square on a plain background", "a green star", "a white cross"]
 
 

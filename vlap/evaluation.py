@@ -376,7 +376,8 @@ def evaluate_shape_world(
       image's predicted assignment over words); classification_pipeline: among the 24 labels "{colour} {shape}"
       as pipeline("zero-shot-image-classification") does it (its default template "a {}", `tasks.classify`; the
       same texts as classification_feature, so the same figure: a check that the pipeline path agrees);
-    - image_to_text_class_R@K, text_to_image_class_R@K: relevance-aware retrieval over the 72 class captions;
+    - image_to_text_class_R@K, text_to_image_class_R@K: relevance-aware retrieval over the 72 class captions by
+      feature cosine; the same with a `_code` suffix by the code space (`tasks.code_scores`);
     - top5_colour_and_shape: the colour and the shape word both among the image's top-5 words;
     - arithmetic_hit_rate: image - "its colour" + "another colour" lands nearest that class's mean image feature;
     - vqa, vqa_{colour,shape,yes/no} when (row, question, answers) triples are given: open-ended generation in
@@ -406,9 +407,10 @@ def evaluate_shape_world(
     all_captions = [t.format(colour=n.split()[0], shape=n.split()[1]) for n in CLASSES for t in TEMPLATES]
     similarity = image_features @ tasks.text_features(model, processor, all_captions).T
     text_classes = [n for n in CLASSES for _ in TEMPLATES]
-    scores.update(
-        metric_functions("retrieval_recall").class_retrieval_recall(similarity, labels, text_classes, ks=(1, 5))
-    )
+    class_retrieval_recall = metric_functions("retrieval_recall").class_retrieval_recall
+    scores.update(class_retrieval_recall(similarity, labels, text_classes, ks=(1, 5)))
+    by_code = tasks.code_scores(model, processor, image_features, all_captions)
+    scores.update({f"{k}_code": v for k, v in class_retrieval_recall(by_code, labels, text_classes, ks=(1, 5)).items()})
 
     words = tasks.read_words(model, processor, top_k=5, **shared)
     scores["top5_colour_and_shape"] = sum(

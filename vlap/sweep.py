@@ -383,6 +383,8 @@ def test_report(out: Path, variants: dict, args) -> None:
         "classification_pipeline",
         "image_to_text_class_R@1",
         "text_to_image_class_R@1",
+        "image_to_text_class_R@1_code",
+        "text_to_image_class_R@1_code",
         "top5_colour_and_shape",
         "arithmetic_hit_rate",
         "vqa",

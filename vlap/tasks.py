@@ -259,18 +259,24 @@ def classify(
     if method not in CLASSIFY_METHODS:
         raise ValueError(f"method {method!r} is not one of {', '.join(CLASSIFY_METHODS)}")
     texts = [template.format(label) for label in labels]
-    text = text_features(model, processor, texts)
     image = image_features(model, processor, images, vision_hidden_states=vision_hidden_states, batch_size=batch_size)
-    tau = model.config.assignment_temperature
     if method == "feature":
-        logits = image @ text.T / tau
+        logits = image @ text_features(model, processor, texts).T / model.config.assignment_temperature
     else:
-        tokens = processor(text=texts).to(model.device)
-        targets = model.caption_assignments(tokens["input_ids"], tokens["attention_mask"], model.word_codes(text))
-        logits = torch.cat(
-            [torch.log_softmax(model.word_codes(rows) / tau, dim=-1) @ targets.T for rows in image.split(256)]
-        )
+        logits = code_scores(model, processor, image, texts)
     return [[(labels[i], p) for i, p in ranked] for ranked in rank(torch.softmax(logits, dim=-1), len(labels))]
+
+
+@torch.no_grad()
+def code_scores(model, processor, image: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+    """`[images, texts]` scores in VLAP's word space: the sum over words of each text's assignment target times the
+    log of the image's predicted assignment (the swapped-prediction score training maximises for matching pairs).
+    `image`: image features `[N, D]` (`image_features`)."""
+    tokens = processor(text=list(texts)).to(model.device)
+    text_codes = model.word_codes(text_features(model, processor, texts))
+    targets = model.caption_assignments(tokens["input_ids"], tokens["attention_mask"], text_codes)
+    tau = model.config.assignment_temperature
+    return torch.cat([torch.log_softmax(model.word_codes(rows) / tau, dim=-1) @ targets.T for rows in image.split(256)])
 
 
 def rank(similarity: torch.Tensor, top_k: int) -> list[list[tuple[int, float]]]:

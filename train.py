@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
 from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration, VLAPProcessor
+from modeling_vlap.modeling_vlap import WORD_STATISTICS
 from vlap.data import (
     CaptionedImages,
     Collator,
@@ -434,7 +435,7 @@ def checkpoint_bridge_only(accelerator: Accelerator, model) -> None:
     frozen and reloaded from their sources."""
     unwrapped = accelerator.unwrap_model(model)
     saved = {name for name, p in unwrapped.named_parameters() if p.requires_grad}
-    saved.update(name for name, _ in unwrapped.named_buffers() if name.endswith(("word_prior", "word_frequency")))
+    saved.update(name for name, _ in unwrapped.named_buffers() if name.endswith(WORD_STATISTICS))
 
     def keep_saved(models, weights, _directory):
         for state in weights:

@@ -27,7 +27,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import load_state_dict
 from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput, cached_file, logging
 
-from .configuration_vlap import VISION_MODULES, VLAPConfig
+from .configuration_vlap import HUB_KWARGS, VISION_MODULES, VLAPConfig
 from .optimal_transport import sinkhorn_knopp
 from .pipeline_vlap import VLAPImageToTextPipeline  # noqa: F401  (imported so save_pretrained ships the pipeline file)
 
@@ -86,15 +86,15 @@ def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
+WORD_STATISTICS = ("word_prior", "word_frequency")  # buffers fitted from the training captions
+
+
 def is_bridge_key(key: str) -> bool:
     """What a bridge-only checkpoint holds: the bridge (linear or LangBridge) and the word statistics."""
-    return key.startswith("bridge.") or key in ("word_prior", "word_frequency")
+    return key.startswith("bridge.") or key in WORD_STATISTICS
 
 
 SIF_SMOOTHING = 1e-3  # a in the SIF weight a / (a + p(w)) (Arora et al., 2017)
-
-
-BRIDGE_ONLY_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
 
 def language_model_class(text_config):
@@ -249,7 +249,7 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         """As PreTrainedModel's. A bridge-only checkpoint (`config.bridge_only`) loads its two backbones from the
         names in `config.backbones` (Hub ids or local folders), then its own bridge and word prior on top."""
         config = kwargs.get("config")
-        hub_kwargs = {k: kwargs[k] for k in BRIDGE_ONLY_HUB_KWARGS if k in kwargs}
+        hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         if not isinstance(config, VLAPConfig):
             config = VLAPConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         if not config.bridge_only:

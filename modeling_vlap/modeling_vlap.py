@@ -444,8 +444,11 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         return mixing @ token_targets / mixing.sum(dim=1, keepdim=True).clamp(min=1e-12)
 
     def word_codes(self, features: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity of `[B, D]` features to every word embedding: `[B, V]` float32."""
-        return (F.normalize(features.float(), dim=-1) @ self.word_embeddings.float().T) * self._inverse_word_norms()
+        """Cosine similarity of `[B, D]` features to every word embedding: `[B, V]` float32, also under autocast:
+        codes are divided by epsilon and tau (0.01), so bfloat16's 3 digits would be ~0.4 nats of noise."""
+        with torch.autocast(features.device.type, enabled=False):
+            features = F.normalize(features.float(), dim=-1)
+            return (features @ self.word_embeddings.float().T) * self._inverse_word_norms()
 
     def _inverse_word_norms(self) -> torch.Tensor:
         """`[V]` 1 / |word embedding|, kept until the (frozen) embedding matrix changes: normalising the whole
@@ -475,6 +478,20 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         self.word_prior.copy_(prior.to(self.word_prior.dtype))
         self.word_frequency.copy_((counts / counts.sum()).to(self.word_frequency.dtype))
         return self.word_prior
+
+    def code_scores(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask=None) -> torch.Tensor:
+        """`[N, T]` image-text scores in VLAP's word space: the sum over words of each text's assignment target
+        (`caption_assignments`) times the log of each image's predicted assignment log softmax(image code / tau), i.e.
+        minus the swapped-prediction loss: the score training raises for matching pairs. `image_features` `[N, D]`
+        (`get_image_features`), `input_ids` `[T, L]` texts tokenised as captions."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        text_codes = self.word_codes(self.get_text_features(input_ids, attention_mask))
+        targets = self.caption_assignments(input_ids, attention_mask, text_codes)
+        tau = self.config.assignment_temperature
+        return torch.cat(  # 256 images at a time: each holds a [V] distribution
+            [F.log_softmax(self.word_codes(rows) / tau, dim=-1) @ targets.T for rows in image_features.split(256)]
+        )
 
     @torch.no_grad()
     def image_to_words(self, pixel_values=None, top_k: int = 10, vision_hidden_states=None):
@@ -679,8 +696,9 @@ class VLAPZeroShotOutput(ModelOutput):
     CLIP's output convention (what the zero-shot-image-classification pipeline reads).
 
     Args:
-        logits_per_image: `[images, texts]` scaled cosine similarities; `logits_per_text` is its transpose.
-        image_embeds, text_embeds: `[N, D]` the normalised features they compare.
+        logits_per_image: `[images, texts]` scores in VLAP's word space (`code_scores`); `logits_per_text` is its
+            transpose.
+        image_embeds, text_embeds: `[N, D]` the normalised features whose word codes they compare.
     """
 
     logits_per_image: torch.FloatTensor | None = None
@@ -690,22 +708,24 @@ class VLAPZeroShotOutput(ModelOutput):
 
 
 class VLAPForZeroShotImageClassification(VLAPForConditionalGeneration):
-    """The same model (same weights) with CLIP's zero-shot interface: images and candidate texts in, their scaled
-    cosine similarities out. The logit scale is fixed at 1 / `assignment_temperature` (100: the sharpness L_map trains
-    the image codes with), so softmax(logits_per_image) ranks the labels as the code space does."""
+    """The same model (same weights) with CLIP's zero-shot interface: images and candidate texts in, scores out.
+
+    The score is VLAP's own (`code_scores`): how well the image's predicted assignment over words explains each
+    text's assignment target, the quantity L_map trains. On easy-vqa test it picks the right class among 24 for 0.97
+    of images against 0.64 by the cosine of the pooled features (README, "A longer budget").
+    """
 
     def forward(
         self, input_ids: torch.Tensor, pixel_values=None, attention_mask=None, vision_hidden_states=None, **kwargs
     ) -> VLAPZeroShotOutput:
-        """`input_ids` `[T, L]`: the candidate texts (tokenised plainly); `pixel_values` `[N, 3, H, W]`."""
+        """`input_ids` `[T, L]`: the candidate texts (tokenised as captions); `pixel_values` `[N, 3, H, W]`."""
         image_embeds = self.get_image_features(pixel_values, vision_hidden_states)
-        text_embeds = self.get_text_features(input_ids, attention_mask)
-        logits_per_image = image_embeds @ text_embeds.T / self.config.assignment_temperature
+        logits_per_image = self.code_scores(image_embeds, input_ids, attention_mask)
         return VLAPZeroShotOutput(
             logits_per_image=logits_per_image,
             logits_per_text=logits_per_image.T,
             image_embeds=image_embeds,
-            text_embeds=text_embeds,
+            text_embeds=self.get_text_features(input_ids, attention_mask),
         )
 
 

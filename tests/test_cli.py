@@ -215,7 +215,7 @@ def test_eval_classification_by_class_with_held_out_classes(saved, capsys, tmp_p
     report = json.loads(out.read_text())
     scores, confusion = report["scores"], report["confusion"]
     model, processor = load(str(saved["model"]))
-    chosen = [names.index(ranked[0][0]) for ranked in classify(model, processor, images, names)]
+    chosen = [names.index(ranked[0][0]) for ranked in classify(model, processor, images, names, method="feature")]
     assert scores["classification"] == pytest.approx(sum(c == t for c, t in zip(chosen, labels)) / 9)
     named = [named_class(text, names) for text in caption(model, processor, images, max_new_tokens=4)]
     assert scores["caption_names_class"] == pytest.approx(sum(n == t for n, t in zip(named, labels)) / 9)
@@ -225,7 +225,7 @@ def test_eval_classification_by_class_with_held_out_classes(saved, capsys, tmp_p
         assert confusion["classification"][k][k] == sum(c == t == k for c, t in zip(chosen, labels))
     held = [i for i, t in enumerate(labels) if t > 0]
     assert scores["held_out_classification"] == pytest.approx(sum(chosen[i] == labels[i] for i in held) / 6)
-    among = classify(model, processor, [images[i] for i in held], ["square", "triangle"])
+    among = classify(model, processor, [images[i] for i in held], ["square", "triangle"], method="feature")
     assert scores["held_out_classification_among_held_out"] == pytest.approx(
         sum(r[0][0] == names[labels[i]] for r, i in zip(among, held)) / 6
     )

@@ -286,6 +286,8 @@ def test_word_codes_are_cosines_and_follow_a_changed_embedding_matrix(backbones)
         return torch.nn.functional.cosine_similarity(features.unsqueeze(1), model.word_embeddings.unsqueeze(0), dim=-1)
 
     torch.testing.assert_close(model.word_codes(features), cosines(), atol=1e-5, rtol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 training: codes stay float32-exact (divided by 0.01)
+        torch.testing.assert_close(model.word_codes(features), cosines(), atol=1e-5, rtol=0)
     with torch.no_grad():  # the cached norms must not outlive an in-place change (load_state_dict copies in place)
         model.word_embeddings[3].add_(torch.randn(model.word_embeddings.shape[1]))
     torch.testing.assert_close(model.word_codes(features), cosines(), atol=1e-5, rtol=0)
@@ -438,7 +440,7 @@ def test_training_on_a_separable_task_learns_what_it_was_taught(backbones):
 
     def accuracy() -> float:
         model.eval()
-        ranked = classify(model, processor, held_out, colours)
+        ranked = classify(model, processor, held_out, colours, method="feature")
         return sum(r[0][0] == c for r, c in zip(ranked, truth)) / len(truth)
 
     before = accuracy()

@@ -48,11 +48,15 @@ def test_saved_folder_loads_offline_in_a_fresh_process(backbones, llm, tmp_path)
     assert loaded["caption"] == processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
     assert loaded["answer"] == processor.batch_decode(answer_ids, skip_special_tokens=True)[0].strip()
     torch.testing.assert_close(torch.tensor(loaded["image_features"]), features)
-    # zero-shot-image-classification: softmax over labels of cos(image, text) / temperature.
+    # zero-shot-image-classification: softmax over labels of the word-space score, sum over words of the label's
+    # assignment target times log softmax(cos(image, every word embedding) / temperature).
     labels = ["red circle", "blue square", "green triangle"]
     tokens = processor(text=[f"a photo of a {label}." for label in labels])  # tokenised as captions are
     text = model.get_text_features(tokens["input_ids"], tokens["attention_mask"])
-    probabilities = torch.softmax(features @ text.T / model.config.assignment_temperature, dim=-1)[0]
+    targets = model.caption_assignments(tokens["input_ids"], tokens["attention_mask"], model.word_codes(text))
+    cosines = torch.nn.functional.cosine_similarity(features.unsqueeze(1), model.word_embeddings.unsqueeze(0), dim=-1)
+    log_p = torch.log_softmax(cosines / model.config.assignment_temperature, dim=-1)
+    probabilities = torch.softmax(log_p @ targets.T, dim=-1)[0]
     expected = sorted(zip(probabilities.tolist(), labels), reverse=True)
     assert [row["label"] for row in loaded["zero_shot"]] == [label for _, label in expected]
     torch.testing.assert_close(

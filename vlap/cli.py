@@ -203,7 +203,9 @@ def cmd_classify(args) -> None:
     found = expand_images(args.images)
     paths, images, failures = open_images(found, keep_going=True)
     model, processor = load_model(args)
-    ranked = classify(model, processor, images, labels, template=args.template, batch_size=args.batch_size)
+    ranked = classify(
+        model, processor, images, labels, template=args.template, method=args.method, batch_size=args.batch_size
+    )
     data = [
         {"image": str(path), "labels": [{"label": label, "score": score} for label, score in scores]}
         for path, scores in zip(paths, ranked)
@@ -415,9 +417,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--query", action="append", metavar="TEXT", help="a text to rank the images for (repeatable)")
     sub.add_argument("--top-k", type=positive_int, default=5)
 
-    sub = command("classify", cmd_classify, "zero-shot classification among labels (CLIP-style, by feature cosine)")
+    sub = command("classify", cmd_classify, "zero-shot classification among labels (as the zero-shot pipeline)")
     sub.add_argument("images", metavar="IMAGE", nargs="+", help="image files, globs or folders")
     sub.add_argument("--labels", required=True, help="comma-separated candidate labels, e.g. 'cat,dog,car'")
+    sub.add_argument(
+        "--method",
+        choices=("code", "feature"),  # tasks.CLASSIFY_METHODS (not imported: --help stays torch-free)
+        default="code",
+        help="code: VLAP's word space, as the pipeline (default); feature: CLIP-style cosine of pooled features",
+    )
     sub.add_argument(
         "--template",
         default="a {}",

@@ -233,9 +233,9 @@ def evaluate_classification(
 ) -> dict:
     """Images of known class (`labels`: indices into `class_names`), two ways:
 
-    - classification: zero-shot among all the class names, as `pipeline("zero-shot-image-classification")` does it
-      (`tasks.classify`, `template`, by feature cosine); classification_code: the same choice in VLAP's word space
-      (`tasks.classify(method="code")`); per class, and the confusion matrices;
+    - classification: zero-shot among all the class names by feature cosine (`tasks.classify(method="feature")`,
+      `template`); classification_code: the same choice in VLAP's word space, as
+      `pipeline("zero-shot-image-classification")` makes it (`tasks.classify`); per class, and the confusion matrices;
     - caption: the model's caption names the right class first (`named_class`); per class, confusion with "none".
 
     Returns {"scores", "confusion": {one per figure above} (rows true, columns predicted),
@@ -373,9 +373,7 @@ def evaluate_shape_world(
     - caption_colour_shape: the caption names the image's colour and shape (and no other);
     - classification_feature / classification_code: zero-shot classification among the 24 captions "a {colour}
       {shape}", by feature cosine and by the code space (log-likelihood of each caption's assignment under the
-      image's predicted assignment over words); classification_pipeline: among the 24 labels "{colour} {shape}"
-      as pipeline("zero-shot-image-classification") does it (its default template "a {}", `tasks.classify`; the
-      same texts as classification_feature, so the same figure: a check that the pipeline path agrees);
+      image's predicted assignment over words: what pipeline("zero-shot-image-classification") ranks by);
     - image_to_text_class_R@K, text_to_image_class_R@K: relevance-aware retrieval over the 72 class captions by
       feature cosine; the same with a `_code` suffix by the code space (`tasks.code_scores`);
     - top5_colour_and_shape: the colour and the shape word both among the image's top-5 words;
@@ -399,10 +397,8 @@ def evaluate_shape_world(
     text_features = tasks.text_features(model, processor, class_captions)
     truth = torch.tensor([CLASSES.index(label) for label in labels])
     scores["classification_feature"] = ((image_features @ text_features.T).argmax(1) == truth).float().mean().item()
-    by_code = tasks.classify(model, processor, labels=CLASSES, method="code", **shared)  # the same "a {}" texts
+    by_code = tasks.classify(model, processor, labels=CLASSES, **shared)  # = pipeline("zero-shot-image-classification")
     scores["classification_code"] = sum(r[0][0] == label for r, label in zip(by_code, labels)) / len(labels)
-    ranked = tasks.classify(model, processor, labels=CLASSES, **shared)  # = pipeline("zero-shot-image-classification")
-    scores["classification_pipeline"] = sum(r[0][0] == label for r, label in zip(ranked, labels)) / len(labels)
 
     all_captions = [t.format(colour=n.split()[0], shape=n.split()[1]) for n in CLASSES for t in TEMPLATES]
     similarity = image_features @ tasks.text_features(model, processor, all_captions).T

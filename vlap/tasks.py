@@ -241,15 +241,15 @@ def classify(
     *,
     vision_hidden_states=None,
     template: str = LABEL_TEMPLATE,
-    method: str = "feature",
+    method: str = "code",
     batch_size: int = 16,
 ) -> list[list[tuple[str, float]]]:
     """Zero-shot classification: each image's labels, best first, with scores (a softmax over the labels) from
 
-    - "feature": cos(image feature, label text feature) / temperature, CLIP-style: the numbers of
-      `pipeline("zero-shot-image-classification", hypothesis_template=template)` on the saved model;
     - "code": VLAP's word space: sum over words of the label text's assignment target times the log of the image's
-      predicted assignment (the swapped-prediction score training maximises for matching pairs).
+      predicted assignment (the swapped-prediction score training maximises for matching pairs): the numbers of
+      `pipeline("zero-shot-image-classification", hypothesis_template=template)` on the saved model;
+    - "feature": cos(image feature, label text feature) / temperature, CLIP-style.
     """
     labels = list(labels)
     if len(labels) < 2 or len(set(labels)) != len(labels):
@@ -269,14 +269,9 @@ def classify(
 
 @torch.no_grad()
 def code_scores(model, processor, image: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
-    """`[images, texts]` scores in VLAP's word space: the sum over words of each text's assignment target times the
-    log of the image's predicted assignment (the swapped-prediction score training maximises for matching pairs).
-    `image`: image features `[N, D]` (`image_features`)."""
+    """`[images, texts]` scores in VLAP's word space (`model.code_scores`). `image`: image features `[N, D]`."""
     tokens = processor(text=list(texts)).to(model.device)
-    text_codes = model.word_codes(text_features(model, processor, texts))
-    targets = model.caption_assignments(tokens["input_ids"], tokens["attention_mask"], text_codes)
-    tau = model.config.assignment_temperature
-    return torch.cat([torch.log_softmax(model.word_codes(rows) / tau, dim=-1) @ targets.T for rows in image.split(256)])
+    return model.code_scores(image.to(model.device), tokens["input_ids"], tokens["attention_mask"]).cpu()
 
 
 def rank(similarity: torch.Tensor, top_k: int) -> list[list[tuple[int, float]]]:

@@ -41,6 +41,7 @@ bench: $(STAMP)
 	mkdir -p bench/results
 	cd bench && ../$(PY) sinkhorn.py --json results/sinkhorn.json
 	cd bench && ../$(PY) train_step.py --real --json results/train_step.json
+	cd bench && ../$(PY) train_step.py --real --bf16 --json results/train_step_bf16.json
 	cd bench && ../$(PY) generate.py --real --json results/generate.json
 	cd bench && ../$(PY) feature_cache.py --json results/feature_cache.json
 	cd bench && ../$(PY) langbridge_transfer.py --json results/langbridge_transfer.json --plot ../docs/langbridge_transfer.png

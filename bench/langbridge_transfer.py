@@ -30,7 +30,7 @@ from vlap.assets import efficientnet_lite0, gemma3_270m, smollm2_135m
 from vlap.demo import banner, train
 from vlap.langbridge import english_vocabulary, transfer
 from vlap.shapes import COLOURS, SHAPES, caption_is_right, named
-from vlap.sweep import DEMO_BUDGET, split_train, vision_states
+from vlap.sweep import BASE_BUDGET, split_train, vision_states
 from vlap.tasks import caption, load, token_words
 
 FRACTIONS = (0.05, 0.1, 0.25)
@@ -100,7 +100,7 @@ def run_seed(seed: int, args, out: Path, models: dict, pool_folder: Path, evalua
     def share_of_budget(fraction: float) -> tuple[SimpleNamespace, Path]:
         """That share of the steps and of the training images (at least one batch)."""
         plan = SimpleNamespace(steps=max(round(fraction * args.steps), 1), seed=seed)
-        return plan, training_rows(pool, max(round(fraction * args.train_images), DEMO_BUDGET["batch_size"]), out)
+        return plan, training_rows(pool, max(round(fraction * args.train_images), BASE_BUDGET["batch_size"]), out)
 
     for fraction in FRACTIONS if "control" in args.stages else ():
         banner(f"seed {seed}: control: LangBridge on Gemma 3 270M from scratch with {fraction:.0%} of the budget")
@@ -165,7 +165,7 @@ def summary(per_seed: dict, vocabulary: dict, args, seconds: float) -> dict:
         "per_seed": per_seed,
         "setup": {
             "steps": args.steps,
-            "batch_size": DEMO_BUDGET["batch_size"],
+            "batch_size": BASE_BUDGET["batch_size"],
             "learning_rate": args.learning_rate,
             "coefficients": args.coefficients,
             "gelu_before_words": args.gelu_before_words,

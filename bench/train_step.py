@@ -20,12 +20,14 @@ from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration
 from vlap.sweep import VLAP_METHOD
 
 
-def step_fn(model, inputs):
+def step_fn(model, inputs, bf16: bool = False):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def step():
         optimizer.zero_grad()
-        model(**inputs).loss.backward()
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**inputs).loss
+        loss.backward()
         optimizer.step()
 
     return step
@@ -112,8 +114,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json")
     parser.add_argument("--real", action="store_true", help="also the demo's cached EfficientNet-Lite0 + SmolLM2")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast, as make demo trains (DEMO_BUDGET)")
     args = parser.parse_args()
-    results = {"device": device_name(), "batch_size": args.batch_size}
+    results = {"device": device_name(), "batch_size": args.batch_size, "bf16": args.bf16}
     methods = {"paper": {}, "demo": VLAP_METHOD}  # the paper's text code (LLM states) and the one make demo ships
     for kind, (method, overrides) in ((k, m) for k in bench_kinds(args.real) for m in methods.items()):
         vlap = vlap_model(kind, **overrides).train()
@@ -122,7 +125,8 @@ def main():
             real_batch(vlap, args.batch_size) if kind == REAL else batch(args.batch_size, vocab=vlap.word_prior.numel())
         )
         times = interleaved_medians(
-            {"vlap": step_fn(vlap, inputs), "caption_only": step_fn(caption_only, inputs)}, args.repeats
+            {"vlap": step_fn(vlap, inputs, args.bf16), "caption_only": step_fn(caption_only, inputs, args.bf16)},
+            args.repeats,
         )
         parts = breakdown(vlap, inputs, args.repeats)
         ratio = times["vlap"] / times["caption_only"]

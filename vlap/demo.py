@@ -1,13 +1,15 @@
 """`make demo`: VLAP end to end on real frozen models, offline.
 
 EfficientNet-Lite0 (ImageNet) + SmolLM2-135M-Instruct, bridged on easy-vqa captions derived from each image's own
-answers. Trains VLAP (caption + assignment) and the caption-only baseline (LiMBeR-style) with the same budget from
-the frozen-feature cache (the budget and method chosen on a validation slice by `python -m vlap.sweep`), evaluates
-both on easy-vqa test and on out-of-distribution renders (captions naming colour and shape, caption metrics,
-zero-shot VQA per question type, zero-shot classification, relevance-aware retrieval, top words, visual arithmetic),
-shows captions and top words through `pipeline("image-to-text")`, and writes results.json, results.md and PNG plots.
+answers and on rendered shapes. Trains VLAP (caption + assignment) from the frozen-feature cache with the budget
+chosen on a validation slice by `python -m vlap.sweep` (`vlap.sweep.DEMO_BUDGET`), evaluates it on easy-vqa test and
+on out-of-distribution renders (captions naming colour and shape, caption metrics, zero-shot VQA per question type,
+zero-shot classification, relevance-aware retrieval, top words, visual arithmetic), shows captions and top words
+through `pipeline("image-to-text")`, and writes results.json, results.md and PNG plots. `--baseline` also trains
+the caption-only baseline (LiMBeR-style, assignment weight 0) with the same budget and reports it beside VLAP (the
+3-seed comparison is `python -m vlap.sweep`'s).
 
-    python -m vlap.demo [--out outputs/demo] [--train-images 960] [--steps 200] [--seed 0]
+    python -m vlap.demo [--out outputs/demo] [--train-images 960] [--steps 600] [--seed 0] [--baseline]
 
 `--dataset fashion-mnist` runs the same on real product photos (Debian's dataset-fashion-mnist): VLAP and
 caption-only trained on captions naming the class, evaluated by `evaluate_classification` (the code behind
@@ -44,10 +46,11 @@ from vlap.evaluation import (
 )
 from vlap.shapes import render_shapes
 from vlap.sweep import (
+    BASE_BUDGET,
     CAPTION_ONLY,
     DEMO_BUDGET,
+    DEMO_RENDERS_PER_CLASS,
     RENDER_SEED_REPORTED,
-    TRAIN_RENDERS_PER_CLASS,
     VLAP_METHOD,
     load_model,
     majority_answers,
@@ -66,16 +69,17 @@ def banner(text: str) -> None:
     print(f"\n=== {text}", flush=True)
 
 
-def train(name: str, out: Path, train_data: Path, vision: Path, llm: Path, args, **overrides) -> Path:
+def train(name: str, out: Path, train_data: Path, vision: Path, llm: Path, budget: dict, args, **overrides) -> Path:
+    steps = args.steps or budget["max_steps"]
     config = {
         "vision_model": str(vision),
         "text_model": str(llm),
         "train_data": str(train_data),
-        **DEMO_BUDGET,
-        "max_steps": args.steps,
-        "warmup_steps": max(args.steps // 10, 1),
+        **budget,
+        "max_steps": steps,
+        "warmup_steps": max(steps // 10, 1),
         "cache_features": str(out / "features"),
-        "checkpointing_steps": args.steps,
+        "checkpointing_steps": steps,
         "checkpoints_total_limit": 1,
         "eval_steps": 0,
         "num_eval_images": 4,
@@ -200,9 +204,9 @@ def fashion_mnist(args, out: Path, start: float) -> None:
     )
 
     banner("2. VLAP: caption + assignment prediction (frozen-feature cache)")
-    runs = {"vlap": train("vlap", out, train_data, vision, llm, args, **VLAP_METHOD)}
+    runs = {"vlap": train("vlap", out, train_data, vision, llm, BASE_BUDGET, args, **VLAP_METHOD)}
     banner("3. caption-only baseline (assignment weight 0), same budget")
-    runs["caption_only"] = train("caption_only", out, train_data, vision, llm, args, **CAPTION_ONLY)
+    runs["caption_only"] = train("caption_only", out, train_data, vision, llm, BASE_BUDGET, args, **CAPTION_ONLY)
 
     banner(f"4. evaluation on {len(evaluated)} {args.eval_split} images, by class")
     states = vision_states(evaluated["image"], f"fashion-mnist-{args.eval_split}-{len(evaluated)}")
@@ -241,8 +245,8 @@ def fashion_mnist(args, out: Path, start: float) -> None:
             "eval_split": args.eval_split,
             "train_images": len(train_rows),
             "evaluated_images": len(evaluated),
-            **DEMO_BUDGET,
-            "max_steps": args.steps,
+            **BASE_BUDGET,
+            "max_steps": args.steps or BASE_BUDGET["max_steps"],
             "seed": args.seed,
             "vlap_method": VLAP_METHOD,
         },
@@ -308,7 +312,19 @@ def main(argv=None) -> None:
         default="test",
         help="fashion-mnist: evaluate on test or on the validation slice carved from train",
     )
-    parser.add_argument("--steps", type=int, default=DEMO_BUDGET["max_steps"])
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"training steps (default: {DEMO_BUDGET['max_steps']} for easy-vqa, {BASE_BUDGET['max_steps']} for "
+        "fashion-mnist); warmup is a tenth",
+    )
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="easy-vqa: also train and evaluate the caption-only baseline with the same budget (fashion-mnist always "
+        "does)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--seeds",
@@ -352,18 +368,19 @@ def main(argv=None) -> None:
     train_split = pool.select(range(min(args.train_images, len(pool))))
     splits = datasets.load_from_disk(str(easy_vqa_dataset(cache_root())))
     test = splits["test"].select(range(min(args.test_images, len(splits["test"]))))
-    train_data = training_set(out, train_split)
+    train_data = training_set(out, train_split, DEMO_RENDERS_PER_CLASS)
     print(
         f"vision {vision}\nLLM {llm}\neasy-vqa: {len(train_split)} train images (of {len(pool)} in the training "
-        f"pool) + {TRAIN_RENDERS_PER_CLASS} renders of each of the 24 classes, {len(test)} test images"
+        f"pool) + {DEMO_RENDERS_PER_CLASS} renders of each of the 24 classes, {len(test)} test images"
     )
 
     banner("2. VLAP: caption + assignment prediction (frozen-feature cache)")
-    runs = {"vlap": train("vlap", out, train_data, vision, llm, args, **VLAP_METHOD)}
-    banner("3. caption-only baseline (assignment weight 0), same budget")
-    runs["caption_only"] = train("caption_only", out, train_data, vision, llm, args, **CAPTION_ONLY)
+    runs = {"vlap": train("vlap", out, train_data, vision, llm, DEMO_BUDGET, args, **VLAP_METHOD)}
+    if args.baseline:
+        banner("2b. caption-only baseline (assignment weight 0), same budget")
+        runs["caption_only"] = train("caption_only", out, train_data, vision, llm, DEMO_BUDGET, args, **CAPTION_ONLY)
 
-    banner("4. evaluation on easy-vqa test and on out-of-distribution renders")
+    banner("3. evaluation on easy-vqa test and on out-of-distribution renders")
     test_states, questions = encode_test_split(test, args.vqa_questions)
     renders, colours, shapes = render_shapes(args.renders_per_class, RENDER_SEED_REPORTED)
     sets = {
@@ -384,20 +401,17 @@ def main(argv=None) -> None:
         *load_model(runs["vlap"]), questions, majority_answers(train_split), test["colour"], test["shape"]
     )
     results["vqa_baselines"] = baselines
+    names = {"vlap": "VLAP (caption + assignment)", "caption_only": "caption-only baseline"}
     markdown = markdown_table(
-        {
-            "VLAP (caption + assignment)": results["vlap"]["scores"],
-            "caption-only baseline": results["caption_only"]["scores"],
-            "majority answer / bare LLM (no image)": baselines,
-        }
+        {names[run]: results[run]["scores"] for run in runs} | {"majority answer / bare LLM (no image)": baselines}
     )
     print(markdown)
 
-    banner("5. captions and top words through pipeline('image-to-text') from the exported folder")
+    banner("4. captions and top words through pipeline('image-to-text') from the exported folder")
     shown = show(runs["vlap"], test)
     results["shown"] = shown
 
-    banner("6. results")
+    banner("5. results")
     plot_words(shown[0]["top_words"], shown[0]["image"], out / "top_words.png")
     finish(
         out,
@@ -413,8 +427,9 @@ def main(argv=None) -> None:
             "test_images": len(test),
             "vqa_questions": len(questions),
             "renders": len(renders),
+            "train_renders_per_class": DEMO_RENDERS_PER_CLASS,
             **DEMO_BUDGET,
-            "max_steps": args.steps,
+            "max_steps": args.steps or DEMO_BUDGET["max_steps"],
             "seed": args.seed,
             "vlap_method": VLAP_METHOD,
         },

@@ -26,7 +26,7 @@ messages = [
 ]
 print(chat(text=messages, max_new_tokens=5)[0]["generated_text"][-1])  # the assistant's turn
 
-# --- zero-shot-image-classification: labels scored by the bridged image and text features (CLIP-style)
+# --- zero-shot-image-classification: labels scored in VLAP's word space (as training's swapped prediction)
 classifier = pipeline("zero-shot-image-classification", model=MODEL, trust_remote_code=True)
 print(classifier(IMAGE, candidate_labels=["red circle", "blue rectangle", "green triangle"]))  # best first
 

@@ -93,7 +93,9 @@ def run_seed(seed: int, args, out: Path, models: dict, pool_folder: Path, evalua
 
     def timed_train(name: str, llm: Path, plan, train_data: Path, **overrides) -> Path:
         start = time.time()
-        folder = train(f"seed{seed}-{name}", out, train_data, models["vision"], llm, plan, **budget, **overrides)
+        folder = train(
+            f"seed{seed}-{name}", out, train_data, models["vision"], llm, BASE_BUDGET, plan, **budget, **overrides
+        )
         seconds[name] = round(time.time() - start, 1)
         return folder
 

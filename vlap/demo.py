@@ -70,16 +70,15 @@ def banner(text: str) -> None:
 
 
 def train(name: str, out: Path, train_data: Path, vision: Path, llm: Path, budget: dict, args, **overrides) -> Path:
-    steps = args.steps or budget["max_steps"]
     config = {
         "vision_model": str(vision),
         "text_model": str(llm),
         "train_data": str(train_data),
         **budget,
-        "max_steps": steps,
-        "warmup_steps": max(steps // 10, 1),
+        "max_steps": args.steps,
+        "warmup_steps": max(args.steps // 10, 1),
         "cache_features": str(out / "features"),
-        "checkpointing_steps": steps,
+        "checkpointing_steps": args.steps,
         "checkpoints_total_limit": 1,
         "eval_steps": 0,
         "num_eval_images": 4,
@@ -246,7 +245,7 @@ def fashion_mnist(args, out: Path, start: float) -> None:
             "train_images": len(train_rows),
             "evaluated_images": len(evaluated),
             **BASE_BUDGET,
-            "max_steps": args.steps or BASE_BUDGET["max_steps"],
+            "max_steps": args.steps,
             "seed": args.seed,
             "vlap_method": VLAP_METHOD,
         },
@@ -347,6 +346,7 @@ def main(argv=None) -> None:
     args.out = args.out or ("outputs/fashion-mnist" if fashion else "outputs/demo")
     args.train_images = args.train_images or (2000 if fashion else 960)
     args.test_images = args.test_images or (1000 if fashion else 120)
+    args.steps = args.steps or (BASE_BUDGET if fashion else DEMO_BUDGET)["max_steps"]
     start = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -429,7 +429,7 @@ def main(argv=None) -> None:
             "renders": len(renders),
             "train_renders_per_class": DEMO_RENDERS_PER_CLASS,
             **DEMO_BUDGET,
-            "max_steps": args.steps or DEMO_BUDGET["max_steps"],
+            "max_steps": args.steps,
             "seed": args.seed,
             "vlap_method": VLAP_METHOD,
         },

@@ -479,14 +479,19 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         self.word_frequency.copy_((counts / counts.sum()).to(self.word_frequency.dtype))
         return self.word_prior
 
-    def code_scores(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask=None) -> torch.Tensor:
+    def code_scores(
+        self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask=None, text_features=None
+    ) -> torch.Tensor:
         """`[N, T]` image-text scores in VLAP's word space: the sum over words of each text's assignment target
         (`caption_assignments`) times the log of each image's predicted assignment log softmax(image code / tau), i.e.
         minus the swapped-prediction loss: the score training raises for matching pairs. `image_features` `[N, D]`
-        (`get_image_features`), `input_ids` `[T, L]` texts tokenised as captions."""
+        (`get_image_features`), `input_ids` `[T, L]` texts tokenised as captions, `text_features` their
+        `get_text_features` when already computed."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        text_codes = self.word_codes(self.get_text_features(input_ids, attention_mask))
+        if text_features is None:
+            text_features = self.get_text_features(input_ids, attention_mask)
+        text_codes = self.word_codes(text_features)
         targets = self.caption_assignments(input_ids, attention_mask, text_codes)
         tau = self.config.assignment_temperature
         return torch.cat(  # 256 images at a time: each holds a [V] distribution
@@ -720,12 +725,13 @@ class VLAPForZeroShotImageClassification(VLAPForConditionalGeneration):
     ) -> VLAPZeroShotOutput:
         """`input_ids` `[T, L]`: the candidate texts (tokenised as captions); `pixel_values` `[N, 3, H, W]`."""
         image_embeds = self.get_image_features(pixel_values, vision_hidden_states)
-        logits_per_image = self.code_scores(image_embeds, input_ids, attention_mask)
+        text_embeds = self.get_text_features(input_ids, attention_mask)
+        logits_per_image = self.code_scores(image_embeds, input_ids, attention_mask, text_embeds)
         return VLAPZeroShotOutput(
             logits_per_image=logits_per_image,
             logits_per_text=logits_per_image.T,
             image_embeds=image_embeds,
-            text_embeds=self.get_text_features(input_ids, attention_mask),
+            text_embeds=text_embeds,
         )
 
 

@@ -38,13 +38,13 @@ def breakdown(model, inputs, repeats):
     prefix = prefix.detach().requires_grad_()
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     with torch.no_grad():
-        text_codes = model.word_codes(model.get_text_features(ids, mask))
-        text_targets = model.caption_assignments(ids, mask, text_codes)
+        text_codes, token_codes = model.caption_codes(ids, mask)
+        text_targets = model.caption_assignments(ids, mask, text_codes, token_codes)
     image_codes = model.word_codes(prefix.float().mean(dim=1))
 
     @torch.no_grad()
     def text_code_and_target():
-        model.caption_assignments(ids, mask, model.word_codes(model.get_text_features(ids, mask)))
+        model.caption_assignments(ids, mask, *model.caption_codes(ids, mask))
 
     def image_target():
         model.assignments(image_codes.detach())

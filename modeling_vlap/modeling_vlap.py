@@ -422,25 +422,68 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         weights = SIF_SMOOTHING / (SIF_SMOOTHING + self.word_frequency[input_ids].float())
         return weights * attention_mask * ~torch.isin(input_ids, torch.tensor(special, device=input_ids.device))
 
-    def caption_assignments(self, input_ids, attention_mask, text_codes) -> torch.Tensor:
+    def _caption_token_mixing(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The captions' distinct SIF-weighted tokens `[U]` (sorted), how often each occurs `[U]`, and `[B, U]` each
+        caption's summed SIF weight of each (a caption's feature is `mixing @ embeddings`, before normalising)."""
+        weights = self._sif_weights(input_ids, attention_mask)
+        rows = weights > 0
+        tokens, which = torch.unique(input_ids[rows], return_inverse=True)
+        sample = torch.arange(len(input_ids), device=input_ids.device).unsqueeze(1).expand_as(input_ids)[rows]
+        mixing = torch.zeros(len(input_ids), len(tokens), device=input_ids.device)
+        mixing.index_put_((sample, which), weights[rows].float(), accumulate=True)
+        return tokens, torch.bincount(which, minlength=len(tokens)), mixing
+
+    def caption_codes(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`[B, V]` the captions' word codes, equal to `word_codes(get_text_features(...))`, and `[U, V]` the codes of
+        their distinct tokens (those with a SIF weight, in `torch.unique`'s order; empty for "hidden_states").
+
+        A SIF caption feature is a weighted sum of its token embeddings, and a cosine is linear in the feature once its
+        norm is known: codes(sum_t w_t e_t / |sum_t w_t e_t|) = sum_t w_t |e_t| codes(e_t) / |sum_t w_t e_t|. Token
+        codes of a frozen LLM never change and are kept (`_token_codes`), so a training step pays a [B, U] x [U, V]
+        product for its captions instead of a [B + U, D] x [D, V] one."""
+        if self.config.text_representation == "hidden_states":
+            return self.word_codes(self.get_text_features(input_ids, attention_mask)), input_ids.new_empty(0)
+        tokens, _, mixing = self._caption_token_mixing(input_ids, attention_mask)
+        embeddings = self.language_model.get_input_embeddings()(tokens).float()  # [U, D]
+        feature_norms = (mixing @ embeddings).norm(dim=-1, keepdim=True).clamp(min=1e-12)  # [B, 1]
+        token_codes = self._token_codes(tokens)
+        return (mixing * embeddings.norm(dim=-1)) @ token_codes / feature_norms, token_codes
+
+    TOKEN_CODE_CACHE_BYTES = 2**29  # kept token codes, a V-wide float32 row each: 2,730 of SmolLM2's 49k words
+
+    def _token_codes(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`[U]` token ids -> `[U, V]` the word codes of their own embeddings, kept between calls (up to
+        `TOKEN_CODE_CACHE_BYTES`) while the frozen embedding matrix is unchanged."""
+        key = self._frozen_embeddings_key()
+        if key is None:
+            return self.word_codes(self.language_model.get_input_embeddings()(tokens))
+        if getattr(self, "_token_code_cache_key", None) != key:
+            self._token_code_cache, self._token_code_cache_key = {}, key
+        known = self._token_code_cache
+        ids = tokens.tolist()
+        missing = [token for token in dict.fromkeys(ids) if token not in known]
+        fresh = {}
+        if missing:
+            codes = self.word_codes(self.language_model.get_input_embeddings()(tokens.new_tensor(missing)))
+            fresh = dict(zip(missing, codes))
+            room = max(self.TOKEN_CODE_CACHE_BYTES // (4 * codes.shape[1]) - len(known), 0)
+            known.update(zip(missing[:room], codes[:room]))
+        return torch.stack([known[token] if token in known else fresh[token] for token in ids])
+
+    def caption_assignments(self, input_ids, attention_mask, text_codes, token_codes=None) -> torch.Tensor:
         """`[B, V]` the captions' targets. "word_assignments": each caption token's own embedding is assigned to words
         (one row per token, so a caption's colour and its shape both get mass) and the caption's target is the
         SIF-weighted mixture of its tokens' rows; otherwise the assignment of the pooled text code.
 
-        Rows of the same token are identical, so the plan is computed once per distinct token with its count as a
-        row weight (`sinkhorn_knopp(row_weights=)`: exactly the plan of the repeated rows)."""
+        `token_codes` `[U, V]`: the codes of the captions' distinct tokens when the caller has them (`caption_codes`).
+        Rows of the same token are identical, so the plan is computed once per distinct token with its count as a row
+        weight (`sinkhorn_knopp(row_weights=)`: exactly the plan of the repeated rows)."""
         if self.config.text_representation != "word_assignments":
             return self.assignments(text_codes)
-        weights = self._sif_weights(input_ids, attention_mask)
-        rows = weights > 0
-        tokens, which = torch.unique(input_ids[rows], return_inverse=True)
-        token_targets = self.assignments(
-            self.word_codes(self.language_model.get_input_embeddings()(tokens)),
-            row_weights=torch.bincount(which, minlength=len(tokens)),
-        )
-        sample = torch.arange(len(input_ids), device=input_ids.device).unsqueeze(1).expand_as(input_ids)[rows]
-        mixing = torch.zeros(len(input_ids), len(tokens), device=input_ids.device)  # [B, distinct tokens]
-        mixing.index_put_((sample, which), weights[rows].float(), accumulate=True)
+        tokens, counts, mixing = self._caption_token_mixing(input_ids, attention_mask)
+        if token_codes is None:
+            token_codes = self._token_codes(tokens)
+        token_targets = self.assignments(token_codes, row_weights=counts)
         return mixing @ token_targets / mixing.sum(dim=1, keepdim=True).clamp(min=1e-12)
 
     def word_codes(self, features: torch.Tensor) -> torch.Tensor:
@@ -450,15 +493,20 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
             features = F.normalize(features.float(), dim=-1)
             return (features @ self.word_embeddings.float().T) * self._inverse_word_norms()
 
-    def _inverse_word_norms(self) -> torch.Tensor:
-        """`[V]` 1 / |word embedding|, kept until the (frozen) embedding matrix changes: normalising the whole
-        matrix at every step costs as much as the codes themselves."""
+    def _frozen_embeddings_key(self):
+        """What identifies the current values of a frozen word-embedding matrix (None when it is trainable), so that
+        what is computed from it can be kept until it changes (load_state_dict copies in place: `_version` moves)."""
         weight = self.word_embeddings
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
-        if not weight.requires_grad and getattr(self, "_inverse_norms_key", None) == key:
+        return None if weight.requires_grad else (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+
+    def _inverse_word_norms(self) -> torch.Tensor:
+        """`[V]` 1 / |word embedding|, kept while the frozen embedding matrix is unchanged: normalising the whole
+        matrix at every step costs as much as the codes themselves."""
+        key = self._frozen_embeddings_key()
+        if key is not None and getattr(self, "_inverse_norms_key", None) == key:
             return self._inverse_norms
-        inverse = 1.0 / weight.float().norm(dim=-1).clamp(min=1e-12)
-        if not weight.requires_grad:  # a trainable matrix changes every step: nothing to keep
+        inverse = 1.0 / self.word_embeddings.float().norm(dim=-1).clamp(min=1e-12)
+        if key is not None:  # a trainable matrix changes every step: nothing to keep
             self._inverse_norms, self._inverse_norms_key = inverse, key
         return inverse
 
@@ -641,12 +689,9 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
             return VLAPOutput(loss=caption_loss, caption_loss=caption_loss, logits=logits)
 
         with torch.no_grad():  # the LLM is frozen: the caption side carries no gradient
-            text_features = self.get_text_features(input_ids, attention_mask)
-        # One product with the embedding matrix for both modalities.
-        codes = self.word_codes(torch.cat([prefix.float().mean(dim=1), text_features]))
-        image_codes, text_codes = codes[: len(input_ids)], codes[len(input_ids) :].detach()
-        with torch.no_grad():
-            text_targets = self.caption_assignments(input_ids, attention_mask, text_codes)
+            text_codes, token_codes = self.caption_codes(input_ids, attention_mask)
+            text_targets = self.caption_assignments(input_ids, attention_mask, text_codes, token_codes)
+        image_codes = self.word_codes(prefix.float().mean(dim=1))
         assignment_loss, image_predicts_text, text_predicts_image, text_targets, image_targets = self.assignment_loss(
             image_codes, text_codes, text_targets
         )

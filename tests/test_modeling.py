@@ -293,6 +293,36 @@ def test_word_codes_are_cosines_and_follow_a_changed_embedding_matrix(backbones)
     torch.testing.assert_close(model.word_codes(features), cosines(), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("representation", ["word_embeddings", "word_assignments", "hidden_states"])
+def test_caption_codes_equal_the_codes_of_the_text_features_and_follow_a_changed_embedding_matrix(
+    backbones, representation
+):
+    """Training derives caption codes from kept token codes; they must be the cosines of the caption features."""
+    model, processor = build(backbones, "llama", text_representation=representation)
+    model.fit_word_prior(torch.arange(model.word_prior.numel()).double() % 5 + 1)
+    batch = processor(text=CAPTIONS[:3] + ["a"])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+
+    def check():
+        text_codes, token_codes = model.caption_codes(ids, mask)
+        features = model.get_text_features(ids, mask)
+        words = model.word_embeddings.detach()
+        cosines = torch.nn.functional.cosine_similarity(features.unsqueeze(1), words.unsqueeze(0), dim=-1)
+        torch.testing.assert_close(text_codes, cosines, atol=1e-5, rtol=0)
+        if representation == "hidden_states":
+            assert token_codes.numel() == 0
+            return
+        tokens = torch.unique(ids[model._sif_weights(ids, mask) > 0])
+        expected = torch.nn.functional.cosine_similarity(words[tokens].unsqueeze(1), words.unsqueeze(0), dim=-1)
+        torch.testing.assert_close(token_codes, expected, atol=1e-5, rtol=0)
+
+    with torch.no_grad():
+        check()
+        check()  # now from the kept token codes
+        model.word_embeddings[ids[0, 1]].add_(torch.randn(model.word_embeddings.shape[1]))  # as load_state_dict does
+        check()
+
+
 def test_classify_in_code_space_scores_each_label_target_under_the_image_assignment(backbones):
     from vlap.tasks import classify
 

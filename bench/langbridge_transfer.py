@@ -13,6 +13,7 @@ validation`: the validation slice of the train split that vlap.sweep chooses on;
 only (1), to choose the budget).
 
     python bench/langbridge_transfer.py [--seeds 0 1 2] [--steps 200] [--learning-rate 3e-4] [--json FILE] [--plot PNG]
+        [--coefficients softmax] [--assignment-loss-weight 0.1] [--bf16]
 
 The JSON holds, per figure, the median over the seeds run and their count ("seeds"), and every seed's value.
 """
@@ -30,7 +31,7 @@ from vlap.assets import efficientnet_lite0, gemma3_270m, smollm2_135m
 from vlap.demo import banner, train
 from vlap.langbridge import english_vocabulary, transfer
 from vlap.shapes import COLOURS, SHAPES, caption_is_right, named
-from vlap.sweep import BASE_BUDGET, split_train, vision_states
+from vlap.sweep import BASE_BUDGET, VLAP_METHOD, split_train, vision_states
 from vlap.tasks import caption, load, token_words
 
 FRACTIONS = (0.05, 0.1, 0.25)
@@ -75,7 +76,9 @@ def run_seed(seed: int, args, out: Path, models: dict, pool_folder: Path, evalua
         "learning_rate": args.learning_rate,
         "langbridge_coefficients": args.coefficients,
         "langbridge_activation_before_words": args.gelu_before_words,
-        "assignment_loss_weight": 0.0,
+        **(VLAP_METHOD if args.assignment_loss_weight else {}),
+        "assignment_loss_weight": args.assignment_loss_weight,
+        **({"mixed_precision": "bf16"} if args.bf16 else {}),
     }
     full = SimpleNamespace(steps=args.steps, seed=seed)
     data = training_rows(pool, args.train_images, out)
@@ -171,6 +174,8 @@ def summary(per_seed: dict, vocabulary: dict, args, seconds: float) -> dict:
             "learning_rate": args.learning_rate,
             "coefficients": args.coefficients,
             "gelu_before_words": args.gelu_before_words,
+            "assignment_loss_weight": args.assignment_loss_weight,
+            "bf16": args.bf16,
             "train_images": args.train_images,
             "eval_images": args.eval_images,
             "stages": args.stages,
@@ -211,6 +216,10 @@ def main(argv=None) -> None:
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--coefficients", choices=("softmax", "linear"), default="linear")
     parser.add_argument("--gelu-before-words", action="store_true", help="our MLP (default: the released code's)")
+    parser.add_argument(
+        "--assignment-loss-weight", type=float, default=0.0, help="L_map's weight (VLAP's method; 0: captioning only)"
+    )
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast, as make demo trains")
     parser.add_argument("--train-images", type=int, default=3042, help="of the 3,042-image training pool")
     parser.add_argument("--eval-images", type=int, default=300)
     parser.add_argument("--eval-split", choices=("test", "validation"), default="test")

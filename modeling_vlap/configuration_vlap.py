@@ -66,6 +66,9 @@ class VLAPConfig(PreTrainedConfig):
             "linear" (raw coefficients, as the released code).
         langbridge_activation_before_words (`bool`): a GELU between the MLP and the word layer (ours); the released
             code has none: Linear -> GELU -> Linear -> word layer.
+        prefix_bos_token_id (`int`, *optional*): the BOS token a decoder-only LLM reads before the visual prefix, for
+            LLMs whose tokenizer starts every text with one (Gemma, Llama); None: the prefix comes first (GPT-2-style
+            BPE such as SmolLM2, T5). Set by `from_vision_text_pretrained` from the LLM's tokenizer.
     """
 
     model_type = "vlap"
@@ -94,6 +97,7 @@ class VLAPConfig(PreTrainedConfig):
     langbridge_token_ids: list | None = None
     langbridge_coefficients: str = "softmax"
     langbridge_activation_before_words: bool = True
+    prefix_bos_token_id: int | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -108,6 +112,9 @@ class VLAPConfig(PreTrainedConfig):
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"VLAPConfig.{name} must be > 0, got {value}")
+        bos = self.prefix_bos_token_id
+        if bos is not None and (isinstance(bos, bool) or not isinstance(bos, int) or bos < 0):
+            raise ValueError(f"VLAPConfig.prefix_bos_token_id must be a token id or None, got {bos!r}")
         if self.assignment_loss_weight < 0:
             raise ValueError(f"VLAPConfig.assignment_loss_weight must be >= 0, got {self.assignment_loss_weight}")
         if self.word_marginal_weight is not None and self.word_marginal_weight < 0:

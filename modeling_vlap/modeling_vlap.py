@@ -19,6 +19,7 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
+    AutoTokenizer,
     GenerationConfig,
     GenerationMixin,
     PreTrainedModel,
@@ -95,6 +96,12 @@ def is_bridge_key(key: str) -> bool:
 
 
 SIF_SMOOTHING = 1e-3  # a in the SIF weight a / (a + p(w)) (Arora et al., 2017)
+
+
+def leading_bos_token_id(tokenizer) -> int | None:
+    """The BOS token id a tokenizer starts every text with (Gemma, Llama), or None (GPT-2-style BPE, T5)."""
+    ids, bos = tokenizer("a")["input_ids"], tokenizer.bos_token_id
+    return bos if bos is not None and ids and ids[0] == bos else None
 
 
 def language_model_class(text_config):
@@ -237,6 +244,10 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
             "text": {"name_or_path": str(text_model_name_or_path), "revision": text_kwargs.get("revision")},
         }
         config_kwargs.setdefault("backbones", backbones)
+        if "prefix_bos_token_id" not in config_kwargs and not text_config.is_encoder_decoder:
+            config_kwargs["prefix_bos_token_id"] = leading_bos_token_id(
+                AutoTokenizer.from_pretrained(text_model_name_or_path, **text_kwargs)
+            )
         # Sub-configs as dicts: VLAPConfig must not reset attributes (attention implementation) of the live models.
         config = VLAPConfig(
             vision_config=vision_model.config.to_dict(), text_config=language_model.config.to_dict(), **config_kwargs
@@ -588,7 +599,13 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
 
     # ------------------------------------------------------------------------------------------ LLM input assembly
     def _prefix_and_prompt(self, prefix, prompt_input_ids, prompt_attention_mask):
-        """[prefix; prompt] embeddings and mask, unpacked: `[B, K + P, D]`, `[B, K + P]`."""
+        """[BOS; prefix; prompt] embeddings and mask, unpacked: `[B, 1 + K + P, D]`, `[B, 1 + K + P]`. The BOS only
+        for an LLM that reads every text after one (`config.prefix_bos_token_id`: Gemma without it only repeats its
+        input); `prefix` may be empty (K = 0: the bare LLM in the same layout)."""
+        bos = self.config.prefix_bos_token_id
+        if bos is not None:
+            ids = torch.full((prefix.shape[0], 1), bos, dtype=torch.long, device=prefix.device)
+            prefix = torch.cat([self.language_model.get_input_embeddings()(ids).to(prefix.dtype), prefix], dim=1)
         prefix_mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
         if prompt_input_ids is None or prompt_input_ids.shape[1] == 0:
             return prefix, prefix_mask

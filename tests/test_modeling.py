@@ -484,3 +484,65 @@ def test_training_on_a_separable_task_learns_what_it_was_taught(backbones):
         optimizer.step()
     after = accuracy()
     assert before <= 0.5 and after >= 0.75, (before, after)  # chance is 0.25
+
+
+def bos_llama(backbones, folder):
+    """The tiny Llama with a tokenizer that starts every text with <s>, as Llama's and Gemma's do."""
+    import shutil
+
+    from tiny import bpe_tokenizer
+    from tokenizers import processors
+
+    shutil.copytree(backbones["llama"], folder)
+    tokenizer = bpe_tokenizer()
+    bos = tokenizer.convert_tokens_to_ids("<s>")
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    tokenizer.save_pretrained(folder)
+    return folder, bos
+
+
+def test_llm_whose_tokenizer_starts_with_bos_reads_it_before_the_visual_prefix(backbones, tmp_path):
+    from transformers import AutoTokenizer
+
+    from modeling_vlap import VLAPProcessor
+    from modeling_vlap.modeling_vlap import leading_bos_token_id
+
+    folder, bos = bos_llama(backbones, tmp_path / "bos-llama")
+    assert leading_bos_token_id(AutoTokenizer.from_pretrained(folder)) == bos
+    assert leading_bos_token_id(AutoTokenizer.from_pretrained(backbones["llama"])) is None
+    assert leading_bos_token_id(AutoTokenizer.from_pretrained(backbones["t5"])) is None
+    plain, _ = build(backbones, "llama")
+    assert plain.config.prefix_bos_token_id is None  # its tokenizer adds no BOS: the layout is unchanged
+
+    torch.manual_seed(0)
+    model = VLAPForConditionalGeneration.from_vision_text_pretrained(str(backbones["clip"]), str(folder))
+    assert model.config.prefix_bos_token_id == bos  # found from the LLM's tokenizer
+    processor = VLAPProcessor.from_vision_text_pretrained(str(backbones["clip"]), str(folder))
+    batch = processor(images=images(2), text=CAPTIONS[:2])
+    embed = model.language_model.get_input_embeddings()
+    with torch.no_grad():
+        prefix = model.get_image_prefix(batch["pixel_values"])
+        ids, mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
+        expected = torch.cat([embed(torch.full((2, 1), bos)), prefix, embed(ids)], dim=1)
+        manual = model.language_model.generate(
+            inputs_embeds=expected,
+            attention_mask=torch.ones(expected.shape[:2], dtype=torch.long),
+            max_new_tokens=5,
+            do_sample=False,
+        )
+        generated = model.generate(batch["pixel_values"], ids, mask, max_new_tokens=5, do_sample=False)
+        # Training sees the same layout: the caption loss equals the LLM's on [BOS; prefix; prompt; caption].
+        captions, caption_mask = batch["input_ids"], batch["attention_mask"]
+        row = 0
+        real = captions[row][caption_mask[row].bool()]
+        inputs = torch.cat([expected[row : row + 1], embed(real[None])], dim=1)
+        labels = torch.cat([torch.full((1, expected.shape[1]), -100), real[None]], dim=1)
+        reference = model.language_model(inputs_embeds=inputs, labels=labels).loss
+        single = {k: v[row : row + 1] for k, v in batch.items()}
+        loss = model(**{**single, "attention_mask": single["attention_mask"]}).caption_loss
+    assert torch.equal(generated, manual)
+    torch.testing.assert_close(loss, reference, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="prefix_bos_token_id"):
+        VLAPConfig(prefix_bos_token_id=-1)

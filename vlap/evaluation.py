@@ -341,10 +341,11 @@ def answer_without_image(
     for start in range(0, len(questions), batch_size):
         prompts = texts[start : start + batch_size]
         inputs = processor.prompt_inputs(len(prompts), prompts)
-        ids, mask = inputs["prompt_input_ids"], inputs["prompt_attention_mask"]
-        embeds = model.language_model.get_input_embeddings()(ids.to(model.device))
+        ids, mask = inputs["prompt_input_ids"].to(model.device), inputs["prompt_attention_mask"].to(model.device)
+        no_image = torch.zeros(len(prompts), 0, model.config.projection_dim, dtype=model.dtype, device=model.device)
+        embeds, mask = model._prefix_and_prompt(no_image, ids, mask)  # the model's layout (its BOS), no visual prefix
         side = "right" if model.is_encoder_decoder_llm else "left"
-        mask, embeds = pack_padding(mask.to(model.device), embeds, padding_side=side)
+        mask, embeds = pack_padding(mask, embeds, padding_side=side)
         out = model.language_model.generate(
             inputs_embeds=embeds,
             attention_mask=mask,

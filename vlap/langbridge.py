@@ -95,7 +95,7 @@ def transfer(source: str, to_llm: str, out: str | Path, min_coverage: float = 0.
     from transformers import AutoConfig, AutoTokenizer
 
     from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration, VLAPProcessor
-    from modeling_vlap.modeling_vlap import language_model_class
+    from modeling_vlap.modeling_vlap import language_model_class, leading_bos_token_id
 
     if VLAPConfig.from_pretrained(source).bridge_type != "langbridge":
         raise ValueError(
@@ -124,6 +124,7 @@ def transfer(source: str, to_llm: str, out: str | Path, min_coverage: float = 0.
         vision_config=model.vision_model.config.to_dict(),
         projection_dim=None,
         langbridge_token_ids=new_ids,
+        prefix_bos_token_id=None if text_config.is_encoder_decoder else leading_bos_token_id(tokenizer),
         bridge_only=False,
         backbones={**(model.config.backbones or {}), "text": {"name_or_path": str(to_llm), "revision": None}},
     )

@@ -17,7 +17,7 @@ from common import REAL, batch, bench_kinds, device_name, interleaved_medians, r
 from transformers import AutoConfig, CLIPVisionConfig, T5Config
 
 from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration
-from vlap.sweep import VLAP_METHOD
+from vlap.sweep import VARIANTS, VLAP_METHOD
 
 
 def step_fn(model, inputs, bf16: bool = False):
@@ -117,7 +117,7 @@ def main():
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast, as make demo trains (DEMO_BUDGET)")
     args = parser.parse_args()
     results = {"device": device_name(), "batch_size": args.batch_size, "bf16": args.bf16}
-    methods = {"paper": {}, "demo": VLAP_METHOD}  # the paper's text code (LLM states) and the one make demo ships
+    methods = {"paper": VARIANTS["paper"], "demo": VLAP_METHOD}  # the paper's text code (LLM states), make demo's
     for kind, (method, overrides) in ((k, m) for k in bench_kinds(args.real) for m in methods.items()):
         vlap = vlap_model(kind, **overrides).train()
         caption_only = vlap_model(kind, assignment_loss_weight=0.0).train()

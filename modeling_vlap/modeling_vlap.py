@@ -31,6 +31,7 @@ from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput, cached_file, logg
 from .configuration_vlap import HUB_KWARGS, VISION_MODULES, VLAPConfig
 from .optimal_transport import sinkhorn_knopp
 from .pipeline_vlap import VLAPImageToTextPipeline  # noqa: F401  (imported so save_pretrained ships the pipeline file)
+from .processing_vlap import leading_bos_token_id
 
 
 @dataclass
@@ -96,12 +97,6 @@ def is_bridge_key(key: str) -> bool:
 
 
 SIF_SMOOTHING = 1e-3  # a in the SIF weight a / (a + p(w)) (Arora et al., 2017)
-
-
-def leading_bos_token_id(tokenizer) -> int | None:
-    """The BOS token id a tokenizer starts every text with (Gemma, Llama), or None (GPT-2-style BPE, T5)."""
-    ids, bos = tokenizer("a")["input_ids"], tokenizer.bos_token_id
-    return bos if bos is not None and ids and ids[0] == bos else None
 
 
 def language_model_class(text_config):

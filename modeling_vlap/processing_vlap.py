@@ -77,6 +77,12 @@ def _load_image(item, index: int) -> "Image.Image":
     )
 
 
+def leading_bos_token_id(tokenizer) -> int | None:
+    """The BOS token id a tokenizer starts every text with (Gemma, Llama), or None (GPT-2-style BPE, T5)."""
+    ids, bos = tokenizer("a")["input_ids"], tokenizer.bos_token_id
+    return bos if bos is not None and ids and ids[0] == bos else None
+
+
 class VLAPProcessor(ProcessorMixin):
     r"""
     Turns images, captions and prompts into VLAP model inputs.
@@ -246,15 +252,19 @@ class VLAPProcessor(ProcessorMixin):
                     content = " ".join(item["text"] for item in content if item.get("type") == "text")
                 turns.append({"role": message["role"], "content": content})
             if template:
-                prompts.append(
-                    self.tokenizer.apply_chat_template(
-                        turns,
-                        chat_template=template,
-                        tokenize=False,
-                        add_generation_prompt=add_generation_prompt,
-                        continue_final_message=continue_final_message,
-                    )
+                prompt = self.tokenizer.apply_chat_template(
+                    turns,
+                    chat_template=template,
+                    tokenize=False,
+                    add_generation_prompt=add_generation_prompt,
+                    continue_final_message=continue_final_message,
                 )
+                # A template that opens with the BOS of a tokenizer that starts every text with one (Gemma): the model
+                # reads that BOS before the visual prefix (VLAPConfig.prefix_bos_token_id), not again after it.
+                bos = self.tokenizer.bos_token
+                if leading_bos_token_id(self.tokenizer) is not None and prompt.startswith(bos):
+                    prompt = prompt[len(bos) :]
+                prompts.append(prompt)
             else:
                 prompts.append("\n".join(turn["content"] for turn in turns if turn["content"]))
         if not tokenize:

@@ -507,7 +507,7 @@ def test_llm_whose_tokenizer_starts_with_bos_reads_it_before_the_visual_prefix(b
     from transformers import AutoTokenizer
 
     from modeling_vlap import VLAPProcessor
-    from modeling_vlap.modeling_vlap import leading_bos_token_id
+    from modeling_vlap.processing_vlap import leading_bos_token_id
 
     folder, bos = bos_llama(backbones, tmp_path / "bos-llama")
     assert leading_bos_token_id(AutoTokenizer.from_pretrained(folder)) == bos
@@ -546,3 +546,9 @@ def test_llm_whose_tokenizer_starts_with_bos_reads_it_before_the_visual_prefix(b
     torch.testing.assert_close(loss, reference, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="prefix_bos_token_id"):
         VLAPConfig(prefix_bos_token_id=-1)
+    # A chat template that opens with BOS: that BOS is the one before the prefix, not a second one after it.
+    template = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour?"}]}]
+    assert processor.apply_chat_template(chat, chat_template=template) == "what colour?\n"
+    _, plain_processor = build(backbones, "llama")  # a tokenizer that adds no BOS: the template's text is kept
+    assert plain_processor.apply_chat_template(chat, chat_template=template) == "<s>what colour?\n"

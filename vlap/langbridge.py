@@ -95,7 +95,8 @@ def transfer(source: str, to_llm: str, out: str | Path, min_coverage: float = 0.
     from transformers import AutoConfig, AutoTokenizer
 
     from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration, VLAPProcessor
-    from modeling_vlap.modeling_vlap import language_model_class, leading_bos_token_id
+    from modeling_vlap.modeling_vlap import language_model_class
+    from modeling_vlap.processing_vlap import leading_bos_token_id
 
     if VLAPConfig.from_pretrained(source).bridge_type != "langbridge":
         raise ValueError(

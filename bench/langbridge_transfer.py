@@ -196,6 +196,9 @@ def plot(result: dict, path: Path) -> None:
     moved = [result["target_zero_train_colour_shape"], *result["target_finetune_colour_shape"].values()]
     figure, axis = plt.subplots(figsize=(6, 4))
     axis.plot(shares, moved, "o-", label="moved from SmolLM2, then fine-tuned")
+    scratch = result.get("target_scratch_colour_shape") or {}
+    if any(value is not None for value in scratch.values()):
+        axis.plot(FRACTIONS, list(scratch.values()), "s--", label="from scratch with the same compute (control)")
     axis.axhline(
         result["target_direct_colour_shape"], color="gray", linestyle="--", label="trained from scratch (100 %)"
     )

@@ -241,6 +241,9 @@ class VLAPProcessor(ProcessorMixin):
         template = (
             chat_template or getattr(self, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
         )
+        # A template that opens with the BOS of a tokenizer that starts every text with one (Gemma): the model reads
+        # that BOS before the visual prefix (VLAPConfig.prefix_bos_token_id), not again after it.
+        bos_before_prefix = leading_bos_token_id(self.tokenizer) is not None
         for messages in conversation if batched else [conversation]:
             turns = []
             for message in messages:
@@ -259,11 +262,8 @@ class VLAPProcessor(ProcessorMixin):
                     add_generation_prompt=add_generation_prompt,
                     continue_final_message=continue_final_message,
                 )
-                # A template that opens with the BOS of a tokenizer that starts every text with one (Gemma): the model
-                # reads that BOS before the visual prefix (VLAPConfig.prefix_bos_token_id), not again after it.
-                bos = self.tokenizer.bos_token
-                if leading_bos_token_id(self.tokenizer) is not None and prompt.startswith(bos):
-                    prompt = prompt[len(bos) :]
+                if bos_before_prefix and prompt.startswith(self.tokenizer.bos_token):
+                    prompt = prompt[len(self.tokenizer.bos_token) :]
                 prompts.append(prompt)
             else:
                 prompts.append("\n".join(turn["content"] for turn in turns if turn["content"]))

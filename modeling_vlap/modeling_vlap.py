@@ -153,6 +153,22 @@ class LangBridge(nn.Module):
         return self.coefficients(visual_tokens) @ input_embeddings(ids).to(visual_tokens.dtype)
 
 
+class _WordCosines(torch.autograd.Function):
+    """`[B, D]` unit features -> `[B, V]` their cosines with the word embeddings `[V, D]` (times their inverse norms
+    `[V]`), in float32; the gradient to the features is computed with `backward_words`, a lower-precision copy of the
+    embedding matrix."""
+
+    @staticmethod
+    def forward(ctx, features, words, inverse_norms, backward_words):
+        ctx.save_for_backward(inverse_norms, backward_words)
+        return (features @ words.T) * inverse_norms
+
+    @staticmethod
+    def backward(ctx, grad):
+        inverse_norms, backward_words = ctx.saved_tensors
+        return ((grad * inverse_norms).to(backward_words.dtype) @ backward_words).to(grad.dtype), None, None, None
+
+
 class VLAPPreTrainedModel(PreTrainedModel):
     config_class = VLAPConfig
     base_model_prefix = "vlap"
@@ -460,12 +476,7 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
     def _token_codes(self, tokens: torch.Tensor) -> torch.Tensor:
         """`[U]` token ids -> `[U, V]` the word codes of their own embeddings, kept between calls (up to
         `TOKEN_CODE_CACHE_BYTES`) while the frozen embedding matrix is unchanged."""
-        key = self._frozen_embeddings_key()
-        if key is None:
-            return self.word_codes(self.language_model.get_input_embeddings()(tokens))
-        if getattr(self, "_token_code_cache_key", None) != key:
-            self._token_code_cache, self._token_code_cache_key = {}, key
-        known = self._token_code_cache
+        known = self._kept("token_codes", dict)
         ids = tokens.tolist()
         missing = [token for token in dict.fromkeys(ids) if token not in known]
         fresh = {}
@@ -494,10 +505,20 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
 
     def word_codes(self, features: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of `[B, D]` features to every word embedding: `[B, V]` float32, also under autocast:
-        codes are divided by epsilon and tau (0.01), so bfloat16's 3 digits would be ~0.4 nats of noise."""
-        with torch.autocast(features.device.type, enabled=False):
+        codes are divided by epsilon and tau (0.01), so bfloat16's 3 digits would be ~0.4 nats of noise.
+
+        Under autocast only the backward product (the bridge's gradient through the codes, a [B, V] x [V, D] product)
+        runs in autocast's dtype, as autocast runs the step's other products; on CPU it is memory-bound, and a
+        bfloat16 copy of the frozen matrix halves what it reads."""
+        device = features.device.type
+        low = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        with torch.autocast(device, enabled=False):
             features = F.normalize(features.float(), dim=-1)
-            return (features @ self.word_embeddings.float().T) * self._inverse_word_norms()
+            words, inverse_norms = self.word_embeddings.float(), self._inverse_word_norms()
+            if low is None or not features.requires_grad or self._frozen_embeddings_key() is None:
+                return (features @ words.T) * inverse_norms
+            backward_words = self._kept(f"words_{low}", lambda: self.word_embeddings.detach().to(low))
+            return _WordCosines.apply(features, words, inverse_norms, backward_words)
 
     def _frozen_embeddings_key(self):
         """What identifies the current values of a frozen word-embedding matrix (None when it is trainable), so that
@@ -505,16 +526,22 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         weight = self.word_embeddings
         return None if weight.requires_grad else (weight.data_ptr(), weight._version, weight.dtype, weight.device)
 
+    def _kept(self, name: str, compute):
+        """`compute()`, kept under `name` while the frozen word-embedding matrix is unchanged (a trainable matrix
+        changes every step: then nothing is kept)."""
+        key = self._frozen_embeddings_key()
+        if key is None:
+            return compute()
+        if getattr(self, "_kept_key", None) != key:
+            self._kept_values, self._kept_key = {}, key
+        if name not in self._kept_values:
+            self._kept_values[name] = compute()
+        return self._kept_values[name]
+
     def _inverse_word_norms(self) -> torch.Tensor:
         """`[V]` 1 / |word embedding|, kept while the frozen embedding matrix is unchanged: normalising the whole
         matrix at every step costs as much as the codes themselves."""
-        key = self._frozen_embeddings_key()
-        if key is not None and getattr(self, "_inverse_norms_key", None) == key:
-            return self._inverse_norms
-        inverse = 1.0 / self.word_embeddings.float().norm(dim=-1).clamp(min=1e-12)
-        if key is not None:  # a trainable matrix changes every step: nothing to keep
-            self._inverse_norms, self._inverse_norms_key = inverse, key
-        return inverse
+        return self._kept("inverse_norms", lambda: 1.0 / self.word_embeddings.float().norm(dim=-1).clamp(min=1e-12))
 
     @torch.no_grad()
     def fit_word_prior(self, token_counts: torch.Tensor) -> torch.Tensor:

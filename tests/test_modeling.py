@@ -293,6 +293,40 @@ def test_word_codes_are_cosines_and_follow_a_changed_embedding_matrix(backbones)
     torch.testing.assert_close(model.word_codes(features), cosines(), atol=1e-5, rtol=0)
 
 
+def test_word_codes_under_bf16_autocast_keep_a_float32_forward_and_the_float32_gradient(backbones):
+    """Under autocast the codes' backward product runs in bfloat16 from a kept copy of the frozen matrix: the codes stay
+    float32-exact, the gradient stays that of the cosines, and both follow a changed embedding matrix."""
+    model, _ = build(backbones, "llama")
+    features = torch.randn(3, model.word_embeddings.shape[1], requires_grad=True)
+    weights = torch.randn(3, model.word_embeddings.shape[0])
+
+    def codes_and_gradient(autocast: bool):
+        features.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            codes = model.word_codes(features)
+        (codes * weights).sum().backward()
+        return codes.detach(), features.grad.clone()
+
+    def cosines_and_gradient():  # independent: autograd through torch's cosine similarity, float32
+        features.grad = None
+        cosines = torch.nn.functional.cosine_similarity(
+            features.unsqueeze(1), model.word_embeddings.unsqueeze(0), dim=-1
+        )
+        (cosines * weights).sum().backward()
+        return cosines.detach(), features.grad.clone()
+
+    for _ in range(2):
+        expected_codes, expected_gradient = cosines_and_gradient()
+        codes, gradient = codes_and_gradient(autocast=True)
+        assert codes.dtype == torch.float32
+        torch.testing.assert_close(codes, expected_codes, atol=1e-5, rtol=0)
+        scale = expected_gradient.abs().max().item()
+        torch.testing.assert_close(gradient, expected_gradient, atol=0.02 * scale, rtol=0)
+        torch.testing.assert_close(codes_and_gradient(autocast=False)[1], expected_gradient, atol=1e-5 * scale, rtol=0)
+        with torch.no_grad():  # the kept bfloat16 copy must not outlive an in-place change
+            model.word_embeddings.mul_(-1.0)
+
+
 @pytest.mark.parametrize("representation", ["word_embeddings", "word_assignments", "hidden_states"])
 def test_caption_codes_equal_the_codes_of_the_text_features_and_follow_a_changed_embedding_matrix(
     backbones, representation

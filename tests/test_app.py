@@ -98,8 +98,9 @@ def test_arithmetic_and_retrieval_rank_as_the_library(demo, saved):
     gallery = F.normalize(
         demo.model.get_image_prefix(demo.processor(images=demo.gallery_images)["pixel_values"]).mean(dim=1), dim=-1
     )
-    query = tasks.text_features(demo.model, demo.processor, ["a blue triangle"])
-    order = (query @ gallery.T)[0].argsort(descending=True)[:3]
+    tokens = demo.processor(text=["a blue triangle"])
+    scores = demo.model.code_scores(gallery, tokens["input_ids"], tokens["attention_mask"])  # VLAP's word space
+    order = scores[:, 0].argsort(descending=True)[:3]
     assert [path for path, _ in found] == [str(demo.gallery_paths[i]) for i in order]
 
     ranked = demo.image_to_texts(upload(saved / "red_circle.png"), "a red circle\n\na blue square\n", top_k=5)

@@ -74,7 +74,8 @@ def test_vqa_words_and_plot(saved, capsys, tmp_path):
     assert (tmp_path / "words.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_retrieve_scores_are_feature_cosines(saved, capsys, tmp_path):
+@pytest.mark.parametrize("method", ["code", "feature", None])
+def test_retrieve_scores_are_code_scores_by_default_or_feature_cosines(saved, capsys, tmp_path, method):
     texts = tmp_path / "texts.txt"
     texts.write_text("a red circle\n\na blue square\n")
     code, out, _ = run(
@@ -90,15 +91,23 @@ def test_retrieve_scores_are_feature_cosines(saved, capsys, tmp_path):
         "--top-k",
         2,
         "--json",
+        *(["--method", method] if method else []),
     )
     data = json.loads(out)
     assert code == 0 and len(data["image_to_text"]) == 3 and len(data["text_to_image"]) == 3
     model, processor = load(str(saved["model"]))
     image = processor(images=[data["text_to_image"][2]["images"][0]["image"]])["pixel_values"]
     tokens = processor(text=["a green triangle"])
-    cosine = model.get_image_features(image) @ model.get_text_features(tokens["input_ids"], tokens["attention_mask"]).T
+    image_features = model.get_image_features(image)
+    if method == "feature":
+        expected = image_features @ model.get_text_features(tokens["input_ids"], tokens["attention_mask"]).T
+    else:  # VLAP's word space: the text's assignment target against the image's predicted assignment, by hand
+        text_codes = model.word_codes(model.get_text_features(tokens["input_ids"], tokens["attention_mask"]))
+        target = model.caption_assignments(tokens["input_ids"], tokens["attention_mask"], text_codes)
+        predicted = torch.log_softmax(model.word_codes(image_features) / model.config.assignment_temperature, dim=-1)
+        expected = (target * predicted).sum()
     assert data["text_to_image"][2]["text"] == "a green triangle"
-    assert data["text_to_image"][2]["images"][0]["score"] == pytest.approx(cosine.item(), abs=1e-5)
+    assert data["text_to_image"][2]["images"][0]["score"] == pytest.approx(expected.item(), abs=1e-4)
     for row in data["image_to_text"] + data["text_to_image"]:
         scores = [hit["score"] for hit in row.get("texts", row.get("images"))]
         assert len(scores) == 2 and scores == sorted(scores, reverse=True)

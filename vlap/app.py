@@ -140,8 +140,8 @@ class Demo:
     def text_to_images(self, text: str, top_k: int = 4) -> list:
         text = required_text(text, "a text to search the gallery for")
         with model_errors():
-            query = tasks.text_features(self.model, self.processor, [text])
-        return self._gallery_hits(tasks.rank(query @ self.gallery_features().T, int(top_k))[0])
+            scores = tasks.image_text_scores(self.model, self.processor, self.gallery_features(), [text])
+        return self._gallery_hits(tasks.rank(scores.T, int(top_k))[0])
 
     def image_to_texts(self, upload, candidates: str, top_k: int = 5) -> pd.DataFrame:
         image = read_upload(upload)
@@ -149,12 +149,10 @@ class Demo:
         if not texts:
             raise gr.Error("Give candidate captions, one per line.")
         with model_errors():
-            similarity = (
-                tasks.image_features(self.model, self.processor, [image])
-                @ tasks.text_features(self.model, self.processor, texts).T
-            )
-        ranked = tasks.rank(similarity, int(top_k))[0]
-        return pd.DataFrame([(texts[i], round(s, 4)) for i, s in ranked], columns=["caption", "cosine"])
+            image_features = tasks.image_features(self.model, self.processor, [image])
+            scores = tasks.image_text_scores(self.model, self.processor, image_features, texts)
+        ranked = tasks.rank(scores, int(top_k))[0]
+        return pd.DataFrame([(texts[i], round(s, 4)) for i, s in ranked], columns=["caption", "score"])
 
     def _gallery_hits(self, ranked) -> list:
         return [(str(self.gallery_paths[i]), f"{score:+.3f} {self.gallery_paths[i].name}") for i, score in ranked]

@@ -13,6 +13,13 @@ import sys
 from pathlib import Path
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# How retrieve and classify score an image against a text (vlap.tasks.SCORE_METHODS, spelled out: --help stays
+# torch-free).
+SCORE_METHOD = {
+    "choices": ("code", "feature"),
+    "default": "code",
+    "help": "code: VLAP's word space, as the zero-shot pipeline (default); feature: CLIP-style cosine of features",
+}
 
 
 class CLIError(Exception):
@@ -165,7 +172,7 @@ def cmd_vqa(args) -> None:
 
 
 def cmd_retrieve(args) -> None:
-    from vlap.tasks import image_features, rank, text_features
+    from vlap.tasks import image_features, image_text_scores, rank
 
     found = expand_images([args.images])
     candidates = read_lines(args.texts) if args.texts else []
@@ -175,8 +182,7 @@ def cmd_retrieve(args) -> None:
     paths, images, failures = open_images(found, keep_going=True)
     model, processor = load_model(args)
     image_vectors = image_features(model, processor, images, batch_size=args.batch_size)
-    text_vectors = text_features(model, processor, queries, batch_size=args.batch_size)
-    similarity = image_vectors @ text_vectors.T  # [images, texts]: candidates first, then queries
+    similarity = image_text_scores(model, processor, image_vectors, queries, args.method)  # candidates, then queries
     data = {"image_to_text": [], "text_to_image": []}
     if candidates:
         for path, ranked in zip(paths, rank(similarity[:, : len(candidates)], args.top_k)):
@@ -415,17 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--images", required=True, metavar="DIR", help="folder (or glob) of images")
     sub.add_argument("--texts", metavar="FILE", help="candidate texts, one per line")
     sub.add_argument("--query", action="append", metavar="TEXT", help="a text to rank the images for (repeatable)")
+    sub.add_argument("--method", **SCORE_METHOD)
     sub.add_argument("--top-k", type=positive_int, default=5)
 
     sub = command("classify", cmd_classify, "zero-shot classification among labels (as the zero-shot pipeline)")
     sub.add_argument("images", metavar="IMAGE", nargs="+", help="image files, globs or folders")
     sub.add_argument("--labels", required=True, help="comma-separated candidate labels, e.g. 'cat,dog,car'")
-    sub.add_argument(
-        "--method",
-        choices=("code", "feature"),  # tasks.CLASSIFY_METHODS (not imported: --help stays torch-free)
-        default="code",
-        help="code: VLAP's word space, as the pipeline (default); feature: CLIP-style cosine of pooled features",
-    )
+    sub.add_argument("--method", **SCORE_METHOD)
     sub.add_argument(
         "--template",
         default="a {}",

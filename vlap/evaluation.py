@@ -249,7 +249,7 @@ def evaluate_classification(
         vision_hidden_states = tasks.vision_hidden_states_of(model, processor, images, batch_size)
     shared = {"vision_hidden_states": vision_hidden_states, "batch_size": batch_size}
     predicted = {}
-    for method in tasks.CLASSIFY_METHODS:
+    for method in tasks.SCORE_METHODS:
         ranked = tasks.classify(model, processor, labels=class_names, template=template, method=method, **shared)
         name = "classification" if method == "feature" else f"classification_{method}"
         predicted[name] = [list(class_names).index(r[0][0]) for r in ranked]
@@ -269,7 +269,7 @@ def evaluate_classification(
             for name, guesses in predicted.items():
                 scores[f"{group}_{name}"] = sum(guesses[i] == truth[i] for i in members) / max(len(members), 1)
         if rows and len(held) > 1:
-            for method in tasks.CLASSIFY_METHODS:
+            for method in tasks.SCORE_METHODS:
                 among = tasks.classify(
                     model,
                     processor,
@@ -376,7 +376,7 @@ def evaluate_shape_world(
       {shape}", by feature cosine and by the code space (log-likelihood of each caption's assignment under the
       image's predicted assignment over words: what pipeline("zero-shot-image-classification") ranks by);
     - image_to_text_class_R@K, text_to_image_class_R@K: relevance-aware retrieval over the 72 class captions by
-      feature cosine; the same with a `_code` suffix by the code space (`tasks.code_scores`);
+      feature cosine; the same with a `_code` suffix by the code space (`tasks.image_text_scores`);
     - top5_colour_and_shape: the colour and the shape word both among the image's top-5 words;
     - arithmetic_hit_rate: image - "its colour" + "another colour" lands nearest that class's mean image feature;
     - vqa, vqa_{colour,shape,yes/no} when (row, question, answers) triples are given: open-ended generation in
@@ -402,12 +402,12 @@ def evaluate_shape_world(
     scores["classification_code"] = sum(r[0][0] == label for r, label in zip(by_code, labels)) / len(labels)
 
     all_captions = [t.format(colour=n.split()[0], shape=n.split()[1]) for n in CLASSES for t in TEMPLATES]
-    similarity = image_features @ tasks.text_features(model, processor, all_captions).T
     text_classes = [n for n in CLASSES for _ in TEMPLATES]
     class_retrieval_recall = metric_functions("retrieval_recall").class_retrieval_recall
-    scores.update(class_retrieval_recall(similarity, labels, text_classes, ks=(1, 5)))
-    by_code = tasks.code_scores(model, processor, image_features, all_captions)
-    scores.update({f"{k}_code": v for k, v in class_retrieval_recall(by_code, labels, text_classes, ks=(1, 5)).items()})
+    for method, suffix in (("feature", ""), ("code", "_code")):
+        similarity = tasks.image_text_scores(model, processor, image_features, all_captions, method)
+        recall = class_retrieval_recall(similarity, labels, text_classes, ks=(1, 5))
+        scores.update({f"{k}{suffix}": v for k, v in recall.items()})
 
     words = tasks.read_words(model, processor, top_k=5, **shared)
     scores["top5_colour_and_shape"] = sum(

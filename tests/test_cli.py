@@ -186,8 +186,9 @@ def test_eval_writes_metrics_that_match_its_predictions(saved, capsys, tmp_path,
     elif task == "caption":
         assert {"BLEU-4", "ROUGE-L", "CIDEr"} <= set(report["scores"]) and len(report["predictions"]) == 6
     else:
-        assert set(report["scores"]) == {f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)}
-        assert report["scores"]["text_to_image_R@10"] == 1.0  # 6 images: every image ranks within 10
+        recalls = {f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)}
+        assert set(report["scores"]) == recalls | {f"{name}_code" for name in recalls}  # feature cosine, code space
+        assert report["scores"]["text_to_image_R@10"] == report["scores"]["text_to_image_R@10_code"] == 1.0  # 6 images
 
 
 def test_eval_classification_by_class_with_held_out_classes(saved, capsys, tmp_path):

@@ -156,10 +156,15 @@ def evaluate_vqa(model, processor, images=None, questions=(), *, vision_hidden_s
     return {"scores": score, "predictions": predicted, "examples": examples}
 
 
+# How retrieval figures are keyed in reports: by the feature cosine as before, and "_code" for VLAP's word space.
+RETRIEVAL_SCORINGS = (("feature", ""), ("code", "_code"))
+
+
 def evaluate_retrieval(
     model, processor, images=None, references=(), *, vision_hidden_states=None, batch_size=16
 ) -> dict:
-    """Rank all reference captions for each image and all images for each caption: R@1/5/10 both ways."""
+    """Rank all reference captions for each image and all images for each caption: R@1/5/10 both ways, by the feature
+    cosine and (keys ending "_code") in VLAP's word space."""
     features = tasks.image_features(
         model, processor, images, vision_hidden_states=vision_hidden_states, batch_size=batch_size
     )
@@ -168,8 +173,11 @@ def evaluate_retrieval(
     for captions in references:
         owned.append(list(range(start, start + len(captions))))
         start += len(captions)
-    similarity = features @ tasks.text_features(model, processor, texts).T
-    scores = load_metric("retrieval_recall").compute(predictions=similarity.tolist(), references=owned)
+    scores = {}
+    for method, suffix in RETRIEVAL_SCORINGS:
+        similarity = tasks.image_text_scores(model, processor, features, texts, method)
+        recall = load_metric("retrieval_recall").compute(predictions=similarity.tolist(), references=owned)
+        scores.update({f"{k}{suffix}": v for k, v in recall.items()})
     return {"scores": scores}
 
 
@@ -404,7 +412,7 @@ def evaluate_shape_world(
     all_captions = [t.format(colour=n.split()[0], shape=n.split()[1]) for n in CLASSES for t in TEMPLATES]
     text_classes = [n for n in CLASSES for _ in TEMPLATES]
     class_retrieval_recall = metric_functions("retrieval_recall").class_retrieval_recall
-    for method, suffix in (("feature", ""), ("code", "_code")):
+    for method, suffix in RETRIEVAL_SCORINGS:
         similarity = tasks.image_text_scores(model, processor, image_features, all_captions, method)
         recall = class_retrieval_recall(similarity, labels, text_classes, ks=(1, 5))
         scores.update({f"{k}{suffix}": v for k, v in recall.items()})

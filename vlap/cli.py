@@ -182,7 +182,8 @@ def cmd_retrieve(args) -> None:
     paths, images, failures = open_images(found, keep_going=True)
     model, processor = load_model(args)
     image_vectors = image_features(model, processor, images, batch_size=args.batch_size)
-    similarity = image_text_scores(model, processor, image_vectors, queries, args.method)  # candidates, then queries
+    # [images, texts]: candidates first, then queries
+    similarity = image_text_scores(model, processor, image_vectors, queries, args.method, args.batch_size)
     data = {"image_to_text": [], "text_to_image": []}
     if candidates:
         for path, ranked in zip(paths, rank(similarity[:, : len(candidates)], args.top_k)):

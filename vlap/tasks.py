@@ -265,19 +265,21 @@ def classify(
 
 
 @torch.no_grad()
-def image_text_scores(model, processor, image: torch.Tensor, texts: Sequence[str], method="code") -> torch.Tensor:
+def image_text_scores(
+    model, processor, image: torch.Tensor, texts: Sequence[str], method="code", batch_size: int = 64
+) -> torch.Tensor:
     """`[images, texts]` how well each text describes each image, from image features `image` `[N, D]`
     (`image_features`), higher is better, by
 
     - "code": VLAP's word space (`model.code_scores`): the sum over words of the text's assignment target times the
       log of the image's predicted assignment, the score training raises for matching pairs (and the zero-shot
       pipeline's); on easy-vqa it retrieves the right class far more often than the cosine;
-    - "feature": the cosine of the pooled image and text features, CLIP-style.
+    - "feature": the cosine of the pooled image and text features, CLIP-style (texts encoded `batch_size` at a time).
     """
     if method not in SCORE_METHODS:
         raise ValueError(f"method {method!r} is not one of {', '.join(SCORE_METHODS)}")
     if method == "feature":
-        return image @ text_features(model, processor, texts).T
+        return image @ text_features(model, processor, texts, batch_size).T
     tokens = processor(text=list(texts)).to(model.device)
     return model.code_scores(image.to(model.device), tokens["input_ids"], tokens["attention_mask"]).cpu()
 

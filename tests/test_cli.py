@@ -326,3 +326,27 @@ def test_classify_matches_the_zero_shot_pipeline(saved, capsys):
     assert [hit["score"] for hit in row["labels"]] == pytest.approx([hit["score"] for hit in expected], abs=1e-5)
     code, _, err = run(capsys, "classify", saved["model"], image, "--labels", "cat")
     assert code == 1 and "at least two distinct labels" in err
+
+
+@pytest.mark.parametrize("template", [None, "{prompt} {caption}.\nQ: {question}\nA:"])
+def test_bare_llm_answers_a_description_in_the_given_layout(backbones, template):
+    """`answer_without_image` (the VQA ceiling: the LLM reading a true caption) equals the LLM's own greedy
+    continuation of the layout written out as text."""
+    from vlap import tasks
+    from vlap.evaluation import answer_without_image
+
+    model, processor = build(backbones, "llama")
+    questions, descriptions = (
+        ["What shape is it?", "Is it red?"],
+        ["a red circle", "a blue square on a white background"],
+    )
+    layout = template or tasks.VQA_TEMPLATE
+    kwargs = {} if template is None else {"template": template}
+    answers = answer_without_image(model.eval(), processor, questions, descriptions, max_new_tokens=3, **kwargs)
+    expected = []
+    for question, description in zip(questions, descriptions):
+        text = layout.format(prompt=processor.prompt, caption=description, question=question)
+        ids = processor.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        out = model.language_model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+        expected.append(first_line(processor.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)))
+    assert answers == expected and any(answers)

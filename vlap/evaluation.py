@@ -332,18 +332,18 @@ def answer_without_image(
     descriptions: list[str] | None = None,
     batch_size: int = 32,
     max_new_tokens: int = 4,
+    template: str = tasks.VQA_TEMPLATE,
 ) -> list[str]:
     """The bare frozen LLM's answers, no visual prefix. Without `descriptions`: to the question alone (what the text
-    alone makes likely). With them (e.g. each image's true caption): to `tasks.VQA_TEMPLATE` with that description
-    in place of the model's caption, i.e. how well the LLM answers from a perfect caption."""
+    alone makes likely). With them (e.g. each image's true caption): to `template` (a VQA layout) with that
+    description in place of the model's caption, i.e. how well the LLM answers from a perfect caption."""
     from modeling_vlap.modeling_vlap import pack_padding
 
     if descriptions is None:
         texts = [NO_IMAGE_TEMPLATE.format(question=q, prompt=processor.prompt) for q in questions]
     else:
         texts = [
-            tasks.VQA_TEMPLATE.format(question=q, caption=c, prompt=processor.prompt)
-            for q, c in zip(questions, descriptions)
+            template.format(question=q, caption=c, prompt=processor.prompt) for q, c in zip(questions, descriptions)
         ]
     tokenizer, answers = processor.tokenizer, []
     for start in range(0, len(questions), batch_size):
@@ -490,11 +490,18 @@ def evaluate_shape_world(
 
 
 def vqa_baselines(
-    model, processor, questions, majority_answers: dict, colours=None, shapes=None, batch_size: int = 32
+    model,
+    processor,
+    questions,
+    majority_answers: dict,
+    colours=None,
+    shapes=None,
+    batch_size: int = 32,
+    template: str = tasks.VQA_TEMPLATE,
 ) -> dict:
     """Per question type: the majority training answer of the type, the bare frozen LLM with no image and, given the
-    images' `colours` and `shapes`, the bare LLM reading each image's true caption (the answers a perfect caption
-    would allow this LLM: the ceiling of the describe-then-answer layout)."""
+    images' `colours` and `shapes`, the bare LLM reading each image's true caption in `template` (the answers a
+    perfect caption would allow this LLM: the ceiling of that describe-then-answer layout)."""
     from vlap.easy_vqa import TEMPLATES
     from vlap.shapes import question_type
 
@@ -504,7 +511,7 @@ def vqa_baselines(
     scores = {f"no_image_{k}": v for k, v in _vqa_by_type(blind, questions, types).items()}
     if colours is not None:
         truth = [TEMPLATES[0].format(colour=colours[row], shape=shapes[row]) for row, _, _ in questions]
-        read = answer_without_image(model, processor, texts, truth, batch_size=batch_size)
+        read = answer_without_image(model, processor, texts, truth, batch_size=batch_size, template=template)
         scores.update({f"true_caption_{k}": v for k, v in _vqa_by_type(read, questions, types).items()})
     guess = [majority_answers[t] for t in types]
     scores.update({f"majority_{k}": v for k, v in _vqa_by_type(guess, questions, types).items()})

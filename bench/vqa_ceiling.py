@@ -21,7 +21,7 @@ import datasets
 from modeling_vlap import VLAPForConditionalGeneration, VLAPProcessor
 from vlap.assets import cache_root, efficientnet_lite0, gemma3_270m, smollm2_135m
 from vlap.easy_vqa import easy_vqa_dataset
-from vlap.evaluation import vqa_baselines
+from vlap.evaluation import true_caption_scores, vqa_baselines
 from vlap.sweep import majority_answers, questions_of, split_train
 from vlap.tasks import FORMAT_EXAMPLE, VQA_TEMPLATE
 
@@ -65,13 +65,14 @@ def main(argv=None) -> None:
         processor = VLAPProcessor.from_vision_text_pretrained(vision, llm)
         for seed in args.question_seeds:
             questions = questions_of(rows, args.questions, seed=seed)
+            baselines = vqa_baselines(model, processor, questions, majority)  # no image, majority: layout-free
             for layout in args.layouts:
                 template = "".join(EXAMPLES[example] for example in LAYOUTS[layout]) + DESCRIBED
-                scores = vqa_baselines(
-                    model, processor, questions, majority, rows["colour"], rows["shape"], template=template
+                ceiling = true_caption_scores(
+                    model, processor, questions, rows["colour"], rows["shape"], template=template
                 )
                 key = f"{name}/{layout}/questions{seed}"
-                results[key] = {key: round(value, 3) for key, value in scores.items()}
+                results[key] = {key: round(value, 3) for key, value in {**baselines, **ceiling}.items()}
                 print(key, json.dumps(results[key]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"questions": args.questions, "split": args.split, **results}, indent=2))

@@ -490,19 +490,10 @@ def evaluate_shape_world(
 
 
 def vqa_baselines(
-    model,
-    processor,
-    questions,
-    majority_answers: dict,
-    colours=None,
-    shapes=None,
-    batch_size: int = 32,
-    template: str = tasks.VQA_TEMPLATE,
+    model, processor, questions, majority_answers: dict, colours=None, shapes=None, batch_size: int = 32
 ) -> dict:
     """Per question type: the majority training answer of the type, the bare frozen LLM with no image and, given the
-    images' `colours` and `shapes`, the bare LLM reading each image's true caption in `template` (the answers a
-    perfect caption would allow this LLM: the ceiling of that describe-then-answer layout)."""
-    from vlap.easy_vqa import TEMPLATES
+    images' `colours` and `shapes`, `true_caption_scores` in the default layout."""
     from vlap.shapes import question_type
 
     texts = [question for _, question, _ in questions]
@@ -510,12 +501,25 @@ def vqa_baselines(
     blind = answer_without_image(model, processor, texts, batch_size=batch_size)
     scores = {f"no_image_{k}": v for k, v in _vqa_by_type(blind, questions, types).items()}
     if colours is not None:
-        truth = [TEMPLATES[0].format(colour=colours[row], shape=shapes[row]) for row, _, _ in questions]
-        read = answer_without_image(model, processor, texts, truth, batch_size=batch_size, template=template)
-        scores.update({f"true_caption_{k}": v for k, v in _vqa_by_type(read, questions, types).items()})
+        scores.update(true_caption_scores(model, processor, questions, colours, shapes, batch_size))
     guess = [majority_answers[t] for t in types]
     scores.update({f"majority_{k}": v for k, v in _vqa_by_type(guess, questions, types).items()})
     return scores
+
+
+def true_caption_scores(
+    model, processor, questions, colours, shapes, batch_size: int = 32, template: str = tasks.VQA_TEMPLATE
+) -> dict:
+    """Per question type: the bare LLM reading each image's true caption in `template` (the answers a perfect caption
+    would allow this LLM: the ceiling of that describe-then-answer layout)."""
+    from vlap.easy_vqa import TEMPLATES
+    from vlap.shapes import question_type
+
+    texts = [question for _, question, _ in questions]
+    truth = [TEMPLATES[0].format(colour=colours[row], shape=shapes[row]) for row, _, _ in questions]
+    read = answer_without_image(model, processor, texts, truth, batch_size=batch_size, template=template)
+    types = [question_type(q) for q in texts]
+    return {f"true_caption_{k}": v for k, v in _vqa_by_type(read, questions, types).items()}
 
 
 def plot_confusion(result: dict, path) -> None:

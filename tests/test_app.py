@@ -131,6 +131,7 @@ def test_every_model_call_waits_for_the_one_queue_slot(demo):
     assert {(fn.concurrency_id, fn.concurrency_limit) for fn in model_calls} == {("model", 1)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", ["vlap serve", "app.py"])
 def test_a_folder_that_is_not_a_model_stops_the_server_before_it_serves(entry, tmp_path):
     (tmp_path / "config.json").write_text("{ not json")
@@ -169,6 +170,7 @@ def page(saved):
         yield page
 
 
+@pytest.mark.slow
 @needs_browser
 def test_browser_caption_reads_back_the_models_caption(page, demo, saved):
     page.reload()
@@ -178,6 +180,7 @@ def test_browser_caption_reads_back_the_models_caption(page, demo, saved):
     assert page.outside == []  # offline: no fonts, analytics or anything else from outside
 
 
+@pytest.mark.slow
 @needs_browser
 def test_browser_words_tab_draws_one_bar_per_word(page, saved):
     page.reload()
@@ -189,6 +192,7 @@ def test_browser_words_tab_draws_one_bar_per_word(page, saved):
     assert bars.count() == 10  # the slider's default
 
 
+@pytest.mark.slow
 @needs_browser
 def test_browser_bad_input_shows_a_message_not_a_traceback(page, saved):
     page.reload()

@@ -326,6 +326,7 @@ def test_pipeline(world, task, call, reason):
 
 
 # --------------------------------------------------------------------------------------------------- push_to_hub.py
+@pytest.mark.slow
 @pytest.mark.parametrize("folder, reason", [("model", "127.0.0.1:9"), ("no_config", "no_config")])
 def test_push_to_hub(world, folder, reason):
     """An unreachable Hub endpoint (after assembly and verification) and a folder that is no model: one line on

@@ -19,6 +19,8 @@ from tiny import REPO, build, load_in_fresh_process
 
 from vlap.tasks import caption as caption_images
 
+pytestmark = pytest.mark.slow  # a fresh venv / the real offline models: `make test-slow`
+
 GENERATION = {"max_new_tokens": 5, "min_new_tokens": 5, "do_sample": False}
 NOT_IN_BASE = ("accelerate", "datasets", "evaluate", "peft", "pycocoevalcap", "gradio", "wordfreq")
 SOURCES = ("pyproject.toml", "README.md", "modeling_vlap", "vlap", "train.py", "push_to_hub.py")

@@ -284,6 +284,7 @@ def test_bad_input_is_one_line_without_traceback(saved, capsys, tmp_path):
         assert err.count("\n") == 1 and err.startswith(f"vlap {argv[0]}: error:") and reason in err, err
 
 
+@pytest.mark.slow
 def test_console_script_reports_errors_without_traceback(saved, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     help_text = subprocess.run([VLAP_SCRIPT, "arithmetic", "--help"], capture_output=True, text=True, env=env)

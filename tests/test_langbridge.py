@@ -56,6 +56,7 @@ def test_a_given_vocabulary_is_kept_in_order_and_checked(backbones):
         select_vocabulary(counts, tokenizer, 10, given=[" circle", " zebra-crossing"])
 
 
+@pytest.mark.slow
 def test_transfer_reindexes_strings_and_keeps_adapter_weights(backbones, caption_folder, tmp_path):
     config = write_config(
         tmp_path / "cfg.yaml",

@@ -51,6 +51,7 @@ def test_bad_lora_specs_are_rejected(backbones):
         apply_lora(model, "4,8,nonexistent_proj")
 
 
+@pytest.mark.slow
 def test_train_with_lora_exports_a_plain_model(backbones, caption_folder, tmp_path):
     config = write_config(
         tmp_path / "cfg.yaml",

@@ -123,6 +123,7 @@ def test_unknown_metric_module_lists_the_available_ones():
         load_metric("bleurt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["caption_metrics", "vqa_accuracy", "retrieval_recall"])
 def test_each_metric_module_loads_alone_without_vlap(name, tmp_path):
     """A module folder copied elsewhere loads and computes with evaluate.load in a process where vlap cannot be

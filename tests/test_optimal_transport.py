@@ -111,6 +111,7 @@ def _sinkhorn_on_a_shard(rank, world_size, port, scores, prior, results):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_global_sample_marginal():
     """Each process holds half the batch; together they must compute the plan of the whole batch."""
     scores, prior = cosine_scores(10, 24, seed=7), random_prior(24, seed=8)

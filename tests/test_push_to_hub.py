@@ -84,6 +84,7 @@ def uploads(hub: HubStub) -> list[dict]:
     ]
 
 
+@pytest.mark.slow
 def test_upload_round_trips_through_the_hub(trained, before_upload, tmp_path):
     report = tmp_path / "report.json"
     report.write_text(json.dumps(REPORT))
@@ -108,6 +109,7 @@ def test_upload_round_trips_through_the_hub(trained, before_upload, tmp_path):
     secret_free(result, uploaded, hub)
 
 
+@pytest.mark.slow
 def test_bridge_only_upload_is_small_and_loads_its_local_backbones(trained, before_upload, tmp_path):
     with HubStub() as hub:
         result = push(
@@ -140,6 +142,7 @@ def secret_free(result: subprocess.CompletedProcess, uploaded: dict, hub: HubStu
     assert headers and all(h.get("authorization") == f"Bearer {FAKE_TOKEN}" for h in headers)
 
 
+@pytest.mark.slow
 def test_a_folder_that_fails_verification_is_not_uploaded(backbones, tmp_path):
     model, processor = build(backbones, "llama", num_visual_tokens=4)
     model.config.backbones["vision"]["name_or_path"] = str(tmp_path / "moved-away-clip")  # unloadable backbone
@@ -156,6 +159,7 @@ def test_a_folder_that_fails_verification_is_not_uploaded(backbones, tmp_path):
         assert uploads(hub) == [] and hub.repos == {}
 
 
+@pytest.mark.slow
 def test_dry_run_shards_lists_the_files_and_uploads_nothing(trained, tmp_path):
     with HubStub() as hub:
         result = push(
@@ -230,6 +234,7 @@ def test_bad_card_metadata_is_rejected(trained):
         push_to_hub.validate_card(card)
 
 
+@pytest.mark.slow
 def test_the_cards_usage_blocks_run_on_a_saved_model(trained, tmp_path):
     """model_cards/usage.py, the source of the card's pipeline blocks, runs as written in a fresh offline process."""
     from PIL import Image

@@ -15,6 +15,7 @@ from tiny import NO_REPO_IMPORTS, build, image_processor, load_in_fresh_process
 GENERATION = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("llm", ["t5", "opt", "llama"])
 def test_saved_folder_loads_offline_in_a_fresh_process(backbones, llm, tmp_path):
     model, processor = build(backbones, llm)
@@ -104,6 +105,7 @@ TINY_CHAT_TEMPLATE = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("llm", ["t5", "opt", "llama"])
 def test_image_text_to_text_pipeline_with_prompts_and_chat_messages(backbones, llm, tmp_path):
     """The standard pipeline on a saved folder in a fresh process: text prompts (batched, with and without the
@@ -155,6 +157,7 @@ def test_image_text_to_text_pipeline_with_prompts_and_chat_messages(backbones, l
     assert answer["role"] == "assistant" and answer["content"] == reply(rendered)
 
 
+@pytest.mark.slow
 def test_an_efficientnet_lite_export_ships_its_vision_code_and_loads_in_a_fresh_process(backbones, tmp_path):
     """EfficientNet-Lite is not a transformers model: its module travels with the models that use it (and only
     with them, see above) and is imported from the saved folder."""

@@ -33,6 +33,7 @@ def bridge(output_dir: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in load_file(output_dir / "final" / "model.safetensors").items() if k.startswith("bridge.")}
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(backbones, caption_folder, tmp_path):
     reference = tmp_path / "reference"
     run_train(
@@ -70,6 +71,7 @@ def test_killed_run_resumes_to_the_same_weights(backbones, caption_folder, tmp_p
     assert [r["loss"] for r in metrics(killed)] == pytest.approx([r["loss"] for r in metrics(reference)], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(backbones, caption_folder, tmp_path):
     one = tmp_path / "one"
     run_train(write_config(tmp_path / "one.yaml", backbones, caption_folder, one, batch_size=8, max_steps=6))
@@ -107,6 +109,7 @@ def test_two_processes_match_one_with_the_same_global_batch(backbones, caption_f
         assert (tensor - bridge(two)[name]).abs().max() <= 1e-3, name
 
 
+@pytest.mark.slow
 def test_training_from_the_feature_cache_matches_training_from_images(backbones, caption_folder, tmp_path):
     from_images = tmp_path / "images"
     run_train(write_config(tmp_path / "i.yaml", backbones, caption_folder, from_images, max_steps=4))
@@ -125,6 +128,7 @@ def test_training_from_the_feature_cache_matches_training_from_images(backbones,
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_exported_model_loads_in_a_fresh_process(backbones, caption_folder, tmp_path):
     output = tmp_path / "run"
     result = run_train(
@@ -238,6 +242,7 @@ def test_bad_data_gives_clear_errors(caption_folder, tmp_path):
         validate(load_source(str(empty))[0], str(empty), "image", "caption")
 
 
+@pytest.mark.slow
 def test_unreadable_images_are_skipped_then_stop_the_run(backbones, caption_folder, tmp_path):
     folder = tmp_path / "shapes"
     shutil.copytree(caption_folder, folder)
@@ -271,6 +276,7 @@ class _Planted:
         return (Path.write_text, (self.marker, "code ran"))
 
 
+@pytest.mark.slow
 def test_a_run_is_never_overwritten_and_a_planted_pickle_is_never_loaded(backbones, caption_folder, tmp_path):
     import pickle
 

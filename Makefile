@@ -29,13 +29,13 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow tests
 
 demo: $(STAMP)
-	$(PY) -m vlap.demo
+	$(PY) -m experiments.demo
 
 serve: $(STAMP)
 	$(PY) app.py
 
 demo-fashion: $(STAMP)
-	$(PY) -m vlap.demo --dataset fashion-mnist
+	$(PY) -m experiments.demo --dataset fashion-mnist
 
 clean:
 	rm -rf $(VENV)
@@ -43,9 +43,9 @@ clean:
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"
 	mkdir -p bench/results
-	cd bench && ../$(PY) sinkhorn.py --json results/sinkhorn.json
-	cd bench && ../$(PY) train_step.py --real --json results/train_step.json
-	cd bench && ../$(PY) train_step.py --real --bf16 --json results/train_step_bf16.json
-	cd bench && ../$(PY) generate.py --real --json results/generate.json
-	cd bench && ../$(PY) feature_cache.py --json results/feature_cache.json
-	cd bench && ../$(PY) langbridge_transfer.py --json results/langbridge_transfer.json --plot ../docs/langbridge_transfer.png
+	$(PY) -m bench.sinkhorn --json bench/results/sinkhorn.json
+	$(PY) -m bench.train_step --real --json bench/results/train_step.json
+	$(PY) -m bench.train_step --real --bf16 --json bench/results/train_step_bf16.json
+	$(PY) -m bench.generate --real --json bench/results/generate.json
+	$(PY) -m bench.feature_cache --json bench/results/feature_cache.json
+	$(PY) -m bench.langbridge_transfer --json bench/results/langbridge_transfer.json --plot docs/langbridge_transfer.png

@@ -71,8 +71,8 @@ class TrainConfig:
     langbridge_vocab_size: int = 19_200  # N words, each one token of this LLM and of every transfer LLM
     langbridge_vocabulary_source: str = "english"  # english: most frequent English words (wordfreq) | captions
     langbridge_hidden_size: int | None = None  # None: the LLM's embedding width
-    # Chosen on validation (bench/langbridge_transfer.py --stages source --eval-split validation; README): raw
-    # coefficients and the released code's MLP (no GELU before the word layer) at lr 3e-4.
+    # Chosen on validation (python -m bench.langbridge_transfer --stages source --eval-split validation;
+    # docs/langbridge.md): raw coefficients and the released code's MLP (no GELU before the word layer) at lr 3e-4.
     langbridge_coefficients: str = "linear"  # linear (raw coefficients) | softmax (a distribution over the words)
     langbridge_activation_before_words: bool = False  # True: a GELU before the word layer
     langbridge_transfer_llms: str | None = (

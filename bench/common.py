@@ -69,7 +69,7 @@ REAL = "efficientnet-lite0+smollm2-135m"
 
 
 def real_models_cached() -> bool:
-    from vlap.assets import EFFICIENTNET_FOLDER, SMOLLM2_FOLDER, cache_root
+    from experiments.assets import EFFICIENTNET_FOLDER, SMOLLM2_FOLDER, cache_root
 
     return all((cache_root() / name / "model.safetensors").exists() for name in (EFFICIENTNET_FOLDER, SMOLLM2_FOLDER))
 
@@ -78,7 +78,7 @@ def vlap_model(kind: str, full_size_vision: bool = False, **config_kwargs) -> VL
     """A bench model: "t5" / "llama" (tiny-but-realistic, random) or REAL (the demo's cached pretrained models)."""
     torch.manual_seed(0)
     if kind == REAL:
-        from vlap.assets import efficientnet_lite0, smollm2_135m
+        from experiments.assets import efficientnet_lite0, smollm2_135m
 
         return VLAPForConditionalGeneration.from_vision_text_pretrained(
             str(efficientnet_lite0()), str(smollm2_135m()), num_visual_tokens=9, **config_kwargs
@@ -102,10 +102,10 @@ def batch(size: int, caption_tokens: int = 12, prompt_tokens: int = 3, seed: int
 def real_batch(model: VLAPForConditionalGeneration, size: int, seed: int = 0) -> dict:
     """What a `make demo` training step sees: cached vision output (the frozen EfficientNet-Lite0 map, not re-run)
     and easy-vqa captions in their templates, tokenised by the VLAP processor with the "A picture of" prompt."""
+    from experiments.assets import efficientnet_lite0, smollm2_135m
+    from experiments.easy_vqa import TEMPLATES
+    from experiments.shapes import COLOURS, SHAPES
     from modeling_vlap import VLAPProcessor
-    from vlap.assets import efficientnet_lite0, smollm2_135m
-    from vlap.easy_vqa import TEMPLATES
-    from vlap.shapes import COLOURS, SHAPES
 
     processor = VLAPProcessor.from_vision_text_pretrained(str(efficientnet_lite0()), str(smollm2_135m()))
     generator = torch.Generator().manual_seed(seed)

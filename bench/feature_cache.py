@@ -5,7 +5,7 @@ cache reads the stored vision outputs. Both run the same training steps (forward
 trainer's own data path (CaptionedImages + Collator). The vision model has CLIP ViT-B/32's full size (what the cache
 saves); the LLM is the bench's small T5. The one-off cost of building the cache is reported too.
 
-    python bench/feature_cache.py [--images 64] [--batch-size 16] [--json out.json]
+    python -m bench.feature_cache [--images 64] [--batch-size 16] [--json out.json]
 """
 
 import argparse
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from common import device_name, photos, vlap_model, write_report
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import CLIPImageProcessorPil, PreTrainedTokenizerFast
 
+from bench.common import device_name, photos, vlap_model, write_report
 from modeling_vlap import VLAPProcessor
 from vlap.data import CaptionedImages, Collator, load_source
 from vlap.features import build_feature_cache

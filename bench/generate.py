@@ -3,13 +3,14 @@ embeddings and the same new-token budget (greedy; every caption forced to the fu
 
 VLAP's extra work is the frozen vision forward and the bridge, once per caption, before decoding.
 
-    python bench/generate.py [--new-tokens 20] [--repeats 5] [--json out.json]
+    python -m bench.generate [--new-tokens 20] [--repeats 5] [--json out.json]
 """
 
 import argparse
 
 import torch
-from common import batch, bench_kinds, device_name, interleaved_medians, vlap_model, write_report
+
+from bench.common import batch, bench_kinds, device_name, interleaved_medians, vlap_model, write_report
 
 
 def main():

@@ -9,10 +9,10 @@ words (wordfreq) that SmolLM2 and Gemma 3 both spell as one token:
   4. reverse: (3) moved to SmolLM2 without training,
   5. control: LangBridge trained on Gemma 3 from scratch with the same 5 / 10 / 25 % as the fine-tuning in (2).
 Each is scored by the share of easy-vqa test captions that name the image's colour AND shape (`--eval-split
-validation`: the validation slice of the train split that vlap.sweep chooses on; `--stages source` trains and scores
-only (1), to choose the budget).
+validation`: the validation slice of the train split that experiments.sweep chooses on; `--stages source` trains
+and scores only (1), to choose the budget).
 
-    python bench/langbridge_transfer.py [--seeds 0 1 2] [--steps 200] [--learning-rate 3e-4] [--json FILE] [--plot PNG]
+    python -m bench.langbridge_transfer [--seeds 0 1 2] [--steps 200] [--learning-rate 3e-4] [--json FILE] [--plot PNG]
         [--coefficients softmax] [--assignment-loss-weight 0.1] [--bf16]
 
 The JSON holds, per figure, the median over the seeds run and their count ("seeds"), and every seed's value.
@@ -27,11 +27,12 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from vlap.assets import efficientnet_lite0, gemma3_270m, smollm2_135m
-from vlap.demo import banner, train
+from experiments.assets import efficientnet_lite0, gemma3_270m, smollm2_135m, vision_states
+from experiments.demo import banner, train
+from experiments.runs import BASE_BUDGET, VLAP_METHOD
+from experiments.shape_world import split_train
+from experiments.shapes import COLOURS, SHAPES, caption_is_right, named
 from vlap.langbridge import english_vocabulary, transfer
-from vlap.shapes import COLOURS, SHAPES, caption_is_right, named
-from vlap.sweep import BASE_BUDGET, VLAP_METHOD, split_train, vision_states
 from vlap.tasks import caption, load, token_words
 
 FRACTIONS = (0.05, 0.1, 0.25)
@@ -179,7 +180,7 @@ def summary(per_seed: dict, vocabulary: dict, args, seconds: float) -> dict:
             "train_images": args.train_images,
             "eval_images": args.eval_images,
             "stages": args.stages,
-            "command": "python bench/langbridge_transfer.py " + " ".join(sys.argv[1:]),
+            "command": "python -m bench.langbridge_transfer " + " ".join(sys.argv[1:]),
         },
         "seconds": round(seconds, 1),
     }
@@ -240,8 +241,8 @@ def main(argv=None) -> None:
     import datasets
     from transformers import AutoTokenizer
 
-    from vlap.assets import cache_root
-    from vlap.easy_vqa import easy_vqa_dataset
+    from experiments.assets import cache_root
+    from experiments.easy_vqa import easy_vqa_dataset
 
     models = {"vision": efficientnet_lite0(), "smollm2": smollm2_135m(), "gemma3": gemma3_270m()}
     pool_folder, validation = split_train(out)

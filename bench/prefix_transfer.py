@@ -9,7 +9,7 @@ embeddings onto Gemma 3 270M's, and what the same map does to a prefix trained o
    colour AND shape named, beside the source model on SmolLM2. Also the prefix tokens' norm against the words' and
    their cosine to the nearest word.
 
-    python bench/prefix_transfer.py [--model outputs/demo/vlap/final] [--images 64] [--scales 1 0.3 0.1 0.03] [--json F]
+    python -m bench.prefix_transfer [--model outputs/demo/vlap/final] [--images 64] [--scales 1 0.3 0.1 0.03] [--json F]
 """
 
 import argparse
@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import write_report
 from transformers import AutoTokenizer
 
+from bench.common import write_report
+from experiments.assets import efficientnet_lite0, gemma3_270m, smollm2_135m, vision_states
+from experiments.shape_world import split_train
+from experiments.shapes import caption_is_right
 from modeling_vlap import VLAPForConditionalGeneration, VLAPProcessor
-from vlap.assets import efficientnet_lite0, gemma3_270m, smollm2_135m
 from vlap.langbridge import english_vocabulary, string_to_id
-from vlap.shapes import caption_is_right
-from vlap.sweep import split_train, vision_states
 from vlap.tasks import caption, load
 
 

@@ -6,7 +6,7 @@ into a new buffer (the least any Sinkhorn must do: build the kernel), (b) POT's 
 solver (`ot.bregman.sinkhorn_log`, same marginals and iteration count; its plan must agree), (c) a plain exp-domain
 loop. Also the peak extra memory over the scores tensor, in B x V float32 buffers.
 
-    python bench/sinkhorn.py [--device cuda] [--repeats 5] [--json out.json]
+    python -m bench.sinkhorn [--device cuda] [--repeats 5] [--json out.json]
 """
 
 import argparse
@@ -15,8 +15,8 @@ import time
 import numpy as np
 import ot
 import torch
-from common import write_report
 
+from bench.common import write_report
 from modeling_vlap.optimal_transport import sinkhorn_knopp
 
 EPSILON, ITERATIONS, BATCH = 0.01, 3, 256

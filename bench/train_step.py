@@ -7,17 +7,26 @@ for the paper's text code and for the one `make demo` ships. Memory: trainable p
 state of the bridge against the frozen total, for the bench models and for the paper's backbones (from configs).
 With --real the step is `make demo`'s training step: the demo's models, cached vision output, easy-vqa captions.
 
-    python bench/train_step.py [--batch-size 32] [--repeats 5] [--json out.json]
+    python -m bench.train_step [--batch-size 32] [--repeats 5] [--json out.json]
 """
 
 import argparse
 
 import torch
-from common import REAL, batch, bench_kinds, device_name, interleaved_medians, real_batch, vlap_model, write_report
 from transformers import AutoConfig, CLIPVisionConfig, T5Config
 
+from bench.common import (
+    REAL,
+    batch,
+    bench_kinds,
+    device_name,
+    interleaved_medians,
+    real_batch,
+    vlap_model,
+    write_report,
+)
+from experiments.runs import VARIANTS, VLAP_METHOD
 from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration
-from vlap.sweep import VARIANTS, VLAP_METHOD
 
 
 def step_fn(model, inputs, bf16: bool = False):

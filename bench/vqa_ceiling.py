@@ -2,14 +2,14 @@
 questions from each image's true caption in a VQA layout (the model's BOS first), beside the same LLM with no
 description and the majority answer of each question type.
 
-    python bench/vqa_ceiling.py [--llms smollm2-135m gemma3-270m] [--questions 300] [--split test|validation]
+    python -m bench.vqa_ceiling [--llms smollm2-135m gemma3-270m] [--questions 300] [--split test|validation]
         [--question-seeds 0 1] [--layouts shape colour_shape ...] [--json FILE]
 
 The layouts differ only in the text examples before the image's description, each a description, a question and a
 one-word answer (layout "shape", one example of a shape question, is `tasks.VQA_TEMPLATE`, `vlap vqa`'s default). The
-questions are a fixed random subset (`vlap.sweep.questions_of`; test, seed 0: the 300 the sweep's test report uses;
-validation: of the validation slice of the train split the sweep chooses on); the majority answers come from the
-sweep's training pool.
+questions are a fixed random subset (`experiments.shape_world.questions_of`; test, seed 0: the 300 the sweep's test
+report uses; validation: of the validation slice of the train split the sweep chooses on); the majority answers come
+from the sweep's training pool.
 """
 
 import argparse
@@ -18,11 +18,10 @@ from pathlib import Path
 
 import datasets
 
+from experiments.assets import cache_root, efficientnet_lite0, gemma3_270m, smollm2_135m
+from experiments.easy_vqa import easy_vqa_dataset
+from experiments.shape_world import majority_answers, questions_of, split_train, true_caption_scores, vqa_baselines
 from modeling_vlap import VLAPForConditionalGeneration, VLAPProcessor
-from vlap.assets import cache_root, efficientnet_lite0, gemma3_270m, smollm2_135m
-from vlap.easy_vqa import easy_vqa_dataset
-from vlap.evaluation import true_caption_scores, vqa_baselines
-from vlap.sweep import majority_answers, questions_of, split_train
 from vlap.tasks import FORMAT_EXAMPLE, VQA_TEMPLATE
 
 LLMS = {"smollm2-135m": smollm2_135m, "gemma3-270m": gemma3_270m}

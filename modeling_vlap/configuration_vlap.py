@@ -45,7 +45,7 @@ class VLAPConfig(PreTrainedConfig):
         word_marginal_weight (`float`, *optional*): `None` enforces the word prior as the Sinkhorn plan's column
             marginal (the paper); a value lambda >= 0 makes it a KL penalty of that weight (semi-relaxed OT; 0 gives a
             plain row softmax). With a vocabulary much larger than the batch the balanced plan is nearly uniform, so
-            the default (0.01, chosen on validation with `python -m vlap.sweep`) relaxes it.
+            the default (0.01) relaxes it.
         text_representation (`str`): what the caption's code is computed from: "hidden_states" (mean of the frozen
             LLM's last hidden states, the paper), "word_embeddings" (frequency-weighted mean of the caption's own
             input word embeddings, SIF weights a / (a + p(w)), special tokens left out) or "word_assignments" (the

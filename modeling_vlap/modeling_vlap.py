@@ -800,8 +800,7 @@ class VLAPForZeroShotImageClassification(VLAPForConditionalGeneration):
     """The same model (same weights) with CLIP's zero-shot interface: images and candidate texts in, scores out.
 
     The score is VLAP's own (`code_scores`): how well the image's predicted assignment over words explains each
-    text's assignment target, the quantity L_map trains. On easy-vqa test it picks the right class among 24 for 0.97
-    of images against 0.64 by the cosine of the pooled features (README, "A longer budget").
+    text's assignment target, the quantity L_map trains.
     """
 
     def forward(

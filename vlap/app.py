@@ -25,11 +25,16 @@ from transformers.generation.streamers import BaseStreamer
 
 from modeling_vlap.processing_vlap import open_image
 from vlap import tasks
-from vlap.cli import CLIError, add_serve_arguments, expand_images, parse_terms
-from vlap.shapes import CLASSES
+from vlap.inputs import InputError, add_serve_arguments, expand_images, parse_terms
 
 EXAMPLES = Path(__file__).parent / "app_examples"
-DEFAULT_CANDIDATES = [f"a {name}" for name in CLASSES] + ["a cat", "a cup of coffee", "an astronaut", "a rocket"]
+# The Retrieve tab's default captions: the classes of the example renders (make demo's 24 colours x shapes) and
+# the example photos.
+DEFAULT_CANDIDATES = [
+    f"a {colour} {shape}"
+    for colour in ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
+    for shape in ("circle", "rectangle", "triangle")
+] + ["a cat", "a cup of coffee", "an astronaut", "a rocket"]
 NO_IMAGE = "Upload an image first (or click one of the examples below it)."
 QUEUE = {"concurrency_id": "model", "concurrency_limit": 1}
 
@@ -128,7 +133,7 @@ class Demo:
         expression = required_text(expression, "an expression such as '- red + blue'")
         try:
             terms = parse_terms(shlex.split(expression))
-        except (CLIError, ValueError) as error:
+        except (InputError, ValueError) as error:
             raise gr.Error(str(error)) from None
         with model_errors():
             result = tasks.arithmetic(
@@ -312,7 +317,7 @@ def main(argv=None) -> int:
         parser.error("give MODEL_DIR (or set VLAP_MODEL, or run `make demo` first)")
     try:
         serve(args.model, args.host, args.port, args.gallery)
-    except (CLIError, ValueError, OSError) as error:  # a model or gallery that cannot be read
+    except (InputError, ValueError, OSError) as error:  # a model or gallery that cannot be read
         print(f"app.py: error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -1,5 +1,5 @@
 """The web demo in a real browser: `vlap serve` in a subprocess, driven by Playwright through Debian's chromium
-(`executable_path`: no browser download). The browser tests use it, and so does README's screenshot:
+(`executable_path`: no browser download). The browser tests use it, and so do the screenshots in docs/:
 
     python -m vlap.browser MODEL_DIR docs/app.png
 

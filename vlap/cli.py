@@ -5,14 +5,21 @@ MODEL is a saved VLAP folder or a Hub id (loaded with trust_remote_code). Every 
 """
 
 import argparse
-import glob
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+from vlap.inputs import (
+    InputError,
+    add_serve_arguments,
+    comma_separated,
+    expand_images,
+    parse_terms,
+    positive_int,
+    read_lines,
+)
+
 # How retrieve and classify score an image against a text (vlap.tasks.SCORE_METHODS, spelled out: --help stays
 # torch-free).
 SCORE_METHOD = {
@@ -20,31 +27,6 @@ SCORE_METHOD = {
     "default": "code",
     "help": "code: VLAP's word space, as the zero-shot pipeline (default); feature: CLIP-style cosine of features",
 }
-
-
-class CLIError(Exception):
-    """Bad input: reported as one line, without a traceback."""
-
-
-def expand_images(specs: list[str]) -> list[Path]:
-    """Image paths, globs and folders (their image files, sorted) -> paths; anything missing is an error."""
-    paths = []
-    for spec in specs:
-        path = Path(spec)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise CLIError(f"{spec}: the folder has no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        elif any(char in spec for char in "*?["):
-            found = sorted(Path(p) for p in glob.glob(spec) if Path(p).is_file())
-            if not found:
-                raise CLIError(f"{spec}: the pattern matches no files")
-        elif path.is_file():
-            found = [path]
-        else:
-            raise CLIError(f"{spec}: no such file or folder")
-        paths += found
-    return paths
 
 
 def open_images(paths: list[Path], keep_going: bool = False) -> tuple[list[Path], list, list[str]]:
@@ -63,66 +45,24 @@ def open_images(paths: list[Path], keep_going: bool = False) -> tuple[list[Path]
             kept.append(path)
         except ValueError as error:
             if not keep_going:
-                raise CLIError(str(error)) from None
+                raise InputError(str(error)) from None
             failures.append(str(error))
     if not images:
-        raise CLIError("; ".join(failures))
+        raise InputError("; ".join(failures))
     return kept, images, failures
 
 
 def report_failures(failures: list[str], total: int) -> None:
     """After the readable images' results: each unreadable file, and exit status 1."""
     if failures:
-        raise CLIError(f"{len(failures)} of {total} images could not be read: " + "; ".join(failures))
+        raise InputError(f"{len(failures)} of {total} images could not be read: " + "; ".join(failures))
 
 
 def one_image(spec: str) -> Path:
     paths = expand_images([spec])
     if len(paths) != 1:
-        raise CLIError(f"{spec}: give one image ({len(paths)} found)")
+        raise InputError(f"{spec}: give one image ({len(paths)} found)")
     return paths[0]
-
-
-def comma_separated(text: str) -> list[str]:
-    """ "a, b,,c" -> ["a", "b", "c"]."""
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def read_lines(path: str) -> list[str]:
-    try:
-        lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as error:
-        raise CLIError(f"{path}: cannot read the text file ({error})") from None
-    if not lines:
-        raise CLIError(f"{path}: the text file has no non-empty lines")
-    return lines
-
-
-def parse_terms(terms: list[str]) -> list[tuple[str, str]]:
-    """["-", "red", "+", "blue"] or ["-red", "+blue"] -> [("-", "red"), ("+", "blue")]."""
-    pairs, pending = [], None
-    for term in terms:
-        if pending is not None:
-            pairs.append((pending, term))
-            pending = None
-        elif term in ("+", "-"):
-            pending = term
-        elif term[:1] in ("+", "-") and len(term) > 1:
-            pairs.append((term[0], term[1:]))
-        else:
-            raise CLIError(f"expected '+' or '-' before {term!r}: write IMAGE - word + word")
-    if pending is not None or not pairs:
-        raise CLIError("the arithmetic must end with a word: IMAGE - word + word")
-    return pairs
-
-
-def load_model(args):
-    import torch
-
-    from vlap.tasks import load
-
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    return load(args.model, device=device)
 
 
 def emit(args, data, text: str) -> None:
@@ -131,11 +71,11 @@ def emit(args, data, text: str) -> None:
 
 # ---------------------------------------------------------------------------------------------------- commands
 def cmd_caption(args) -> None:
-    from vlap.tasks import caption
+    from vlap.tasks import caption, load
 
     found = expand_images(args.images)
     paths, images, failures = open_images(found, keep_going=True)
-    model, processor = load_model(args)
+    model, processor = load(args.model, device=args.device)
     captions = caption(
         model,
         processor,
@@ -151,11 +91,11 @@ def cmd_caption(args) -> None:
 
 
 def cmd_vqa(args) -> None:
-    from vlap.tasks import VQA_TEMPLATE, answer
+    from vlap.tasks import VQA_TEMPLATE, answer, load
 
     found = expand_images([args.image])
     paths, images, failures = open_images(found, keep_going=True)
-    model, processor = load_model(args)
+    model, processor = load(args.model, device=args.device)
     answers = answer(
         model,
         processor,
@@ -172,15 +112,15 @@ def cmd_vqa(args) -> None:
 
 
 def cmd_retrieve(args) -> None:
-    from vlap.tasks import image_features, image_text_scores, rank
+    from vlap.tasks import image_features, image_text_scores, load, rank
 
     found = expand_images([args.images])
     candidates = read_lines(args.texts) if args.texts else []
     queries = candidates + list(args.query or [])
     if not queries:
-        raise CLIError("give texts to rank: --texts FILE and/or --query TEXT")
+        raise InputError("give texts to rank: --texts FILE and/or --query TEXT")
     paths, images, failures = open_images(found, keep_going=True)
-    model, processor = load_model(args)
+    model, processor = load(args.model, device=args.device)
     image_vectors = image_features(model, processor, images, batch_size=args.batch_size)
     # [images, texts]: candidates first, then queries
     similarity = image_text_scores(model, processor, image_vectors, queries, args.method, args.batch_size)
@@ -204,12 +144,12 @@ def cmd_retrieve(args) -> None:
 
 
 def cmd_classify(args) -> None:
-    from vlap.tasks import classify
+    from vlap.tasks import classify, load
 
     labels = comma_separated(args.labels)
     found = expand_images(args.images)
     paths, images, failures = open_images(found, keep_going=True)
-    model, processor = load_model(args)
+    model, processor = load(args.model, device=args.device)
     ranked = classify(
         model, processor, images, labels, template=args.template, method=args.method, batch_size=args.batch_size
     )
@@ -229,17 +169,17 @@ def cmd_classify(args) -> None:
 
 
 def cmd_words(args) -> None:
-    from vlap.tasks import plot_words, read_words, token_words
+    from vlap.tasks import load, plot_words, read_words, token_words
 
     path = one_image(args.image)
     _, images, _ = open_images([path])
-    model, processor = load_model(args)
+    model, processor = load(args.model, device=args.device)
     words = read_words(model, processor, images, top_k=args.top_k)[0]
     if args.plot:
         try:
             plot_words(words, path.name, args.plot)
         except ImportError:
-            raise CLIError("--plot needs matplotlib (pip install matplotlib)") from None
+            raise InputError("--plot needs matplotlib (pip install matplotlib)") from None
     data = {"image": str(path), "words": [{"word": word, "weight": weight} for word, weight in words]}
     lines = [f"{weight:.4f}  {word}" for word, weight in words]
     if args.per_token:
@@ -253,13 +193,13 @@ def cmd_words(args) -> None:
 
 
 def cmd_arithmetic(args) -> None:
-    from vlap.tasks import arithmetic
+    from vlap.tasks import arithmetic, load
 
     terms = parse_terms(args.terms)
     path = one_image(args.image)
     candidate_paths = expand_images([args.images]) if args.images else []
     _, (image, *candidates), _ = open_images([path] + candidate_paths)
-    model, processor = load_model(args)
+    model, processor = load(args.model, device=args.device)
     result = arithmetic(model, processor, image, terms, top_k=args.top_k, images=candidates)
     expression = " ".join([str(path)] + [f"{sign} {word}" for sign, word in terms])
     data = {"expression": expression, "words": [{"word": w, "score": s} for w, s in result["words"]]}
@@ -276,7 +216,7 @@ def cmd_eval(args) -> None:
 
     classification = args.task == "classification"
     if not classification and (args.labels or args.held_out or args.plot):
-        raise CLIError("--labels, --held-out and --plot are for --task classification")
+        raise InputError("--labels, --held-out and --plot are for --task classification")
     labels = comma_separated(args.labels) if args.labels else None
     data = load_eval_data(
         args.data,
@@ -289,11 +229,13 @@ def cmd_eval(args) -> None:
         args.label_column,
         labels,
     )
-    model, processor = load_model(args)
+    from vlap.tasks import load
+
+    model, processor = load(args.model, device=args.device)
     generation = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
     if args.template is not None:
         if args.task not in ("vqa", "classification"):
-            raise CLIError(
+            raise InputError(
                 "--template is the VQA prompt or the class label template: it needs --task vqa or classification"
             )
         generation["template"] = args.template
@@ -324,7 +266,7 @@ def cmd_eval(args) -> None:
         try:
             plot_confusion(result, args.plot)
         except ImportError:
-            raise CLIError("--plot needs matplotlib (pip install matplotlib)") from None
+            raise InputError("--plot needs matplotlib (pip install matplotlib)") from None
     emit(args, report, table)
 
 
@@ -333,7 +275,7 @@ def cmd_transfer(args) -> None:
 
     out = Path(args.out or f"{Path(args.model).name}-to-{Path(args.to_llm).name}")
     if out.exists() and any(out.iterdir()):
-        raise CLIError(f"{out}: the output folder exists and is not empty")
+        raise InputError(f"{out}: the output folder exists and is not empty")
     report = transfer(args.model, args.to_llm, out, min_coverage=args.min_coverage)
     emit(
         args,
@@ -347,35 +289,12 @@ def cmd_serve(args) -> None:
     try:
         from vlap.app import serve
     except ImportError as error:
-        raise CLIError(f"vlap serve needs the web demo's extra: pip install 'vlap[app]' ({error})") from None
+        raise InputError(f"vlap serve needs the web demo's extra: pip install 'vlap[app]' ({error})") from None
     device = "cpu" if args.device == "auto" else args.device
     serve(args.model, args.host, args.port, args.gallery, device=device)
 
 
 # ------------------------------------------------------------------------------------------------------ parser
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1 (a usage error, exit status 2, otherwise)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
-
-
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """--host, --port and --gallery of `vlap serve` and app.py. Spaces set GRADIO_SERVER_NAME=0.0.0.0; anywhere
-    else the default is loopback, and binding wider is the user's explicit choice."""
-    parser.add_argument(
-        "--host",
-        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-        help="address to bind (default 127.0.0.1: this machine only)",
-    )
-    parser.add_argument("--port", type=positive_int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
-    parser.add_argument("--gallery", metavar="DIR", help="images for Arithmetic and Retrieve (default: the examples)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
@@ -509,7 +428,7 @@ def main(argv=None) -> int:
         return 0
     try:
         args.function(args)
-    except (CLIError, ValueError, OSError, ImportError) as error:
+    except (InputError, ValueError, OSError, ImportError) as error:
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"vlap {args.command}: error: {message}", file=sys.stderr)
         return 1

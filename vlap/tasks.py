@@ -26,14 +26,23 @@ from modeling_vlap.pipeline_vlap import LABEL_TEMPLATE
 # end token (empty answers). Instead the image is first described in its trained layout ({prompt} {caption}: the
 # model's own caption) and the question follows the description; a one-line text example before it fixes the answer
 # format (one word, then a new line). Fields: {question} (required), {caption}, {prompt}. Chosen on a validation
-# slice of easy-vqa train among five layouts (README, "Zero-shot VQA").
+# slice of easy-vqa train among five layouts (docs/results.md, "Zero-shot VQA").
 FORMAT_EXAMPLE = "{prompt} a purple star.\nQuestion: What shape is in the image?\nAnswer: star\n"
 VQA_TEMPLATE = FORMAT_EXAMPLE + "{prompt} {caption}.\nQuestion: {question}\nAnswer:"
 PAPER_VQA_TEMPLATE = "Question: {question} Answer:"  # the paper's layout, no description
 
 
-def load(model_name_or_path: str, device: str = "cpu"):
-    """A saved VLAP model (local folder or Hub id) and its processor, through the Auto classes + remote code."""
+def load(model_name_or_path: str, device: str = "auto", **config_overrides):
+    """A saved VLAP model (local folder or Hub id), in eval mode on `device`, and its processor, through the Auto
+    classes + remote code: the one loader of the CLI, the web demo, the evaluations and the experiments.
+
+    `device="auto"` is CUDA when available, else the CPU. `config_overrides` are VLAPConfig fields applied at load
+    (e.g. `text_representation=...` for a caption-only run, whose training never read it).
+
+    Example:
+        >>> model, processor = load("outputs/demo/vlap/final")  # doctest: +SKIP
+    """
+    import torch
     from transformers import AutoModel, AutoProcessor
 
     path = Path(model_name_or_path)
@@ -41,7 +50,9 @@ def load(model_name_or_path: str, device: str = "cpu"):
         raise ValueError(f"{model_name_or_path}: the folder has no config.json (not a saved VLAP model)")
     if not path.exists() and (model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1):
         raise ValueError(f"{model_name_or_path}: no such folder (and not a Hub id of the form user/name)")
-    model = AutoModel.from_pretrained(model_name_or_path, trust_remote_code=True)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModel.from_pretrained(model_name_or_path, trust_remote_code=True, **config_overrides)
     processor = AutoProcessor.from_pretrained(model_name_or_path, trust_remote_code=True)
     return model.to(device).eval(), processor
 

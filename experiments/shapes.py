@@ -104,7 +104,7 @@ def render_dataset(per_class: int, seed: int):
     learned across sizes, positions and backgrounds."""
     import datasets
 
-    from vlap.easy_vqa import TEMPLATES
+    from experiments.easy_vqa import TEMPLATES
 
     images, colours, shapes = render_shapes(per_class, seed)
     features = datasets.Features(

@@ -2,14 +2,14 @@
 
 EfficientNet-Lite0 (ImageNet) + SmolLM2-135M-Instruct, bridged on easy-vqa captions derived from each image's own
 answers and on rendered shapes. Trains VLAP (caption + assignment) from the frozen-feature cache with the budget
-chosen on a validation slice by `python -m vlap.sweep` (`vlap.sweep.DEMO_BUDGET`), evaluates it on easy-vqa test and
-on out-of-distribution renders (captions naming colour and shape, caption metrics, zero-shot VQA per question type,
-zero-shot classification, relevance-aware retrieval, top words, visual arithmetic), shows captions and top words
-through `pipeline("image-to-text")`, and writes results.json, results.md and PNG plots. `--baseline` also trains
-the caption-only baseline (LiMBeR-style, assignment weight 0) with the same budget and reports it beside VLAP (the
-3-seed comparison is `python -m vlap.sweep`'s).
+chosen on a validation slice by `python -m experiments.sweep` (`experiments/configs/budget_demo.yaml`), evaluates it
+on easy-vqa test and on out-of-distribution renders (captions naming colour and shape, caption metrics, zero-shot VQA
+per question type, zero-shot classification, relevance-aware retrieval, top words, visual arithmetic), shows captions
+and top words through `pipeline("image-to-text")`, and writes results.json, results.md and PNG plots. `--baseline`
+also trains the caption-only baseline (LiMBeR-style, assignment weight 0) with the same budget and reports it beside
+VLAP (the 3-seed comparison is `python -m experiments.sweep`'s).
 
-    python -m vlap.demo [--out outputs/demo] [--train-images 960] [--steps 600] [--seed 0] [--baseline]
+    python -m experiments.demo [--out outputs/demo] [--train-images 960] [--steps 600] [--seed 0] [--baseline]
 
 `--dataset fashion-mnist` runs the same on real product photos (Debian's dataset-fashion-mnist): VLAP and
 caption-only trained on captions naming the class, evaluated by `evaluate_classification` (the code behind
@@ -17,52 +17,44 @@ caption-only trained on captions naming the class, evaluated by `evaluate_classi
 per class, with confusion matrices. `--held-out sandal,bag` removes those classes from training (images and captions)
 and reports how often each model names them anyway.
 
-    python -m vlap.demo --dataset fashion-mnist [--held-out sandal,bag] [--eval-split validation]
+    python -m experiments.demo --dataset fashion-mnist [--held-out sandal,bag] [--eval-split validation]
 """
 
 import argparse
 import json
 import resource
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import datasets
 import torch
-import yaml
 
-from vlap.assets import cache_root, efficientnet_lite0, smollm2_135m
-from vlap.cli import comma_separated
-from vlap.easy_vqa import easy_vqa_dataset
-from vlap.evaluation import (
-    evaluate_captioning,
-    evaluate_classification,
-    evaluate_shape_world,
-    markdown_table,
-    plot_confusion,
-    vqa_baselines,
-)
-from vlap.shapes import render_shapes
-from vlap.sweep import (
+from experiments.assets import cache_root, efficientnet_lite0, smollm2_135m, vision_states
+from experiments.easy_vqa import easy_vqa_dataset
+from experiments.runs import (
     BASE_BUDGET,
     CAPTION_ONLY,
     DEMO_BUDGET,
+    VLAP_METHOD,
+    difference,
+    median_and_spread,
+    run_train,
+)
+from experiments.shape_world import (
     DEMO_RENDERS_PER_CLASS,
     RENDER_SEED_REPORTED,
-    VLAP_METHOD,
-    load_model,
+    evaluate_shape_world,
     majority_answers,
-    median_and_spread,
     questions_of,
     split_train,
     training_set,
-    vision_states,
+    vqa_baselines,
 )
-from vlap.tasks import first_line, plot_words, read_words
-
-REPO = Path(__file__).resolve().parent.parent
+from experiments.shapes import render_shapes
+from vlap.evaluation import evaluate_captioning, evaluate_classification, markdown_table, plot_confusion
+from vlap.inputs import comma_separated
+from vlap.tasks import first_line, load, plot_words, read_words
 
 
 def banner(text: str) -> None:
@@ -82,21 +74,17 @@ def train(name: str, out: Path, train_data: Path, vision: Path, llm: Path, budge
         "checkpoints_total_limit": 1,
         "eval_steps": 0,
         "num_eval_images": 4,
-        "output_dir": str(out / name),
         "overwrite_output_dir": True,
         "seed": args.seed,
         "cpu": not torch.cuda.is_available(),
         **overrides,
     }
-    config_path = out / f"{name}.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    subprocess.run([sys.executable, str(REPO / "train.py"), "--config", str(config_path)], check=True, cwd=REPO)
-    return out / name / "final"
+    return run_train(out / name, config) / "final"
 
 
 def evaluate_model(folder: Path, sets: dict, test_captions: list) -> dict:
     """Caption metrics on the test images and `evaluate_shape_world` on every set, for one exported model."""
-    model, processor = load_model(folder)
+    model, processor = load(folder, device="cpu")
     test_states = sets["test"]["vision_hidden_states"]
     caption = evaluate_captioning(
         model, processor, references=test_captions, vision_hidden_states=test_states, max_new_tokens=12, batch_size=32
@@ -181,7 +169,7 @@ FASHION_VALIDATION_ROWS = 1000  # carved from the shuffled train split to choose
 def fashion_mnist(args, out: Path, start: float) -> None:
     """The Fashion-MNIST run: train both models on captioned product photos, evaluate by class on test (or on the
     validation slice), write results.json, results.md, confusion_{run}.png and loss_curves.png."""
-    from vlap.fashion_mnist import CLASSES, fashion_mnist_dataset, without_classes
+    from experiments.fashion_mnist import CLASSES, fashion_mnist_dataset, without_classes
 
     held_out = args.held_out
     banner(f"1. assets (cached under {cache_root()})")
@@ -211,7 +199,7 @@ def fashion_mnist(args, out: Path, start: float) -> None:
     states = vision_states(evaluated["image"], f"fashion-mnist-{args.eval_split}-{len(evaluated)}")
     results = {}
     for name, folder in runs.items():
-        model, processor = load_model(folder)
+        model, processor = load(folder, device="cpu")
         results[name] = evaluate_classification(
             model,
             processor,
@@ -259,7 +247,7 @@ def finish(out: Path, start: float, results: dict, markdown: str, runs: dict, se
     peak_rss_mb = max(resource.getrusage(who).ru_maxrss for who in processes) / 1024
     results["setup"] = {
         **setup,
-        "command": "python -m vlap.demo " + " ".join(sys.argv[1:]),
+        "command": "python -m experiments.demo " + " ".join(sys.argv[1:]),
         "seconds": round(seconds, 1),
         "peak_rss_mb": round(peak_rss_mb),
     }
@@ -276,7 +264,7 @@ def finish(out: Path, start: float, results: dict, markdown: str, runs: dict, se
 
 def summarise_seeds(folders: list[Path]) -> str:
     """VLAP and caption-only, median [min, max] over the runs in `folders` (one seed each, their results.json), and
-    whether VLAP - caption-only exceeds the seed spread (the two [min, max] ranges do not overlap)."""
+    whether VLAP - caption-only exceeds the seed spread (`runs.difference`)."""
     runs = [json.loads((folder / "results.json").read_text()) for folder in folders]
     lines = [
         f"{len(runs)} seeds ({', '.join(str(run['setup']['seed']) for run in runs)}): median [min, max]",
@@ -288,11 +276,7 @@ def summarise_seeds(folders: list[Path]) -> str:
         if not isinstance(value, float) or metric not in runs[0]["caption_only"]["scores"]:
             continue
         a, b = ([run[name]["scores"][metric] for run in runs] for name in ("vlap", "caption_only"))
-        verdict = "exceeds the spread" if min(a) > max(b) or min(b) > max(a) else "within the spread"
-        lines.append(
-            f"| {metric} | {median_and_spread(a)} | {median_and_spread(b)} | "
-            f"{statistics.median(a) - statistics.median(b):+.3f} ({verdict}) |"
-        )
+        lines.append(f"| {metric} | {median_and_spread(a)} | {median_and_spread(b)} | {difference(a, b)} |")
     return "\n".join(lines)
 
 
@@ -338,7 +322,7 @@ def main(argv=None) -> None:
         parser.error("--held-out and --seeds need --dataset fashion-mnist")
     args.held_out = comma_separated(args.held_out or "")
     if args.held_out:
-        from vlap.fashion_mnist import CLASSES
+        from experiments.fashion_mnist import CLASSES
 
         unknown = [name for name in args.held_out if name not in CLASSES]
         if unknown:  # before anything is built or trained
@@ -363,7 +347,7 @@ def main(argv=None) -> None:
 
     banner(f"1. assets (cached under {cache_root()})")
     vision, llm = efficientnet_lite0(), smollm2_135m()
-    pool_folder, _ = split_train(out)  # the validation slice vlap.sweep chooses on is left out of training
+    pool_folder, _ = split_train(out)  # the validation slice experiments.sweep chooses on is left out of training
     pool = datasets.load_from_disk(str(pool_folder))
     train_split = pool.select(range(min(args.train_images, len(pool))))
     splits = datasets.load_from_disk(str(easy_vqa_dataset(cache_root())))
@@ -398,7 +382,7 @@ def main(argv=None) -> None:
     }
     results = {name: evaluate_model(folder, sets, test["caption"]) for name, folder in runs.items()}
     baselines = vqa_baselines(
-        *load_model(runs["vlap"]), questions, majority_answers(train_split), test["colour"], test["shape"]
+        *load(runs["vlap"], device="cpu"), questions, majority_answers(train_split), test["colour"], test["shape"]
     )
     results["vqa_baselines"] = baselines
     names = {"vlap": "VLAP (caption + assignment)", "caption_only": "caption-only baseline"}

@@ -29,7 +29,7 @@ def main():
             del inputs["input_ids"], inputs["attention_mask"]
             with torch.no_grad():
                 prefix = model.get_image_prefix(inputs["pixel_values"])
-                embeds, mask = model._prefix_and_prompt(
+                embeds, mask = model.prefix_and_prompt_embeds(
                     prefix, inputs["prompt_input_ids"], inputs["prompt_attention_mask"]
                 )
 

@@ -46,21 +46,26 @@ def breakdown(model, inputs, repeats):
     prefix = model.get_image_prefix(inputs.get("pixel_values"), inputs.get("vision_hidden_states"))
     prefix = prefix.detach().requires_grad_()
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    with torch.no_grad():
-        text_codes, token_codes = model.caption_codes(ids, mask)
-        text_targets = model.caption_assignments(ids, mask, text_codes, token_codes)
-    image_codes = model.word_codes(prefix.float().mean(dim=1))
+    l_map, vocabulary, tau = model.assignment_prediction, model.vocabulary(), model.config.assignment_temperature
+    paper = model.config.text_representation == "hidden_states"  # its text code needs the LLM's forward
 
     @torch.no_grad()
     def text_code_and_target():
-        model.caption_assignments(ids, mask, *model.caption_codes(ids, mask))
+        features = model.get_text_features(ids, mask) if paper else None
+        codes, token_codes = l_map.caption_codes(ids, mask, vocabulary, features)
+        return codes, l_map.caption_assignments(ids, mask, vocabulary, codes, token_codes)
+
+    text_codes, text_targets = text_code_and_target()
+    image_codes = l_map.word_codes(prefix.float().mean(dim=1), vocabulary)
 
     def image_target():
-        model.assignments(image_codes.detach())
+        l_map.assignments(image_codes.detach())
 
     def image_code_and_loss():
-        codes = model.word_codes(prefix.float().mean(dim=1))
-        model.assignment_loss(codes, text_codes, text_targets)[0].backward()
+        codes = l_map.word_codes(prefix.float().mean(dim=1), vocabulary)  # then the swapped prediction, both halves
+        image_predicts_text = -(text_targets * torch.log_softmax(codes / tau, dim=-1)).sum(-1).mean()
+        text_predicts_image = -(l_map.assignments(codes) * torch.log_softmax(text_codes / tau, dim=-1)).sum(-1).mean()
+        ((image_predicts_text + text_predicts_image) / 2).backward()
 
     return interleaved_medians(
         {

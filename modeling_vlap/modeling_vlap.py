@@ -24,12 +24,14 @@ from transformers import (
     GenerationMixin,
     PreTrainedModel,
 )
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import load_state_dict
 from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput, cached_file, logging
 
+from .assignment_prediction import WORD_STATISTICS, AssignmentPrediction, Vocabulary
 from .configuration_vlap import HUB_KWARGS, VISION_MODULES, VLAPConfig
-from .optimal_transport import sinkhorn_knopp
 from .pipeline_vlap import VLAPImageToTextPipeline  # noqa: F401  (imported so save_pretrained ships the pipeline file)
 from .processing_vlap import leading_bos_token_id
 
@@ -88,20 +90,28 @@ def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
-WORD_STATISTICS = ("word_prior", "word_frequency")  # buffers fitted from the training captions
+def saved_key(key: str) -> str:
+    """A state-dict key as checkpoints name it: the word statistics of `assignment_prediction` at the top level, as
+    before L_map was one module (transformers' loading and saving apply the same renaming, registered below)."""
+    return key.removeprefix("assignment_prediction.") if key.endswith(WORD_STATISTICS) else key
 
 
 def is_bridge_key(key: str) -> bool:
     """What a bridge-only checkpoint holds: the bridge (linear or LangBridge) and the word statistics."""
-    return key.startswith("bridge.") or key in WORD_STATISTICS
-
-
-SIF_SMOOTHING = 1e-3  # a in the SIF weight a / (a + p(w)) (Arora et al., 2017)
+    return key.startswith("bridge.") or saved_key(key) in WORD_STATISTICS
 
 
 def language_model_class(text_config):
     """The Auto class of an LLM: AutoModelForSeq2SeqLM for an encoder-decoder (T5), else AutoModelForCausalLM."""
     return AutoModelForSeq2SeqLM if text_config.is_encoder_decoder else AutoModelForCausalLM
+
+
+def _load_saved_word_statistics(module, state_dict, prefix, *_) -> None:
+    """`load_state_dict` pre-hook: a checkpoint's top-level word statistics (`saved_key`) go into
+    `assignment_prediction`."""
+    for name in WORD_STATISTICS:
+        if prefix + name in state_dict:
+            state_dict[f"{prefix}assignment_prediction.{name}"] = state_dict.pop(prefix + name)
 
 
 class LinearBridge(nn.Linear):
@@ -153,22 +163,6 @@ class LangBridge(nn.Module):
         return self.coefficients(visual_tokens) @ input_embeddings(ids).to(visual_tokens.dtype)
 
 
-class _WordCosines(torch.autograd.Function):
-    """`[B, D]` unit features -> `[B, V]` their cosines with the word embeddings `[V, D]` (times their inverse norms
-    `[V]`), in float32; the gradient to the features is computed with `backward_words`, a lower-precision copy of the
-    embedding matrix."""
-
-    @staticmethod
-    def forward(ctx, features, words, inverse_norms, backward_words):
-        ctx.save_for_backward(inverse_norms, backward_words)
-        return (features @ words.T) * inverse_norms
-
-    @staticmethod
-    def backward(ctx, grad):
-        inverse_norms, backward_words = ctx.saved_tensors
-        return ((grad * inverse_norms).to(backward_words.dtype) @ backward_words).to(grad.dtype), None, None, None
-
-
 class VLAPPreTrainedModel(PreTrainedModel):
     config_class = VLAPConfig
     base_model_prefix = "vlap"
@@ -210,11 +204,8 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
             self.bridge = LangBridge(config)
         else:
             self.bridge = LinearBridge(config.vision_hidden_size, config.projection_dim)
-        # Word marginal of the Sinkhorn assignment and the caption word frequencies p(w) (the SIF weights of the
-        # "word_embeddings" text representation); uniform until `fit_word_prior` sees caption statistics.
-        vocab_size = embeddings.num_embeddings
-        self.register_buffer("word_prior", torch.full((vocab_size,), 1.0 / vocab_size))
-        self.register_buffer("word_frequency", torch.full((vocab_size,), 1.0 / vocab_size))
+        self.assignment_prediction = AssignmentPrediction(config, embeddings.num_embeddings)  # L_map
+        self.register_load_state_dict_pre_hook(_load_saved_word_statistics)
 
         self.vision_model.requires_grad_(False)
         self.language_model.requires_grad_(False)
@@ -303,7 +294,7 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         )
         weights = cached_file(pretrained_model_name_or_path, SAFE_WEIGHTS_NAME, **hub_kwargs)
         state_dict = load_state_dict(weights)
-        expected = {key for key in model.state_dict() if is_bridge_key(key)}
+        expected = {saved_key(key) for key in model.state_dict() if is_bridge_key(key)}
         if set(state_dict) != expected:
             raise ValueError(f"{weights}: a bridge-only checkpoint holds {sorted(expected)}, got {sorted(state_dict)}")
         model.load_state_dict(state_dict, strict=False)
@@ -340,7 +331,7 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
                 "a bridge-only save needs config.backbones naming both backbones (set by from_vision_text_pretrained); "
                 'set model.config.backbones = {"vision": {"name_or_path": ...}, "text": {"name_or_path": ...}}'
             )
-        state_dict = {key: value for key, value in self.state_dict().items() if is_bridge_key(key)}
+        state_dict = {saved_key(key): value for key, value in self.state_dict().items() if is_bridge_key(key)}
         self.config.bridge_only = True
         try:
             return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
@@ -424,9 +415,7 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if self.config.text_representation != "hidden_states":
-            embeddings = self.language_model.get_input_embeddings()(input_ids).float()
-            weights = self._sif_weights(input_ids, attention_mask)
-            return F.normalize((embeddings * weights.unsqueeze(-1)).sum(dim=1), dim=-1)
+            return self.assignment_prediction.sif_text_features(input_ids, attention_mask, self.vocabulary())
         if self.is_encoder_decoder_llm:
             encoder = self.language_model.get_encoder()
             hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -436,129 +425,27 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
             ).last_hidden_state
         return F.normalize(_masked_mean(hidden.float(), attention_mask), dim=-1)
 
-    def _sif_weights(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """`[B, T]` SIF weights a / (a + p(w)) of the caption tokens; 0 on padding and special tokens."""
+    def vocabulary(self) -> Vocabulary:
+        """What L_map reads of the frozen LLM: its input-embedding module and the special tokens (EOS, padding, BOS of
+        the generation config) that a caption's SIF weights leave out."""
         config = self.generation_config
         special = [config.eos_token_id, config.pad_token_id, config.bos_token_id]
         special = [i for item in special for i in (item if isinstance(item, list) else [item]) if i is not None]
-        weights = SIF_SMOOTHING / (SIF_SMOOTHING + self.word_frequency[input_ids].float())
-        return weights * attention_mask * ~torch.isin(input_ids, torch.tensor(special, device=input_ids.device))
+        return Vocabulary(self.language_model.get_input_embeddings(), special)
 
-    def _caption_token_mixing(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The captions' distinct SIF-weighted tokens `[U]` (sorted), how often each occurs `[U]`, and `[B, U]` each
-        caption's summed SIF weight of each (a caption's feature is `mixing @ embeddings`, before normalising)."""
-        weights = self._sif_weights(input_ids, attention_mask)
-        rows = weights > 0
-        tokens, which = torch.unique(input_ids[rows], return_inverse=True)
-        sample = torch.arange(len(input_ids), device=input_ids.device).unsqueeze(1).expand_as(input_ids)[rows]
-        mixing = torch.zeros(len(input_ids), len(tokens), device=input_ids.device)
-        mixing.index_put_((sample, which), weights[rows].float(), accumulate=True)
-        return tokens, torch.bincount(which, minlength=len(tokens)), mixing
+    @property
+    def word_prior(self) -> torch.Tensor:
+        """`[V]` the Sinkhorn word marginal fitted from the training captions (`fit_word_prior`)."""
+        return self.assignment_prediction.word_prior
 
-    def caption_codes(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`[B, V]` the captions' word codes, equal to `word_codes(get_text_features(...))`, and `[U, V]` the codes of
-        their distinct tokens (those with a SIF weight, in `torch.unique`'s order; empty for "hidden_states").
-
-        A SIF caption feature is a weighted sum of its token embeddings, and a cosine is linear in the feature once its
-        norm is known: codes(sum_t w_t e_t / |sum_t w_t e_t|) = sum_t w_t |e_t| codes(e_t) / |sum_t w_t e_t|. Token
-        codes of a frozen LLM never change and are kept (`_token_codes`), so a training step pays a [B, U] x [U, V]
-        product for its captions instead of a [B + U, D] x [D, V] one."""
-        if self.config.text_representation == "hidden_states":
-            return self.word_codes(self.get_text_features(input_ids, attention_mask)), input_ids.new_empty(0)
-        tokens, _, mixing = self._caption_token_mixing(input_ids, attention_mask)
-        embeddings = self.language_model.get_input_embeddings()(tokens).float()  # [U, D]
-        feature_norms = (mixing @ embeddings).norm(dim=-1, keepdim=True).clamp(min=1e-12)  # [B, 1]
-        token_codes = self._token_codes(tokens)
-        return (mixing * embeddings.norm(dim=-1)) @ token_codes / feature_norms, token_codes
-
-    TOKEN_CODE_CACHE_BYTES = 2**29  # kept token codes, a V-wide float32 row each: 2,730 of SmolLM2's 49k words
-
-    def _token_codes(self, tokens: torch.Tensor) -> torch.Tensor:
-        """`[U]` token ids -> `[U, V]` the word codes of their own embeddings, kept between calls (up to
-        `TOKEN_CODE_CACHE_BYTES`) while the frozen embedding matrix is unchanged."""
-        known = self._kept("token_codes", dict)
-        ids = tokens.tolist()
-        missing = [token for token in dict.fromkeys(ids) if token not in known]
-        fresh = {}
-        if missing:
-            codes = self.word_codes(self.language_model.get_input_embeddings()(tokens.new_tensor(missing)))
-            fresh = dict(zip(missing, codes))
-            room = max(self.TOKEN_CODE_CACHE_BYTES // (4 * codes.shape[1]) - len(known), 0)
-            known.update(zip(missing[:room], codes[:room]))
-        return torch.stack([known[token] if token in known else fresh[token] for token in ids])
-
-    def caption_assignments(self, input_ids, attention_mask, text_codes, token_codes=None) -> torch.Tensor:
-        """`[B, V]` the captions' targets. "word_assignments": each caption token's own embedding is assigned to words
-        (one row per token, so a caption's colour and its shape both get mass) and the caption's target is the
-        SIF-weighted mixture of its tokens' rows; otherwise the assignment of the pooled text code.
-
-        `token_codes` `[U, V]`: the codes of the captions' distinct tokens when the caller has them (`caption_codes`).
-        Rows of the same token are identical, so the plan is computed once per distinct token with its count as a row
-        weight (`sinkhorn_knopp(row_weights=)`: exactly the plan of the repeated rows)."""
-        if self.config.text_representation != "word_assignments":
-            return self.assignments(text_codes)
-        tokens, counts, mixing = self._caption_token_mixing(input_ids, attention_mask)
-        if token_codes is None:
-            token_codes = self._token_codes(tokens)
-        token_targets = self.assignments(token_codes, row_weights=counts)
-        return mixing @ token_targets / mixing.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    def fit_word_prior(self, token_counts: torch.Tensor) -> torch.Tensor:
+        """Set the word prior from caption token counts `[V]` (`AssignmentPrediction.fit_word_prior`)."""
+        return self.assignment_prediction.fit_word_prior(token_counts)
 
     def word_codes(self, features: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity of `[B, D]` features to every word embedding: `[B, V]` float32, also under autocast:
-        codes are divided by epsilon and tau (0.01), so bfloat16's 3 digits would be ~0.4 nats of noise.
-
-        Under autocast only the backward product (the bridge's gradient through the codes, a [B, V] x [V, D] product)
-        runs in autocast's dtype, as autocast runs the step's other products; on CPU it is memory-bound, and a
-        bfloat16 copy of the frozen matrix halves what it reads."""
-        device = features.device.type
-        low = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-        with torch.autocast(device, enabled=False):
-            features = F.normalize(features.float(), dim=-1)
-            words, inverse_norms = self.word_embeddings.float(), self._inverse_word_norms()
-            if low is None or not features.requires_grad or self._frozen_embeddings_key() is None:
-                return (features @ words.T) * inverse_norms
-            backward_words = self._kept(f"words_{low}", lambda: self.word_embeddings.detach().to(low))
-            return _WordCosines.apply(features, words, inverse_norms, backward_words)
-
-    def _frozen_embeddings_key(self):
-        """What identifies the current values of a frozen word-embedding matrix (None when it is trainable), so that
-        what is computed from it can be kept until it changes (load_state_dict copies in place: `_version` moves)."""
-        weight = self.word_embeddings
-        return None if weight.requires_grad else (weight.data_ptr(), weight._version, weight.dtype, weight.device)
-
-    def _kept(self, name: str, compute):
-        """`compute()`, kept under `name` while the frozen word-embedding matrix is unchanged (a trainable matrix
-        changes every step: then nothing is kept)."""
-        key = self._frozen_embeddings_key()
-        if key is None:
-            return compute()
-        if getattr(self, "_kept_key", None) != key:
-            self._kept_values, self._kept_key = {}, key
-        if name not in self._kept_values:
-            self._kept_values[name] = compute()
-        return self._kept_values[name]
-
-    def _inverse_word_norms(self) -> torch.Tensor:
-        """`[V]` 1 / |word embedding|, kept while the frozen embedding matrix is unchanged: normalising the whole
-        matrix at every step costs as much as the codes themselves."""
-        return self._kept("inverse_norms", lambda: 1.0 / self.word_embeddings.float().norm(dim=-1).clamp(min=1e-12))
-
-    @torch.no_grad()
-    def fit_word_prior(self, token_counts: torch.Tensor) -> torch.Tensor:
-        """Set the Sinkhorn word marginal from caption token counts `[V]`: softmax(frequency / prior_temperature).
-
-        Frequencies are counts divided by the largest count (in [0, 1]), so the most frequent word carries
-        exp(1 / T) = e^4 (T = 0.25) times the weight of an unseen one. `word_frequency` becomes counts / total.
-        """
-        counts = torch.as_tensor(token_counts, dtype=torch.float64)
-        if counts.shape != self.word_prior.shape or (counts < 0).any() or counts.sum() <= 0:
-            raise ValueError(
-                f"token_counts must be {tuple(self.word_prior.shape)} non-negative counts with a positive total"
-            )
-        prior = torch.softmax(counts / counts.max() / self.config.prior_temperature, dim=0)
-        self.word_prior.copy_(prior.to(self.word_prior.dtype))
-        self.word_frequency.copy_((counts / counts.sum()).to(self.word_frequency.dtype))
-        return self.word_prior
+        """`[B, D]` features -> `[B, V]` float32 cosines with every word embedding (see
+        `AssignmentPrediction.word_codes`)."""
+        return self.assignment_prediction.word_codes(features, self.vocabulary())
 
     def code_scores(
         self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask=None, text_features=None
@@ -572,11 +459,12 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
             attention_mask = torch.ones_like(input_ids)
         if text_features is None:
             text_features = self.get_text_features(input_ids, attention_mask)
-        text_codes = self.word_codes(text_features)
-        targets = self.caption_assignments(input_ids, attention_mask, text_codes)
-        tau = self.config.assignment_temperature
+        vocabulary, l_map = self.vocabulary(), self.assignment_prediction
+        targets = l_map.caption_assignments(
+            input_ids, attention_mask, vocabulary, l_map.word_codes(text_features, vocabulary)
+        )
         return torch.cat(  # 256 images at a time: each holds a [V] distribution
-            [F.log_softmax(self.word_codes(rows) / tau, dim=-1) @ targets.T for rows in image_features.split(256)]
+            [l_map.predicted_log_assignments(rows, vocabulary) @ targets.T for rows in image_features.split(256)]
         )
 
     @torch.no_grad()
@@ -587,43 +475,15 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         Sinkhorn plan itself needs a batch (for one image it collapses to the word prior).
         Returns `(weights, token_ids)`, each `[B, top_k]`; decode ids with the processor's tokenizer.
         """
-        codes = self.word_codes(self.get_image_features(pixel_values, vision_hidden_states))
-        probabilities = torch.softmax(codes / self.config.assignment_temperature, dim=-1)
-        return probabilities.topk(top_k, dim=-1)
-
-    def assignments(self, codes: torch.Tensor, row_weights: torch.Tensor | None = None) -> torch.Tensor:
-        """`[B, V]` codes -> `[B, V]` Sinkhorn assignments Q (rows are distributions over words; no gradient)."""
-        config = self.config
-        return sinkhorn_knopp(
-            codes.detach(),
-            self.word_prior,
-            config.sinkhorn_epsilon,
-            config.sinkhorn_iterations,
-            marginal_weight=config.word_marginal_weight,
-            row_weights=row_weights,
-        )
-
-    def assignment_loss(self, image_codes, text_codes, text_targets=None) -> tuple[torch.Tensor, ...]:
-        """Swapped prediction: softmax(image code / tau) predicts the caption's assignment and vice versa.
-
-        `text_targets` defaults to the assignment of `text_codes`. Returns `(loss, image_predicts_text,
-        text_predicts_image, text_targets, image_targets)`; loss is the mean of the two halves. With a frozen LLM
-        only the first half has a trainable predictor: the second's predictor is frozen and its target carries no
-        gradient, so it is reported but cannot move.
-        """
-        tau = self.config.assignment_temperature
-        text_targets = self.assignments(text_codes) if text_targets is None else text_targets
-        image_targets = self.assignments(image_codes)
-        image_predicts_text = -(text_targets * F.log_softmax(image_codes / tau, dim=-1)).sum(-1).mean()
-        text_predicts_image = -(image_targets * F.log_softmax(text_codes / tau, dim=-1)).sum(-1).mean()
-        loss = (image_predicts_text + text_predicts_image) / 2
-        return loss, image_predicts_text, text_predicts_image, text_targets, image_targets
+        features = self.get_image_features(pixel_values, vision_hidden_states)
+        log_probabilities = self.assignment_prediction.predicted_log_assignments(features, self.vocabulary())
+        return log_probabilities.exp().topk(top_k, dim=-1)
 
     # ------------------------------------------------------------------------------------------ LLM input assembly
-    def _prefix_and_prompt(self, prefix, prompt_input_ids, prompt_attention_mask):
+    def prefix_and_prompt_embeds(self, prefix, prompt_input_ids, prompt_attention_mask):
         """[BOS; prefix; prompt] embeddings and mask, unpacked: `[B, 1 + K + P, D]`, `[B, 1 + K + P]`. The BOS only
         for an LLM that reads every text after one (`config.prefix_bos_token_id`: Gemma without it only repeats its
-        input); `prefix` may be empty (K = 0: the bare LLM in the same layout)."""
+        input); `prefix` may be empty (K = 0: the bare LLM in the same layout), `prompt_input_ids` `[B, P]` or None."""
         bos = self.config.prefix_bos_token_id
         if bos is not None:
             ids = torch.full((prefix.shape[0], 1), bos, dtype=torch.long, device=prefix.device)
@@ -649,7 +509,7 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
 
     def _caption_logits(self, prefix, input_ids, attention_mask, prompt_input_ids=None, prompt_attention_mask=None):
         """LLM logits at the caption positions and the tokens they predict: `[B, T, V]`, `[B, T]` (-100 elsewhere)."""
-        embeds, mask = self._prefix_and_prompt(prefix, prompt_input_ids, prompt_attention_mask)
+        embeds, mask = self.prefix_and_prompt_embeds(prefix, prompt_input_ids, prompt_attention_mask)
         labels = input_ids.masked_fill(attention_mask == 0, -100)
         if self.is_encoder_decoder_llm:
             mask, embeds = pack_padding(mask, embeds, padding_side="right")
@@ -727,25 +587,23 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         if self.config.assignment_loss_weight == 0:  # caption-only (LiMBeR-style): skip L_map entirely
             return VLAPOutput(loss=caption_loss, caption_loss=caption_loss, logits=logits)
 
-        with torch.no_grad():  # the LLM is frozen: the caption side carries no gradient
-            text_codes, token_codes = self.caption_codes(input_ids, attention_mask)
-            text_targets = self.caption_assignments(input_ids, attention_mask, text_codes, token_codes)
-        image_codes = self.word_codes(prefix.float().mean(dim=1))
-        assignment_loss, image_predicts_text, text_predicts_image, text_targets, image_targets = self.assignment_loss(
-            image_codes, text_codes, text_targets
+        paper_text_code = self.config.text_representation == "hidden_states"  # a frozen LLM forward over the caption
+        with torch.no_grad():
+            text_features = self.get_text_features(input_ids, attention_mask) if paper_text_code else None
+        l_map = self.assignment_prediction(
+            prefix.float().mean(dim=1), input_ids, attention_mask, self.vocabulary(), text_features
         )
-        loss = caption_loss + self.config.assignment_loss_weight * assignment_loss
         return VLAPOutput(
-            loss=loss,
+            loss=caption_loss + self.config.assignment_loss_weight * l_map.loss,
             caption_loss=caption_loss,
-            assignment_loss=assignment_loss,
-            image_predicts_text=image_predicts_text,
-            text_predicts_image=text_predicts_image,
+            assignment_loss=l_map.loss,
+            image_predicts_text=l_map.image_predicts_text,
+            text_predicts_image=l_map.text_predicts_image,
             logits=logits,
-            image_codes=image_codes,
-            text_codes=text_codes,
-            image_targets=image_targets,
-            text_targets=text_targets,
+            image_codes=l_map.image_codes,
+            text_codes=l_map.text_codes,
+            image_targets=l_map.image_targets,
+            text_targets=l_map.text_targets,
         )
 
     @torch.no_grad()
@@ -768,7 +626,7 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         )
         model_kwargs = generation_config.update(**kwargs)
         prefix = self.get_image_prefix(pixel_values, vision_hidden_states)
-        embeds, mask = self._prefix_and_prompt(prefix, prompt_input_ids, prompt_attention_mask)
+        embeds, mask = self.prefix_and_prompt_embeds(prefix, prompt_input_ids, prompt_attention_mask)
         side = "right" if self.is_encoder_decoder_llm else "left"
         mask, embeds = pack_padding(mask, embeds, padding_side=side)
         self._check_positions(
@@ -817,6 +675,14 @@ class VLAPForZeroShotImageClassification(VLAPForConditionalGeneration):
             text_embeds=text_embeds,
         )
 
+
+# Saved checkpoints name the word statistics at the top level ("word_prior"), as before L_map was one module: loading
+# renames them into it, and saving (the same mapping, reversed) writes the names every saved VLAP folder uses.
+register_checkpoint_conversion_mapping(
+    "vlap",
+    [WeightRenaming(name, f"assignment_prediction.{name}") for name in WORD_STATISTICS],
+    overwrite=True,
+)
 
 __all__ = [
     "VLAPPreTrainedModel",

@@ -71,6 +71,15 @@ def sinkhorn_knopp(
 
     Returns:
         `[B, V]` float32 Q. Rows sum to 1; columns sum to B * word_prior (B global) as iterations grow (balanced).
+
+    Example:
+        >>> import torch
+        >>> scores = torch.tensor([[0.9, 0.1, 0.0], [0.0, 0.2, 0.8]])  # 2 samples, 3 words
+        >>> q = sinkhorn_knopp(scores, torch.full((3,), 1 / 3), epsilon=0.05, iterations=50)
+        >>> q.sum(dim=1)  # each sample's assignment is a distribution over words
+        tensor([1., 1.])
+        >>> q.argmax(dim=1)  # sample 0 goes to word 0, sample 1 to word 2
+        tensor([0, 2])
     """
     if scores.dim() != 2:
         raise ValueError(f"scores must be [batch, vocab], got shape {tuple(scores.shape)}")

@@ -103,7 +103,9 @@ def test_retrieve_scores_are_code_scores_by_default_or_feature_cosines(saved, ca
         expected = image_features @ model.get_text_features(tokens["input_ids"], tokens["attention_mask"]).T
     else:  # VLAP's word space: the text's assignment target against the image's predicted assignment, by hand
         text_codes = model.word_codes(model.get_text_features(tokens["input_ids"], tokens["attention_mask"]))
-        target = model.caption_assignments(tokens["input_ids"], tokens["attention_mask"], text_codes)
+        target = model.assignment_prediction.caption_assignments(
+            tokens["input_ids"], tokens["attention_mask"], model.vocabulary(), text_codes
+        )
         predicted = torch.log_softmax(model.word_codes(image_features) / model.config.assignment_temperature, dim=-1)
         expected = (target * predicted).sum()
     assert data["text_to_image"][2]["text"] == "a green triangle"

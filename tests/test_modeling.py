@@ -1,9 +1,10 @@
+import json
 import re
 
 import numpy as np
 import pytest
 import torch
-from tiny import CAPTIONS, build, images
+from tiny import CAPTIONS, REPO, build, images, shape_image
 from transformers import CLIPVisionModel
 
 from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration
@@ -251,7 +252,7 @@ def test_word_embedding_text_features_are_the_sif_weighted_mean(backbones):
         expected = torch.nn.functional.normalize((weights.unsqueeze(1) * embeddings[ids]).sum(0), dim=0)
         torch.testing.assert_close(features[row].double(), expected, atol=1e-5, rtol=0)
     # The frequency is kept with the model: a save/load round trip gives the same features.
-    assert torch.equal(model.word_frequency, frequency.float())
+    assert torch.equal(model.assignment_prediction.word_frequency, frequency.float())
 
 
 def test_word_assignment_targets_mix_each_caption_tokens_own_assignment(backbones):
@@ -338,15 +339,18 @@ def test_caption_codes_equal_the_codes_of_the_text_features_and_follow_a_changed
     ids, mask = batch["input_ids"], batch["attention_mask"]
 
     def check():
-        text_codes, token_codes = model.caption_codes(ids, mask)
         features = model.get_text_features(ids, mask)
+        paper = representation == "hidden_states"  # its text features come from the LLM's forward
+        text_codes, token_codes = model.assignment_prediction.caption_codes(
+            ids, mask, model.vocabulary(), features if paper else None
+        )
         words = model.word_embeddings.detach()
         cosines = torch.nn.functional.cosine_similarity(features.unsqueeze(1), words.unsqueeze(0), dim=-1)
         torch.testing.assert_close(text_codes, cosines, atol=1e-5, rtol=0)
         if representation == "hidden_states":
             assert token_codes.numel() == 0
             return
-        tokens = torch.unique(ids[model._sif_weights(ids, mask) > 0])
+        tokens = torch.unique(ids[model.assignment_prediction.sif_weights(ids, mask, model.vocabulary()) > 0])
         expected = torch.nn.functional.cosine_similarity(words[tokens].unsqueeze(1), words.unsqueeze(0), dim=-1)
         torch.testing.assert_close(token_codes, expected, atol=1e-5, rtol=0)
 
@@ -370,7 +374,9 @@ def test_classify_in_code_space_scores_each_label_target_under_the_image_assignm
         log_p = torch.log_softmax(codes / model.config.assignment_temperature, dim=-1)
         tokens = processor(text=[f"a {label}" for label in labels])
         text = model.get_text_features(tokens["input_ids"], tokens["attention_mask"])
-        targets = model.caption_assignments(tokens["input_ids"], tokens["attention_mask"], model.word_codes(text))
+        targets = model.assignment_prediction.caption_assignments(
+            tokens["input_ids"], tokens["attention_mask"], model.vocabulary(), model.word_codes(text)
+        )
     expected = torch.softmax(log_p @ targets.T, dim=-1)
     for row, hits in enumerate(ranked):
         assert [label for label, _ in hits] == [labels[i] for i in expected[row].argsort(descending=True)]
@@ -392,8 +398,8 @@ def test_word_assignment_targets_equal_the_plan_over_every_token_row(backbones, 
     model.fit_word_prior(torch.arange(model.word_prior.numel()).double() % 7 + 1)
     batch = processor(text=CAPTIONS[:4] + CAPTIONS[:2])  # repeated captions: repeated token rows
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    targets = model.caption_assignments(ids, mask, text_codes=None)
-    weights = model._sif_weights(ids, mask)
+    targets = model.assignment_prediction.caption_assignments(ids, mask, model.vocabulary(), text_codes=None)
+    weights = model.assignment_prediction.sif_weights(ids, mask, model.vocabulary())
     rows = weights > 0
     words = torch.nn.functional.normalize(model.word_embeddings.detach(), dim=-1)
     every_row = sinkhorn_knopp(
@@ -586,3 +592,34 @@ def test_llm_whose_tokenizer_starts_with_bos_reads_it_before_the_visual_prefix(b
     assert processor.apply_chat_template(chat, chat_template=template) == "what colour?\n"
     _, plain_processor = build(backbones, "llama")  # a tokenizer that adds no BOS: the template's text is kept
     assert plain_processor.apply_chat_template(chat, chat_template=template) == "<s>what colour?\n"
+
+
+def test_a_model_saved_before_l_map_became_one_module_loads_and_saves_the_same(tmp_path):
+    """tests/fixtures/saved_before_lmap_module: a tiny Llama VLAP saved by the code before `AssignmentPrediction`
+    (word statistics at the top level of the state dict), its word prior fitted from counts (id % 5 + 1), with the
+    losses and greedy ids that code gave (expected.json)."""
+    from safetensors.torch import load_file
+
+    from modeling_vlap import VLAPProcessor
+
+    folder = REPO / "tests" / "fixtures" / "saved_before_lmap_module"
+    model = VLAPForConditionalGeneration.from_pretrained(folder).eval()
+    processor = VLAPProcessor.from_pretrained(folder)
+    counts = torch.arange(model.word_prior.numel()).double() % 5 + 1
+    prior = torch.softmax(counts / counts.max() / model.config.prior_temperature, dim=0)
+    torch.testing.assert_close(model.word_prior, prior.float())
+    torch.testing.assert_close(model.assignment_prediction.word_frequency, (counts / counts.sum()).float())
+
+    expected = json.loads((folder / "expected.json").read_text())
+    inputs = processor(images=[shape_image("red", "circle")], text=["a red circle"])
+    with torch.no_grad():
+        out = model(**inputs)
+        ids = model.generate(pixel_values=inputs["pixel_values"], max_new_tokens=5, do_sample=False)
+    assert out.assignment_loss.item() == pytest.approx(expected["assignment_loss"], rel=1e-5)
+    assert out.caption_loss.item() == pytest.approx(expected["caption_loss"], rel=1e-5)
+    assert ids.tolist() == expected["generated"]
+
+    model.save_pretrained(tmp_path / "again")
+    before, after = load_file(folder / "model.safetensors"), load_file(tmp_path / "again" / "model.safetensors")
+    assert set(after) == set(before)  # the same key names on disk ("word_prior", not "assignment_prediction....")
+    assert all(torch.equal(after[key], before[key]) for key in before)

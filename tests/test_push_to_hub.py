@@ -21,6 +21,7 @@ FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdefXYZ"
 REMOTE_CODE = {
     "configuration_vlap.py",
     "modeling_vlap.py",
+    "assignment_prediction.py",
     "optimal_transport.py",
     "processing_vlap.py",
     "pipeline_vlap.py",

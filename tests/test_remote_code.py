@@ -28,6 +28,7 @@ def test_saved_folder_loads_offline_in_a_fresh_process(backbones, llm, tmp_path)
     assert {
         "modeling_vlap.py",
         "configuration_vlap.py",
+        "assignment_prediction.py",
         "optimal_transport.py",
         "pipeline_vlap.py",
         "processing_vlap.py",
@@ -54,7 +55,9 @@ def test_saved_folder_loads_offline_in_a_fresh_process(backbones, llm, tmp_path)
     labels = ["red circle", "blue square", "green triangle"]
     tokens = processor(text=[f"a photo of a {label}." for label in labels])  # tokenised as captions are
     text = model.get_text_features(tokens["input_ids"], tokens["attention_mask"])
-    targets = model.caption_assignments(tokens["input_ids"], tokens["attention_mask"], model.word_codes(text))
+    targets = model.assignment_prediction.caption_assignments(
+        tokens["input_ids"], tokens["attention_mask"], model.vocabulary(), model.word_codes(text)
+    )
     cosines = torch.nn.functional.cosine_similarity(features.unsqueeze(1), model.word_embeddings.unsqueeze(0), dim=-1)
     log_p = torch.log_softmax(cosines / model.config.assignment_temperature, dim=-1)
     probabilities = torch.softmax(log_p @ targets.T, dim=-1)[0]

@@ -339,7 +339,7 @@ def answer_without_image(
         inputs = processor.prompt_inputs(len(prompts), prompts)
         ids, mask = inputs["prompt_input_ids"].to(model.device), inputs["prompt_attention_mask"].to(model.device)
         no_image = torch.zeros(len(prompts), 0, model.config.projection_dim, dtype=model.dtype, device=model.device)
-        embeds, mask = model._prefix_and_prompt(no_image, ids, mask)  # the model's layout (its BOS), no visual prefix
+        embeds, mask = model.prefix_and_prompt_embeds(no_image, ids, mask)  # the model's layout (its BOS), no image
         side = "right" if model.is_encoder_decoder_llm else "left"
         mask, embeds = pack_padding(mask, embeds, padding_side=side)
         out = model.language_model.generate(

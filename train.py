@@ -44,88 +44,137 @@ from vlap.langbridge import english_vocabulary, select_vocabulary, string_to_id
 from vlap.lora import apply_lora, merge_lora
 
 
+def option(default, help: str):
+    """A TrainConfig field with its one-line help (`python train.py --help` shows both)."""
+    if isinstance(default, dict):
+        return dataclasses.field(default_factory=lambda: dict(default), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclasses.dataclass
 class TrainConfig:
     # Backbones (Hub ids or local folders)
-    vision_model: str = "openai/clip-vit-base-patch32"
-    text_model: str = "google-t5/t5-base"
+    vision_model: str = option("openai/clip-vit-base-patch32", "the frozen vision model (Hub id or local folder)")
+    text_model: str = option("google-t5/t5-base", "the frozen LLM: T5 or any causal LM (Hub id or local folder)")
+    # The method's settings: VLAPConfig fields, validated by VLAPConfig alone
+    model: dict = option({}, "VLAPConfig fields (the method's settings); in YAML a `model:` mapping")
     # Data
-    train_data: str = ""
-    validation_data: str | None = None
-    data_format: str = "auto"  # auto | imagefolder | json | csv | disk | hub | webdataset
-    image_column: str = "image"
-    caption_column: str = "caption"
-    max_caption_length: int = 64
-    max_bad_fraction: float = 0.01
-    word_prior_rows: int = 100_000  # rows read to fit the word prior from a streamed dataset
-    cache_features: str | None = None
-    # Method (VLAPConfig)
-    prompt: str = "A picture of"
-    assignment_loss_weight: float = 0.1
-    num_visual_tokens: int | None = None
-    prior_temperature: float = 0.25
-    word_marginal_weight: float | None = 0.01  # None: balanced Sinkhorn (paper); lambda >= 0: semi-relaxed OT
-    text_representation: str = "word_assignments"  # | word_embeddings | hidden_states (paper); see VLAPConfig
-    # Bridge: "linear" (VLAP) or "langbridge" (coefficients over a vocabulary subset; transferable across LLMs)
-    bridge_type: str = "linear"
-    langbridge_vocab_size: int = 19_200  # N words, each one token of this LLM and of every transfer LLM
-    langbridge_vocabulary_source: str = "english"  # english: most frequent English words (wordfreq) | captions
-    langbridge_hidden_size: int | None = None  # None: the LLM's embedding width
-    # Chosen on validation (python -m bench.langbridge_transfer --stages source --eval-split validation;
-    # docs/langbridge.md): raw coefficients and the released code's MLP (no GELU before the word layer) at lr 3e-4.
-    langbridge_coefficients: str = "linear"  # linear (raw coefficients) | softmax (a distribution over the words)
-    langbridge_activation_before_words: bool = False  # True: a GELU before the word layer
-    langbridge_transfer_llms: str | None = (
-        None  # comma-separated tokenizers (Hub ids / folders) to stay transferable to
+    train_data: str = option("", "imagefolder | .jsonl/.csv | save_to_disk folder | Hub id | *.tar shards (required)")
+    validation_data: str | None = option(None, "the same kinds; its loss and captions are logged every eval_steps")
+    data_format: str = option("auto", "auto | imagefolder | json | csv | disk | hub | webdataset")
+    image_column: str = option("image", "the column holding the image (or its path)")
+    caption_column: str = option("caption", "the column holding the caption (a string or a list of them)")
+    max_caption_length: int = option(64, "caption tokens kept (the word prior counts the same tokens)")
+    max_bad_fraction: float = option(0.01, "unreadable images skipped, up to this fraction of the dataset")
+    word_prior_rows: int = option(100_000, "rows read to fit the word prior from a streamed dataset")
+    cache_features: str | None = option(None, "a folder: run the frozen vision model once per image, train from it")
+    # LangBridge (model.bridge_type: langbridge): its vocabulary, built from the data and the LLMs
+    langbridge_vocab_size: int = option(19_200, "N words, each one token of this LLM and of every transfer LLM")
+    langbridge_vocabulary_source: str = option("english", "english (wordfreq's most frequent words) | captions")
+    langbridge_transfer_llms: str | None = option(
+        None, "comma-separated tokenizers (Hub ids / folders) to stay transferable to"
     )
-    langbridge_vocabulary: str | None = None  # a JSON list of token strings (overrides langbridge_vocabulary_source)
-    init_bridge: str | None = None  # a saved model folder: start from its bridge (fine-tune a moved LangBridge)
-    lora: str | None = None  # "r,alpha,targets" (e.g. 8,16,q_proj|v_proj): LoRA on the LLM's attention; off by default
+    langbridge_vocabulary: str | None = option(
+        None, "a JSON list of token strings (overrides langbridge_vocabulary_source)"
+    )
+    init_bridge: str | None = option(None, "a saved model folder: start from its bridge (fine-tune a moved LangBridge)")
+    lora: str | None = option(None, "r,alpha,targets (e.g. 8,16,q_proj|v_proj): LoRA on the LLM; off by default")
     # Optimisation: the paper's recipe
-    batch_size: int = 32  # per process
-    gradient_accumulation_steps: int = 1
-    num_epochs: int = 32
-    max_steps: int | None = None
-    learning_rate: float | None = None  # None: 1e-2 for T5-family LLMs, 1e-4 for decoder-only
-    weight_decay: float = 0.0
-    warmup_epochs: float = 3.0
-    warmup_steps: int | None = None
-    max_grad_norm: float = 1.0
-    mixed_precision: str = "no"  # no | bf16 | fp16
-    seed: int = 42
+    batch_size: int = option(32, "images per process per step")
+    gradient_accumulation_steps: int = option(1, "steps accumulated before each optimiser step")
+    num_epochs: int = option(32, "epochs (unless max_steps)")
+    max_steps: int | None = option(None, "optimiser steps (overrides num_epochs; required for streamed data)")
+    learning_rate: float | None = option(None, "AdamW learning rate; none: 1e-2 for T5-family LLMs, 1e-4 for others")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    warmup_epochs: float = option(3.0, "linear warmup, then cosine to 0 (unless warmup_steps)")
+    warmup_steps: int | None = option(None, "linear warmup in steps (overrides warmup_epochs)")
+    max_grad_norm: float = option(1.0, "gradient clipping")
+    mixed_precision: str = option("no", "no | bf16 | fp16 (the word codes stay float32)")
+    seed: int = option(42, "seeds the bridge's initialisation, the data order and the captions drawn")
     # Checkpoints, evaluation, logging
-    output_dir: str = "outputs/vlap"
-    checkpointing_steps: int = 500
-    checkpoints_total_limit: int = 3
-    resume: str | None = None  # None | "latest" | a checkpoint folder
-    overwrite_output_dir: bool = False  # replace a previous run in output_dir (otherwise it is an error)
-    eval_steps: int = 500
-    num_eval_images: int = 4
-    report_to: str = "none"  # none | tensorboard | ...
-    cpu: bool = False
+    output_dir: str = option("outputs/vlap", "checkpoints/, final/ (the exported model), metrics.jsonl")
+    checkpointing_steps: int = option(500, "a checkpoint every this many steps, and at the end")
+    checkpoints_total_limit: int = option(3, "the newest checkpoints kept (0: all)")
+    resume: str | None = option(None, "latest | a checkpoint folder: continue that run (bare --resume: latest)")
+    overwrite_output_dir: bool = option(False, "replace a previous run in output_dir (otherwise it is an error)")
+    eval_steps: int = option(500, "validation loss and captions of fixed images every this many steps (0: never)")
+    num_eval_images: int = option(4, "images captioned at each evaluation")
+    report_to: str = option("none", "none | tensorboard | ... (accelerate trackers)")
+    cpu: bool = option(False, "train on the CPU even where a GPU is present")
+
+
+# VLAPConfig fields train.py sets itself: the backbones' configs and names, the export format, the LangBridge
+# vocabulary (built from the data). Every other VLAPConfig field is a `model:` setting.
+DERIVED_MODEL_FIELDS = (
+    "vision_config",
+    "text_config",
+    "backbones",
+    "bridge_only",
+    "langbridge_tokens",
+    "langbridge_token_ids",
+)
+MODEL_FIELDS = {
+    field.name: field
+    for field in dataclasses.fields(VLAPConfig)
+    if field.name in VLAPConfig.__annotations__ and field.name not in DERIVED_MODEL_FIELDS
+}
+
+
+def model_field_help() -> dict[str, str]:
+    """Each VLAPConfig field's first sentence in VLAPConfig's docstring (`Args:`), the `--model.*` help."""
+    helps, names = {}, []
+    for line in VLAPConfig.__doc__.splitlines():
+        described = re.findall(r"(\w+) \(`[^`]+`(?:, \*optional\*)?\)", line.split("):")[0] + ")")
+        if line.startswith(" " * 8) and not line.startswith(" " * 9) and described:
+            names, text = described, line.split("):", 1)[1].strip()
+            helps.update({name: text for name in names})
+        elif names and line.strip():
+            helps.update({name: helps[name] + " " + line.strip() for name in names})
+    return {name: text.split(". ")[0].rstrip(".") for name, text in helps.items()}
 
 
 def parse_config(argv=None) -> TrainConfig:
-    """--config YAML first, then `--field value` overrides for every TrainConfig field."""
+    """--config YAML first, then `--field value` overrides for every TrainConfig field and `--model.field value` for
+    every VLAPConfig setting."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file of TrainConfig fields")
-    fields = {field.name: field for field in dataclasses.fields(TrainConfig)}
+    parser.add_argument("--config", help="YAML file of TrainConfig fields (the method's under `model:`)")
+    fields = {field.name: field for field in dataclasses.fields(TrainConfig) if field.name != "model"}
     for name, field in fields.items():
         extra = {"nargs": "?", "const": "latest"} if name == "resume" else {}  # bare --resume: the latest checkpoint
         extra = {"nargs": "?", "const": "true"} if isinstance(field.default, bool) else extra  # a bare flag is true
+        help_text = f"{field.metadata['help']} (default: {field.default!r})"
         parser.add_argument(
-            "--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, help=f"{field.type}", **extra
+            "--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, help=help_text, **extra
+        )
+    model_help = model_field_help()
+    group = parser.add_argument_group("the method's settings (VLAPConfig fields; YAML: under `model:`)")
+    for name, field in MODEL_FIELDS.items():
+        help_text = f"{model_help.get(name, '')} (default: {field.default!r})"
+        group.add_argument(
+            f"--model.{name.replace('_', '-')}",
+            dest=f"model.{name}",
+            default=argparse.SUPPRESS,
+            help=help_text,
+            metavar="VALUE",
         )
     args = vars(parser.parse_args(argv))
     values = {}
     if args.get("config"):
         values = yaml.safe_load(Path(args.pop("config")).read_text()) or {}
-        unknown = set(values) - set(fields)
+        unknown = set(values) - set(fields) - {"model"}
+        method_fields = sorted(unknown & set(MODEL_FIELDS))
+        if method_fields:
+            raise SystemExit(f"{', '.join(method_fields)}: the method's settings go under `model:` (VLAPConfig fields)")
         if unknown:
             raise SystemExit(f"unknown config field(s): {', '.join(sorted(unknown))}")
     args.pop("config", None)
-    values.update(args)
+    model = values.pop("model", None) or {}
+    if not isinstance(model, dict):
+        raise SystemExit(f"model: expected a mapping of VLAPConfig fields, got {model!r}")
+    model.update({key.removeprefix("model."): value for key, value in args.items() if key.startswith("model.")})
+    values.update({key: value for key, value in args.items() if not key.startswith("model.")})
     config = TrainConfig(**{name: _parse(name, value, fields[name].type) for name, value in values.items()})
+    config.model = model_settings(model)
     if not config.train_data:
         raise SystemExit("train_data is required (--train-data PATH or in the --config file)")
     checks = {
@@ -136,23 +185,17 @@ def parse_config(argv=None) -> TrainConfig:
         "num_epochs": config.num_epochs >= 1,
         "max_caption_length": config.max_caption_length >= 2,
         "max_bad_fraction": 0 <= config.max_bad_fraction <= 1,
-        "num_visual_tokens": config.num_visual_tokens is None or config.num_visual_tokens >= 1,
         "warmup_steps": config.warmup_steps is None or config.warmup_steps >= 0,
         "warmup_epochs": config.warmup_epochs >= 0,
         "weight_decay": config.weight_decay >= 0,
         "checkpointing_steps": config.checkpointing_steps >= 1,
         "eval_steps": config.eval_steps >= 0,
-        "assignment_loss_weight": config.assignment_loss_weight >= 0,
-        "word_marginal_weight": config.word_marginal_weight is None or config.word_marginal_weight >= 0,
     }
     for name, ok in checks.items():
         if not ok:
             raise SystemExit(f"{name}={getattr(config, name)} is out of range")
     choices = {
-        "text_representation": ("word_assignments", "word_embeddings", "hidden_states"),
-        "bridge_type": ("linear", "langbridge"),
         "mixed_precision": ("no", "bf16", "fp16"),
-        "langbridge_coefficients": ("softmax", "linear"),
         "langbridge_vocabulary_source": ("english", "captions"),
     }
     for name, allowed in choices.items():
@@ -192,6 +235,29 @@ def _parse(name: str, value, kind):
         return str(value)
     expected = f"{base.__name__}{' or none' if optional else ''}"
     raise SystemExit(f"{name}={value!r} is not a valid {expected}")
+
+
+def model_settings(model: dict) -> dict:
+    """The `model:` section: each value parsed as its VLAPConfig field's declared type, then the whole validated by
+    VLAPConfig itself (`method`)."""
+    unknown = sorted(set(model) - set(MODEL_FIELDS))
+    if unknown:
+        derived = [name for name in unknown if name in DERIVED_MODEL_FIELDS]
+        why = f" ({', '.join(derived)}: set by train.py)" if derived else ""
+        raise SystemExit(f"unknown model field(s): {', '.join(unknown)}{why}; VLAPConfig's: {', '.join(MODEL_FIELDS)}")
+    settings = {name: _parse(f"model.{name}", value, MODEL_FIELDS[name].type) for name, value in model.items()}
+    try:
+        method(settings)
+    except (ValueError, TypeError) as error:
+        raise SystemExit(f"model: {' '.join(str(error).split())}") from None
+    return settings
+
+
+def method(settings: dict) -> VLAPConfig:
+    """The VLAPConfig that the `model:` settings describe (VLAPConfig's defaults for the rest). A LangBridge's
+    vocabulary is built later, from the data and the LLMs: a one-word placeholder stands in for it here."""
+    vocabulary = {"langbridge_tokens": ["?"], "langbridge_token_ids": [0]}
+    return VLAPConfig(**settings, **(vocabulary if settings.get("bridge_type") == "langbridge" else {}))
 
 
 class EpochShuffle(torch.utils.data.Sampler):
@@ -289,10 +355,11 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def langbridge_arguments(config: TrainConfig, tokenizer, counts: torch.Tensor, log) -> dict:
-    """VLAPConfig fields of the bridge: none for a linear one; for a LangBridge its vocabulary (the --init-bridge
-    model's strings, a given JSON list, the most frequent English words or caption tokens, each one token of this LLM
-    and of every transfer LLM) as strings and this LLM's ids, and its architecture."""
-    if config.bridge_type != "langbridge":
+    """VLAPConfig fields of the bridge that train.py derives: none for a linear one; for a LangBridge its vocabulary
+    (the --init-bridge model's strings, a given JSON list, the most frequent English words or caption tokens, each one
+    token of this LLM and of every transfer LLM) as strings and this LLM's ids, and with --init-bridge its
+    architecture."""
+    if method(config.model).bridge_type != "langbridge":
         return {}
     start = VLAPConfig.from_pretrained(config.init_bridge) if config.init_bridge else None
     if start is not None:  # continue a (moved) bridge: its strings re-indexed into this LLM, its architecture
@@ -316,13 +383,7 @@ def langbridge_arguments(config: TrainConfig, tokenizer, counts: torch.Tensor, l
     else:
         tokens, token_ids = select_vocabulary(counts, tokenizer, config.langbridge_vocab_size, others, given)
     log(f"LangBridge vocabulary: {len(tokens)} words shared with {len(others)} other LLM(s) ({source})")
-    return {
-        "langbridge_tokens": tokens,
-        "langbridge_token_ids": token_ids,
-        "langbridge_hidden_size": config.langbridge_hidden_size,
-        "langbridge_coefficients": config.langbridge_coefficients,
-        "langbridge_activation_before_words": config.langbridge_activation_before_words,
-    }
+    return {"langbridge_tokens": tokens, "langbridge_token_ids": token_ids}
 
 
 def load_bridge(model, folder: str) -> None:
@@ -383,14 +444,7 @@ def build_model(config: TrainConfig, processor, counts: torch.Tensor, log) -> VL
     model = VLAPForConditionalGeneration.from_vision_text_pretrained(
         config.vision_model,
         config.text_model,
-        prompt=config.prompt,
-        num_visual_tokens=config.num_visual_tokens,
-        assignment_loss_weight=config.assignment_loss_weight,
-        prior_temperature=config.prior_temperature,
-        word_marginal_weight=config.word_marginal_weight,
-        text_representation=config.text_representation,
-        bridge_type=config.bridge_type,
-        **langbridge_arguments(config, processor.tokenizer, counts, log),
+        **{**config.model, **langbridge_arguments(config, processor.tokenizer, counts, log)},
     )
     if config.init_bridge:
         load_bridge(model, config.init_bridge)
@@ -540,7 +594,9 @@ def main(argv=None) -> Path:
         claim_output_dir(output_dir, config.resume, config.overwrite_output_dir)
 
     # ---- data, word prior, models
-    processor = VLAPProcessor.from_vision_text_pretrained(config.vision_model, config.text_model, prompt=config.prompt)
+    processor = VLAPProcessor.from_vision_text_pretrained(
+        config.vision_model, config.text_model, prompt=method(config.model).prompt
+    )
     train_set, streamed, counts = load_training_set(config, processor)
     model = build_model(config, processor, counts, accelerator.print).to(accelerator.device)
     if config.cache_features:
@@ -571,7 +627,8 @@ def main(argv=None) -> Path:
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
-    accelerator.init_trackers("vlap", config={k: v for k, v in dataclasses.asdict(config).items() if v is not None})
+    settings = {**dataclasses.asdict(config), **{f"model.{k}": v for k, v in config.model.items()}}
+    accelerator.init_trackers("vlap", config={k: v for k, v in settings.items() if v is not None and k != "model"})
     eval_images = validation_set or train_set
     run_evaluation = functools.partial(
         evaluate, accelerator, model, processor, validation_batches, eval_images, config, progress, output_dir
@@ -579,7 +636,9 @@ def main(argv=None) -> Path:
 
     # ---- the loop
     rows = accelerator.unwrap_model(model).word_prior.numel()
-    content_words = content_word_mask(processor.tokenizer, rows) if config.assignment_loss_weight else None
+    content_words = (
+        content_word_mask(processor.tokenizer, rows) if method(config.model).assignment_loss_weight else None
+    )
     model.train()
     bad_rows = set(progress["bad_rows"])
     bar = tqdm(total=total_steps, initial=progress["step"], disable=not accelerator.is_local_main_process)

@@ -33,7 +33,7 @@ from experiments.runs import BASE_BUDGET, VLAP_METHOD
 from experiments.shape_world import split_train
 from experiments.shapes import COLOURS, SHAPES, caption_is_right, named
 from vlap.langbridge import english_vocabulary, transfer
-from vlap.tasks import caption, load, token_words
+from vlap.tasks import caption, load, save_figure, token_words
 
 FRACTIONS = (0.05, 0.1, 0.25)
 STAGES = ("source", "moved", "finetune", "direct", "reverse", "control")
@@ -73,13 +73,15 @@ def run_seed(seed: int, args, out: Path, models: dict, pool_folder: Path, evalua
 
     pool = datasets.load_from_disk(str(pool_folder))
     budget = {
-        "bridge_type": "langbridge",
         "learning_rate": args.learning_rate,
-        "langbridge_coefficients": args.coefficients,
-        "langbridge_activation_before_words": args.gelu_before_words,
-        **(VLAP_METHOD if args.assignment_loss_weight else {}),
-        "assignment_loss_weight": args.assignment_loss_weight,
         **({"mixed_precision": "bf16"} if args.bf16 else {}),
+        "model": {
+            "bridge_type": "langbridge",
+            "langbridge_coefficients": args.coefficients,
+            "langbridge_activation_before_words": args.gelu_before_words,
+            **(VLAP_METHOD if args.assignment_loss_weight else {}),
+            "assignment_loss_weight": args.assignment_loss_weight,
+        },
     }
     full = SimpleNamespace(steps=args.steps, seed=seed)
     data = training_rows(pool, args.train_images, out)
@@ -208,8 +210,7 @@ def plot(result: dict, path: Path) -> None:
     axis.set_title(f"LangBridge on Gemma 3 270M, median of {result['seeds']} seed(s)")
     axis.set_ylim(0, 1)
     axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path, dpi=120)
 
 
 def main(argv=None) -> None:

@@ -39,22 +39,22 @@ from experiments.runs import (
     VLAP_METHOD,
     difference,
     median_and_spread,
+    merged,
     run_train,
 )
 from experiments.shape_world import (
     DEMO_RENDERS_PER_CLASS,
     RENDER_SEED_REPORTED,
     evaluate_shape_world,
+    evaluation_sets,
     majority_answers,
-    questions_of,
     split_train,
     training_set,
     vqa_baselines,
 )
-from experiments.shapes import render_shapes
 from vlap.evaluation import evaluate_captioning, evaluate_classification, markdown_table, plot_confusion
 from vlap.inputs import comma_separated
-from vlap.tasks import first_line, load, plot_words, read_words
+from vlap.tasks import first_line, load, plot_words, read_words, save_figure
 
 
 def banner(text: str) -> None:
@@ -62,11 +62,12 @@ def banner(text: str) -> None:
 
 
 def train(name: str, out: Path, train_data: Path, vision: Path, llm: Path, budget: dict, args, **overrides) -> Path:
+    """Train `name` under `out` with train.py: `budget` (a train.py config), then `overrides` (one, `model=`, is the
+    method's settings)."""
     config = {
         "vision_model": str(vision),
         "text_model": str(llm),
         "train_data": str(train_data),
-        **budget,
         "max_steps": args.steps,
         "warmup_steps": max(args.steps // 10, 1),
         "cache_features": str(out / "features"),
@@ -77,9 +78,8 @@ def train(name: str, out: Path, train_data: Path, vision: Path, llm: Path, budge
         "overwrite_output_dir": True,
         "seed": args.seed,
         "cpu": not torch.cuda.is_available(),
-        **overrides,
     }
-    return run_train(out / name, config) / "final"
+    return run_train(out / name, merged(budget, config, overrides)) / "final"
 
 
 def evaluate_model(folder: Path, sets: dict, test_captions: list) -> dict:
@@ -97,12 +97,6 @@ def evaluate_model(folder: Path, sets: dict, test_captions: list) -> dict:
         scores.update({f"{name}: {k}": v for k, v in world.items() if isinstance(v, float)})
     examples = {name: {k: v for k, v in world.items() if not isinstance(v, float)} for name, world in worlds.items()}
     return {"scores": scores, "unavailable": caption["unavailable"], "examples": examples}
-
-
-def encode_test_split(test: datasets.Dataset, max_questions: int) -> tuple[torch.Tensor, list[tuple]]:
-    """The frozen vision output of the test images (computed once, shared by every model with this vision tower) and
-    a fixed subset of their (image row, question, [answer]) VQA triples."""
-    return vision_states(test["image"], f"test-{len(test)}"), questions_of(test, max_questions)
 
 
 DIAGNOSTICS = (
@@ -138,9 +132,7 @@ def plot_losses(out: Path, runs: dict) -> None:
     diagnostics.set(xlabel="step", ylim=(0, 1.02), title="assignment targets (entropy as a fraction of log V)")
     losses.legend(fontsize=7)
     diagnostics.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(out / "loss_curves.png", dpi=120)
-    plt.close(figure)
+    save_figure(figure, out / "loss_curves.png", dpi=120)
 
 
 def show(folder: Path, test: datasets.Dataset) -> list[dict]:
@@ -191,9 +183,9 @@ def fashion_mnist(args, out: Path, start: float) -> None:
     )
 
     banner("2. VLAP: caption + assignment prediction (frozen-feature cache)")
-    runs = {"vlap": train("vlap", out, train_data, vision, llm, BASE_BUDGET, args, **VLAP_METHOD)}
+    runs = {"vlap": train("vlap", out, train_data, vision, llm, BASE_BUDGET, args, model=VLAP_METHOD)}
     banner("3. caption-only baseline (assignment weight 0), same budget")
-    runs["caption_only"] = train("caption_only", out, train_data, vision, llm, BASE_BUDGET, args, **CAPTION_ONLY)
+    runs["caption_only"] = train("caption_only", out, train_data, vision, llm, BASE_BUDGET, args, model=CAPTION_ONLY)
 
     banner(f"4. evaluation on {len(evaluated)} {args.eval_split} images, by class")
     states = vision_states(evaluated["image"], f"fashion-mnist-{args.eval_split}-{len(evaluated)}")
@@ -359,27 +351,16 @@ def main(argv=None) -> None:
     )
 
     banner("2. VLAP: caption + assignment prediction (frozen-feature cache)")
-    runs = {"vlap": train("vlap", out, train_data, vision, llm, DEMO_BUDGET, args, **VLAP_METHOD)}
+    runs = {"vlap": train("vlap", out, train_data, vision, llm, DEMO_BUDGET, args, model=VLAP_METHOD)}
     if args.baseline:
         banner("2b. caption-only baseline (assignment weight 0), same budget")
-        runs["caption_only"] = train("caption_only", out, train_data, vision, llm, DEMO_BUDGET, args, **CAPTION_ONLY)
+        runs["caption_only"] = train(
+            "caption_only", out, train_data, vision, llm, DEMO_BUDGET, args, model=CAPTION_ONLY
+        )
 
     banner("3. evaluation on easy-vqa test and on out-of-distribution renders")
-    test_states, questions = encode_test_split(test, args.vqa_questions)
-    renders, colours, shapes = render_shapes(args.renders_per_class, RENDER_SEED_REPORTED)
-    sets = {
-        "test": {
-            "vision_hidden_states": test_states,
-            "colours": test["colour"],
-            "shapes": test["shape"],
-            "questions": questions,
-        },
-        "renders": {
-            "vision_hidden_states": vision_states(renders, f"renders-{RENDER_SEED_REPORTED}-{len(renders)}"),
-            "colours": colours,
-            "shapes": shapes,
-        },
-    }
+    sets = evaluation_sets("test", test, args.vqa_questions, args.renders_per_class, RENDER_SEED_REPORTED)
+    questions = sets["test"]["questions"]
     results = {name: evaluate_model(folder, sets, test["caption"]) for name, folder in runs.items()}
     baselines = vqa_baselines(
         *load(runs["vlap"], device="cpu"), questions, majority_answers(train_split), test["colour"], test["shape"]
@@ -410,7 +391,7 @@ def main(argv=None) -> None:
             "train_images": len(train_split),
             "test_images": len(test),
             "vqa_questions": len(questions),
-            "renders": len(renders),
+            "renders": len(sets["renders"]["colours"]),
             "train_renders_per_class": DEMO_RENDERS_PER_CLASS,
             **DEMO_BUDGET,
             "max_steps": args.steps,

@@ -21,7 +21,17 @@ def settings(name: str) -> dict:
 BASE_BUDGET = settings("budget_base")
 DEMO_BUDGET = settings("budget_demo")
 VARIANTS = settings("variants")
-VLAP_METHOD, CAPTION_ONLY = VARIANTS["vlap"], VARIANTS["caption_only"]
+VLAP_METHOD, CAPTION_ONLY = VARIANTS["vlap"], VARIANTS["caption_only"]  # model settings (VLAPConfig fields)
+
+
+def merged(*configs: dict) -> dict:
+    """train.py configs merged, later ones winning, their `model:` sections field by field."""
+    result = {}
+    for config in configs:
+        result.update({key: value for key, value in config.items() if key != "model"})
+        if config.get("model"):
+            result["model"] = {**result.get("model", {}), **config["model"]}
+    return result
 
 
 def run_train(output_dir: Path, config: dict) -> Path:

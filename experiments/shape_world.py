@@ -10,9 +10,9 @@ import datasets
 import torch
 import torch.nn.functional as F
 
-from experiments.assets import cache_root
+from experiments.assets import cache_root, vision_states
 from experiments.easy_vqa import TEMPLATES, easy_vqa_dataset
-from experiments.shapes import ANSWERS, CLASSES, caption_is_right, named, question_type, render_dataset
+from experiments.shapes import ANSWERS, CLASSES, caption_is_right, named, question_type, render_dataset, render_shapes
 from vlap import tasks
 from vlap.evaluation import RETRIEVAL_SCORINGS, answer_without_image
 from vlap.metrics import load_metric, metric_functions
@@ -64,6 +64,28 @@ def majority_answers(dataset) -> dict:
         for q, a in zip(qs, ans):
             counts.setdefault(question_type(q), Counter())[a] += 1
     return {kind: counter.most_common(1)[0][0] for kind, counter in counts.items()}
+
+
+def evaluation_sets(
+    name: str, rows: datasets.Dataset, questions: int, renders_per_class: int, render_seed: int
+) -> dict[str, dict]:
+    """`evaluate_shape_world`'s inputs for easy-vqa `rows` (`questions` of their VQA triples) under `name`, and for
+    `renders_per_class` renders of each class (seed `render_seed`) under "renders"; the frozen vision output of
+    both computed once and kept (`assets.vision_states`)."""
+    renders, colours, shapes = render_shapes(renders_per_class, render_seed)
+    return {
+        name: {
+            "vision_hidden_states": vision_states(rows["image"], f"{name}-{len(rows)}"),
+            "colours": rows["colour"],
+            "shapes": rows["shape"],
+            "questions": questions_of(rows, questions),
+        },
+        "renders": {
+            "vision_hidden_states": vision_states(renders, f"renders-{render_seed}-{len(renders)}"),
+            "colours": colours,
+            "shapes": shapes,
+        },
+    }
 
 
 def vqa_by_type(predicted, questions, types) -> dict:

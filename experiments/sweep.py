@@ -19,22 +19,21 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from experiments.assets import cache_root, efficientnet_lite0, smollm2_135m, vision_states
+from experiments.assets import cache_root, efficientnet_lite0, smollm2_135m
 from experiments.easy_vqa import easy_vqa_dataset
-from experiments.runs import BASE_BUDGET, VARIANTS, difference, median_and_spread, run_train
+from experiments.runs import BASE_BUDGET, VARIANTS, difference, median_and_spread, merged, run_train
 from experiments.shape_world import (
     RENDER_SEED_REPORTED,
     RENDER_SEED_VALIDATION,
     TRAIN_RENDERS_PER_CLASS,
     evaluate_shape_world,
+    evaluation_sets,
     majority_answers,
-    questions_of,
     split_train,
     training_set,
     vqa_baselines,
 )
-from experiments.shapes import render_shapes
-from vlap.tasks import load
+from vlap.tasks import load, save_figure
 
 ONE_SEED = ("sif_pooled", "tokens_balanced", "tokens_row_softmax")  # side variants: the first seed only
 
@@ -47,7 +46,6 @@ def train_run(out: Path, name: str, train_data: Path, seed: int, overrides: dict
         "vision_model": str(efficientnet_lite0()),
         "text_model": str(smollm2_135m()),
         "train_data": str(train_data),
-        **BASE_BUDGET,
         "cache_features": str(out / "features"),
         "checkpointing_steps": eval_every,
         "checkpoints_total_limit": 0,
@@ -56,17 +54,14 @@ def train_run(out: Path, name: str, train_data: Path, seed: int, overrides: dict
         "seed": seed,
         "overwrite_output_dir": True,
         "cpu": not torch.cuda.is_available(),
-        **overrides,
     }
-    return run_train(run, config)
+    return run_train(run, merged(BASE_BUDGET, config, overrides))
 
 
 def model_settings(overrides: dict) -> dict:
-    """The VLAPConfig fields among a variant's `overrides`, applied at load: they equal the saved ones, except a
-    field training never read, such as the text representation of a caption-only run."""
-    from modeling_vlap import VLAPConfig
-
-    return {k: v for k, v in overrides.items() if k in VLAPConfig.__annotations__}
+    """A variant's model settings, applied at load: they equal the saved ones, except a field training never read,
+    such as the text representation of a caption-only run."""
+    return overrides.get("model", {})
 
 
 def evaluate_run(run: Path, sets: dict, overrides: dict) -> dict:
@@ -88,12 +83,16 @@ def evaluate_run(run: Path, sets: dict, overrides: dict) -> dict:
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
-    """ "name=field=value,field=value" -> (name, {field: value}) with YAML-typed values."""
+    """ "name=field=value,field=value" -> (name, train.py config) with YAML-typed values; VLAPConfig fields go into
+    its `model:` section."""
+    from modeling_vlap import VLAPConfig
+
     name, _, fields = text.partition("=")
     overrides = {}
     for item in filter(None, fields.split(",")):
         field, _, value = item.partition("=")
-        overrides[field] = yaml.safe_load(value)
+        section = overrides.setdefault("model", {}) if field in VLAPConfig.__annotations__ else overrides
+        section[field] = yaml.safe_load(value)
     return name, overrides
 
 
@@ -133,9 +132,7 @@ def plot_curves(results: dict, path: Path, metrics=("caption_colour_shape", "cla
         axis.set_xlabel("step")
         axis.set_ylim(0, 1.02)
     axes[0].legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main(argv=None) -> None:
@@ -146,7 +143,8 @@ def main(argv=None) -> None:
         "--variant",
         action="append",
         default=[],
-        help='"name=field=value,..." (TrainConfig fields over BASE_BUDGET); repeatable; default: VARIANTS',
+        help='"name=field=value,..." (train.py and VLAPConfig fields over the base budget); repeatable; default: '
+        "experiments/configs/variants.yaml",
     )
     parser.add_argument("--one-seed", nargs="*", default=list(ONE_SEED), help="variants run with the first seed only")
     parser.add_argument(
@@ -172,25 +170,12 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    variants = dict(map(parse_variant, args.variant)) or VARIANTS
+    variants = dict(map(parse_variant, args.variant)) or {name: {"model": fields} for name, fields in VARIANTS.items()}
 
     pool, validation = split_train(out)
     train_data = training_set(out, datasets.load_from_disk(str(pool)), args.train_renders_per_class)
     validation = validation.select(range(args.validation_images))
-    renders, render_colours, render_shapes_ = render_shapes(args.renders_per_class, RENDER_SEED_VALIDATION)
-    sets = {
-        "validation": {
-            "vision_hidden_states": vision_states(validation["image"], f"validation-{len(validation)}"),
-            "colours": validation["colour"],
-            "shapes": validation["shape"],
-            "questions": questions_of(validation, args.questions),
-        },
-        "renders": {
-            "vision_hidden_states": vision_states(renders, f"renders-seed{RENDER_SEED_VALIDATION}-{len(renders)}"),
-            "colours": render_colours,
-            "shapes": render_shapes_,
-        },
-    }
+    sets = evaluation_sets("validation", validation, args.questions, args.renders_per_class, RENDER_SEED_VALIDATION)
     results_path = out / "sweep.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     for seed in args.seeds:  # seeds outermost: an interrupted sweep still compares every variant
@@ -237,20 +222,7 @@ def main(argv=None) -> None:
 def test_report(out: Path, variants: dict, args) -> None:
     """The chosen variants' final models, every seed, on all captioned easy-vqa test images and held-out renders."""
     test = datasets.load_from_disk(str(easy_vqa_dataset(cache_root())))["test"]
-    renders, colours, shapes = render_shapes(args.test_renders_per_class, RENDER_SEED_REPORTED)
-    sets = {
-        "test": {
-            "vision_hidden_states": vision_states(test["image"], f"test-{len(test)}"),
-            "colours": test["colour"],
-            "shapes": test["shape"],
-            "questions": questions_of(test, args.test_questions),
-        },
-        "renders": {
-            "vision_hidden_states": vision_states(renders, f"renders-{RENDER_SEED_REPORTED}-{len(renders)}"),
-            "colours": colours,
-            "shapes": shapes,
-        },
-    }
+    sets = evaluation_sets("test", test, args.test_questions, args.test_renders_per_class, RENDER_SEED_REPORTED)
     path = out / "test.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     for name, overrides in variants.items():

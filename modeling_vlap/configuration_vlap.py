@@ -62,10 +62,10 @@ class VLAPConfig(PreTrainedConfig):
         langbridge_tokens (`list[str]`): the vocabulary subset as token strings (as each spells inside a text).
         langbridge_token_ids (`list[int]`): their ids in this LLM; -1 marks a string this LLM lacks (after a transfer),
             whose coefficient is then masked out.
-        langbridge_coefficients (`str`): "softmax" (a distribution over the subset, as the paper describes) or
-            "linear" (raw coefficients, as the released code).
-        langbridge_activation_before_words (`bool`): a GELU between the MLP and the word layer (ours); the released
-            code has none: Linear -> GELU -> Linear -> word layer.
+        langbridge_coefficients (`str`): "linear" (raw coefficients, as the released code; the default, chosen on
+            validation) or "softmax" (a distribution over the subset, as the paper describes).
+        langbridge_activation_before_words (`bool`): a GELU between the MLP and the word layer; the released code
+            (and the default) has none: Linear -> GELU -> Linear -> word layer.
         prefix_bos_token_id (`int`, *optional*): the BOS token a decoder-only LLM reads before the visual prefix, for
             LLMs whose tokenizer starts every text with one (Gemma, Llama); None: the prefix comes first (GPT-2-style
             BPE such as SmolLM2, T5). Set by `from_vision_text_pretrained` from the LLM's tokenizer.
@@ -95,8 +95,8 @@ class VLAPConfig(PreTrainedConfig):
     langbridge_hidden_size: int | None = None
     langbridge_tokens: list | None = None
     langbridge_token_ids: list | None = None
-    langbridge_coefficients: str = "softmax"
-    langbridge_activation_before_words: bool = True
+    langbridge_coefficients: str = "linear"
+    langbridge_activation_before_words: bool = False
     prefix_bos_token_id: int | None = None
 
     def __post_init__(self, **kwargs):

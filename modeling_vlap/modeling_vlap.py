@@ -173,7 +173,29 @@ class VLAPPreTrainedModel(PreTrainedModel):
 
 
 class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
-    """Frozen vision model -> trainable `nn.Linear` -> prefix of a frozen LLM (T5 or any causal LM)."""
+    """Frozen vision model -> trainable `nn.Linear` -> prefix of a frozen LLM (T5 or any causal LM).
+
+    `forward` with captions: `loss = caption_loss + assignment_loss_weight * assignment_loss` (`AssignmentPrediction`);
+    `generate` captions, or answers after a prompt. Bridge two pretrained checkpoints with
+    `from_vision_text_pretrained`; a tiny one from configs:
+
+    Example:
+        >>> import torch
+        >>> from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration
+        >>> vision = {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64, "image_size": 32,
+        ...           "patch_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
+        >>> text = {"model_type": "t5", "vocab_size": 100, "d_model": 16, "d_kv": 8, "d_ff": 32, "num_layers": 1,
+        ...         "num_heads": 2, "decoder_start_token_id": 0}
+        >>> model = VLAPForConditionalGeneration(VLAPConfig(vision_config=vision, text_config=text)).eval()
+        >>> model.num_parameters(only_trainable=True)  # the bridge: 32 x 16 + 16
+        528
+        >>> images, captions = torch.randn(2, 3, 32, 32), torch.tensor([[5, 6, 1], [7, 8, 1]])  # [B, 3, H, W], [B, T]
+        >>> out = model(pixel_values=images, input_ids=captions)
+        >>> out.loss.shape, out.logits.shape, out.image_codes.shape  # [], [B, T, V], [B, V]
+        (torch.Size([]), torch.Size([2, 3, 100]), torch.Size([2, 100]))
+        >>> model.get_image_prefix(images).shape  # [B, K, D]: CLS + 4 patches, each mapped into the LLM's space
+        torch.Size([2, 5, 16])
+    """
 
     def __init__(self, config: VLAPConfig, vision_model: PreTrainedModel | None = None, language_model=None):
         super().__init__(config)

@@ -5,10 +5,13 @@ import doctest
 import pytest
 
 import modeling_vlap.assignment_prediction
+import modeling_vlap.modeling_vlap
 import modeling_vlap.optimal_transport
 
 
-@pytest.mark.parametrize("module", [modeling_vlap.assignment_prediction, modeling_vlap.optimal_transport])
+@pytest.mark.parametrize(
+    "module", [modeling_vlap.assignment_prediction, modeling_vlap.modeling_vlap, modeling_vlap.optimal_transport]
+)
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0

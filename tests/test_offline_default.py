@@ -35,7 +35,7 @@ def test_short_real_run_exports_a_loadable_captioner(tmp_path):
         "vision_model": str(vision),
         "text_model": str(llm),
         "train_data": str(tmp_path / "train"),
-        "num_visual_tokens": 9,
+        "model": {"num_visual_tokens": 9},
         "batch_size": 8,
         "max_steps": 24,
         "learning_rate": 1e-3,

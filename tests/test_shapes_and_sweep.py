@@ -29,10 +29,10 @@ def test_renders_cover_every_class_and_depend_only_on_the_seed():
     assert any(a.size != b.size or a.tobytes() != b.tobytes() for a, b in zip(images, other))
 
 
-def test_variants_parse_with_yaml_values():
+def test_variants_parse_with_yaml_values_and_method_fields_in_the_model_section():
     assert parse_variant("paper=text_representation=hidden_states,word_marginal_weight=null,learning_rate=0.01") == (
         "paper",
-        {"text_representation": "hidden_states", "word_marginal_weight": None, "learning_rate": 0.01},
+        {"model": {"text_representation": "hidden_states", "word_marginal_weight": None}, "learning_rate": 0.01},
     )
 
 
@@ -44,3 +44,13 @@ def test_a_difference_exceeds_the_spread_only_when_the_seed_ranges_do_not_overla
     assert "+0.700 (exceeds the spread)" in apart
     overlapping = separation({"a": runs(0.5, 0.9, 0.6), "b": runs(0.55, 0.2, 0.3)}, "a", "b", ["accuracy"])
     assert "within the spread" in overlapping
+
+
+def test_configs_merge_their_model_sections_field_by_field():
+    from experiments.runs import merged
+
+    base = {"batch_size": 16, "model": {"num_visual_tokens": 9, "prompt": "A picture of"}}
+    assert merged(base, {"batch_size": 8}, {"model": {"prompt": "A photo of"}}) == {
+        "batch_size": 8,
+        "model": {"num_visual_tokens": 9, "prompt": "A photo of"},
+    }

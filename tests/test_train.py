@@ -1,5 +1,6 @@
 """train.py end to end on tiny models: resume after SIGKILL, 2 processes vs 1, feature cache, data sources."""
 
+import dataclasses
 import io
 import json
 import shutil
@@ -140,8 +141,12 @@ def test_exported_model_loads_in_a_fresh_process(backbones, caption_folder, tmp_
             max_steps=3,
             eval_steps=3,
             validation_data=str(caption_folder),
+            model={"sinkhorn_iterations": 5, "assignment_temperature": 0.05, "prompt": "A photo of"},
         )
     )
+    exported = json.loads((output / "final" / "config.json").read_text())  # the model: section reaches the model
+    assert (exported["sinkhorn_iterations"], exported["assignment_temperature"]) == (5, 0.05)
+    assert json.loads((output / "final" / "processor_config.json").read_text())["prompt"] == "A photo of"
     evaluation = json.loads(result.stdout.split("[eval step 3] ")[1].splitlines()[0])
     assert evaluation["val_loss"] > 0 and len(evaluation["captions"]) == 4
     summary = json.loads(result.stdout.split("summary: ")[1].splitlines()[0])
@@ -313,3 +318,35 @@ def test_bad_budgets_fail_with_a_reason_before_training(backbones, caption_folde
         result = run_train(config, *extra, check=False)
         assert result.returncode != 0 and reason in result.stderr and "Traceback" not in result.stderr, extra
     assert not (tmp_path / "run" / "final").exists()
+
+
+def test_the_model_section_takes_every_method_setting_and_vlap_config_alone_validates_it(caption_folder, tmp_path):
+    import yaml
+
+    import train
+    from modeling_vlap import VLAPConfig
+
+    assert set(train.MODEL_FIELDS) == set(VLAPConfig.__annotations__) - set(train.DERIVED_MODEL_FIELDS)
+    assert not set(train.MODEL_FIELDS) & {field.name for field in dataclasses.fields(train.TrainConfig)}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"train_data": str(caption_folder), "model": {"sinkhorn_iterations": 5}}))
+    flags = ["--model.word-marginal-weight", "null", "--model.prompt", "A photo of", "--model.sinkhorn-iterations", "7"]
+    config = train.parse_config(["--config", str(path), *flags])
+    assert config.model == {"sinkhorn_iterations": 7, "word_marginal_weight": None, "prompt": "A photo of"}
+    with pytest.raises(SystemExit, match="VLAPConfig.sinkhorn_epsilon must be > 0"):
+        train.parse_config(["--config", str(path), "--model.sinkhorn-epsilon", "0"])
+
+
+def test_help_lists_every_option_with_its_default_and_a_line_of_help(capsys):
+    import train
+
+    with pytest.raises(SystemExit):
+        train.parse_config(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for field in dataclasses.fields(train.TrainConfig):
+        if field.name != "model":
+            flag = "--" + field.name.replace("_", "-")
+            assert f"{flag} " in text and f"(default: {field.default!r})" in text, flag
+    for name, field in train.MODEL_FIELDS.items():
+        described = text.split(f"--model.{name.replace('_', '-')} VALUE ")[1].split(" --")[0]
+        assert described.endswith(f"(default: {field.default!r})") and len(described) > len("(default: )") + 10, name

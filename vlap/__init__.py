@@ -1,1 +1,2 @@
-"""Tooling around the VLAP model package (CLI, demo, data, evaluation). Not shipped to the Hub."""
+"""The installable library around the method (`modeling_vlap`): the uses as functions (`tasks`), evaluation and
+metrics, training data and the frozen-feature cache, LangBridge vocabularies, LoRA, the `vlap` CLI and the web demo."""

@@ -12,7 +12,6 @@ our `evaluate` modules (vlap/metric_modules) through evaluate's `compute()`.
 
 import re
 from itertools import islice
-from pathlib import Path
 
 import datasets
 import torch
@@ -355,8 +354,6 @@ def answer_without_image(
 
 def plot_confusion(result: dict, path) -> None:
     """The confusion matrices of `evaluate_classification` side by side, as a PNG (rendered, then written)."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -391,8 +388,4 @@ def plot_confusion(result: dict, path) -> None:
             ylabel="true class",
             title=f"{kind}" + (f" (accuracy {accuracy:.3f})" if accuracy is not None else ""),
         )
-    figure.tight_layout()
-    buffer = io.BytesIO()  # rendered first, then written: a write error (a full disk) is raised, not swallowed
-    figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
-    Path(path).write_bytes(buffer.getvalue())
+    tasks.save_figure(figure, path)

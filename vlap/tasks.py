@@ -398,8 +398,16 @@ def plot_words(words: Sequence[tuple[str, float]], title: str, path) -> None:
     axis.barh(labels[::-1], [p for _, p in words][::-1])
     axis.set_xlabel("weight in the image's assignment over the vocabulary")
     axis.set_title(title)
+    save_figure(figure, path, dpi=120)
+
+
+def save_figure(figure, path, dpi: int = 110) -> None:
+    """A matplotlib figure as a PNG at `path`, then closed. Rendered first, then written: a write error (a full
+    disk) is raised, not swallowed by matplotlib."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
-    buffer = io.BytesIO()  # rendered first, then written: a write error (a full disk) is raised, not swallowed
-    figure.savefig(buffer, format="png", dpi=120)
-    Path(path).write_bytes(buffer.getvalue())
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
     plt.close(figure)
+    Path(path).write_bytes(buffer.getvalue())

@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 		|| echo "chromium could not be installed: the browser tests will be skipped"
 	test -d /usr/share/datasets/fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
 		|| echo "dataset-fashion-mnist could not be installed: make demo-fashion needs it"
+	test -d /usr/share/tuxpaint/stamps -a -d /usr/share/openclipart/svg -a -d /usr/share/openclipart/png \
+		|| (apt-get update -qq && apt-get install -y -qq --no-install-recommends openclipart-png openclipart-svg \
+		tuxpaint-stamps-default) || echo "the open-vocabulary images could not be installed: the open-vocabulary demo needs them"
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -18,6 +18,11 @@ per class, with confusion matrices. `--held-out sandal,bag` removes those classe
 and reports how often each model names them anyway.
 
     python -m experiments.demo --dataset fashion-mnist [--held-out sandal,bag] [--eval-split validation]
+
+`--dataset open-vocabulary` trains both on drawings with captions people wrote (experiments.open_vocabulary) and
+scores held-out drawings of seen concepts (`--eval-split`), held-out concepts and Tux Paint photographs.
+
+    python -m experiments.demo --dataset open-vocabulary [--eval-split validation] [--seeds 0 1 2]
 """
 
 import argparse
@@ -52,8 +57,15 @@ from experiments.shape_world import (
     training_set,
     vqa_baselines,
 )
-from vlap.evaluation import evaluate_captioning, evaluate_classification, markdown_table, plot_confusion
+from vlap.evaluation import (
+    evaluate_captioning,
+    evaluate_classification,
+    evaluate_retrieval,
+    markdown_table,
+    plot_confusion,
+)
 from vlap.inputs import comma_separated
+from vlap.metrics import load_metric
 from vlap.tasks import first_line, load, plot_words, read_words, save_figure
 
 
@@ -232,6 +244,77 @@ def fashion_mnist(args, out: Path, start: float) -> None:
     )
 
 
+def open_vocabulary_scores(model, processor, rows, names: list[str], name: str, states: torch.Tensor) -> dict:
+    """What a model of the open vocabulary should get right on `rows` (an open-vocabulary split, `states` the frozen
+    vision output of its images), among `names`:
+    `caption_names_class` (its caption names the image's concept or a longer name holding it),
+    `classification_code` / `classification` (zero-shot among `names` in VLAP's word space / by feature cosine) and
+    image<->text R@1/R@5 among the rows' own captions (`_code`: word space); CIDEr, BLEU-4 and METEOR against them."""
+    labels = [names.index(concept) for concept in rows["concept"]]
+    classes = evaluate_classification(
+        model, processor, labels=labels, class_names=names, vision_hidden_states=states, batch_size=32
+    )
+    wanted = ("caption_names_class", "classification", "classification_code")
+    scores = {key: value for key, value in classes["scores"].items() if key in wanted}
+    retrieval = evaluate_retrieval(model, processor, references=rows["captions"], vision_hidden_states=states)
+    scores.update({k: v for k, v in retrieval["scores"].items() if "@10" not in k})
+    captions = load_metric("caption_metrics").compute(predictions=classes["predictions"], references=rows["captions"])
+    scores.update({k: captions[k] for k in ("CIDEr", "BLEU-4", "METEOR") if k in captions})
+    examples = [
+        {"path": path, "captions": list(truth), "caption": caption}
+        for path, truth, caption in zip(rows["path"][:8], rows["captions"][:8], classes["predictions"][:8])
+    ]
+    return {"scores": {f"{name}: {k}": v for k, v in scores.items()}, "examples": examples}
+
+
+def open_vocabulary(args, out: Path, start: float) -> None:
+    """The open-vocabulary run: VLAP and caption-only trained with train.py on the clip-art training split, evaluated
+    on held-out drawings of seen concepts (`--eval-split`), on held-out concepts and on Tux Paint photographs."""
+    from experiments.open_vocabulary import open_vocabulary_dataset
+
+    banner(f"1. assets and data (cached under {cache_root()})")
+    vision, llm = efficientnet_lite0(), smollm2_135m()
+    splits = datasets.load_from_disk(str(open_vocabulary_dataset(cache_root())))
+    train_data = out / "train"
+    if not (train_data / "state.json").exists():
+        splits["train"].select_columns(["image", "captions"]).save_to_disk(str(train_data))
+    seen = sorted({c for split in ("train", "validation", "test") for c in splits[split]["concept"]})
+    sets = {
+        args.eval_split: (splits[args.eval_split], seen),
+        "held_out_concepts": (splits["held_out_concepts"], sorted(set(splits["held_out_concepts"]["concept"]))),
+        "photos": (splits["photos"], sorted(set(splits["photos"]["concept"]))),
+    }
+    print(
+        f"open vocabulary: {len(splits['train'])} training drawings; "
+        + ", ".join(f"{name} {len(rows)} images among {len(names)} names" for name, (rows, names) in sets.items())
+    )
+    banner("2. VLAP and the caption-only baseline, same budget (train.py)")
+    runs = {
+        name: train(name, out, train_data, vision, llm, BASE_BUDGET, args, caption_column="captions", model=method)
+        for name, method in (("vlap", VLAP_METHOD), ("caption_only", CAPTION_ONLY))
+    }
+    banner("3. evaluation")
+    states = {
+        name: vision_states(rows["image"], f"open-vocabulary-{name}-{len(rows)}") for name, (rows, _) in sets.items()
+    }
+    results = {}
+    for run, folder in runs.items():
+        model, processor = load(folder, device="cpu")
+        parts = [
+            open_vocabulary_scores(model, processor, rows, names, name, states[name])
+            for name, (rows, names) in sets.items()
+        ]
+        results[run] = {"scores": {k: v for part in parts for k, v in part["scores"].items()}}
+        results[run]["examples"] = {name: part["examples"] for name, part in zip(sets, parts)}
+        print(f"{run}: " + "; ".join(f"{e['caption']!r} ({e['captions'][0]})" for e in parts[-1]["examples"][:4]))
+    markdown = markdown_table(
+        {"VLAP (caption + assignment)": results["vlap"]["scores"], "caption-only": results["caption_only"]["scores"]}
+    )
+    print(markdown)
+    setup = {"dataset": "open-vocabulary", "eval_split": args.eval_split, "train_images": len(splits["train"])}
+    finish(out, start, results, markdown, runs, {**setup, **BASE_BUDGET, "max_steps": args.steps, "seed": args.seed})
+
+
 def finish(out: Path, start: float, results: dict, markdown: str, runs: dict, setup: dict) -> None:
     """results.json (with the setup, wall time and peak RSS), results.md and loss_curves.png."""
     seconds = time.time() - start
@@ -274,7 +357,7 @@ def summarise_seeds(folders: list[Path]) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", choices=["easy-vqa", "fashion-mnist"], default="easy-vqa")
+    parser.add_argument("--dataset", choices=["easy-vqa", "fashion-mnist", "open-vocabulary"], default="easy-vqa")
     parser.add_argument("--out", default=None, help="default: outputs/demo (easy-vqa), outputs/fashion-mnist")
     parser.add_argument("--train-images", type=int, default=None, help="default: 960 (easy-vqa), 2000")
     parser.add_argument("--test-images", type=int, default=None, help="default: 120 (easy-vqa), 1000")
@@ -285,7 +368,7 @@ def main(argv=None) -> None:
         "--eval-split",
         choices=["test", "validation"],
         default="test",
-        help="fashion-mnist: evaluate on test or on the validation slice carved from train",
+        help="fashion-mnist, open-vocabulary: evaluate on test or on the validation split",
     )
     parser.add_argument(
         "--steps",
@@ -309,9 +392,11 @@ def main(argv=None) -> None:
         "OUT/summary.md (median and spread, which differences exceed it)",
     )
     args = parser.parse_args(argv)
-    fashion = args.dataset == "fashion-mnist"
-    if (args.held_out or args.seeds) and not fashion:
-        parser.error("--held-out and --seeds need --dataset fashion-mnist")
+    fashion, open_world = args.dataset == "fashion-mnist", args.dataset == "open-vocabulary"
+    if args.held_out and not fashion:
+        parser.error("--held-out needs --dataset fashion-mnist")
+    if args.seeds and not (fashion or open_world):
+        parser.error("--seeds needs --dataset fashion-mnist or open-vocabulary")
     args.held_out = comma_separated(args.held_out or "")
     if args.held_out:
         from experiments.fashion_mnist import CLASSES
@@ -319,23 +404,26 @@ def main(argv=None) -> None:
         unknown = [name for name in args.held_out if name not in CLASSES]
         if unknown:  # before anything is built or trained
             parser.error(f"--held-out {', '.join(unknown)}: not a Fashion-MNIST class ({', '.join(CLASSES)})")
-    args.out = args.out or ("outputs/fashion-mnist" if fashion else "outputs/demo")
+    args.out = args.out or {"fashion-mnist": "outputs/fashion-mnist", "open-vocabulary": "outputs/open-vocabulary"}.get(
+        args.dataset, "outputs/demo"
+    )
     args.train_images = args.train_images or (2000 if fashion else 960)
     args.test_images = args.test_images or (1000 if fashion else 120)
-    args.steps = args.steps or (BASE_BUDGET if fashion else DEMO_BUDGET)["max_steps"]
+    args.steps = args.steps or (BASE_BUDGET if fashion or open_world else DEMO_BUDGET)["max_steps"]
     start = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if fashion and args.seeds:
+    run = fashion_mnist if fashion else open_vocabulary
+    if args.seeds:
         folders = [out / f"seed{seed}" for seed in args.seeds]
         for seed, folder in zip(args.seeds, folders):
             folder.mkdir(parents=True, exist_ok=True)
-            fashion_mnist(argparse.Namespace(**{**vars(args), "seed": seed}), folder, time.time())
+            run(argparse.Namespace(**{**vars(args), "seed": seed}), folder, time.time())
         summary = summarise_seeds(folders)
         (out / "summary.md").write_text(summary + "\n")
         return print(summary)
-    if fashion:
-        return fashion_mnist(args, out, start)
+    if fashion or open_world:
+        return run(args, out, start)
 
     banner(f"1. assets (cached under {cache_root()})")
     vision, llm = efficientnet_lite0(), smollm2_135m()

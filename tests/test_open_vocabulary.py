@@ -152,3 +152,36 @@ def test_a_missing_package_is_one_line_naming_it(tmp_path):
     with pytest.raises(SystemExit, match="apt-get install --no-install-recommends openclipart-png openclipart-svg"):
         open_vocabulary_dataset(tmp_path / "out", tmp_path / "no-svg", tmp_path / "no-png", tmp_path, log=print)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_open_vocabulary_figures_recount_from_classify_and_caption(backbones):
+    import torch
+    from tiny import build, shape_image
+
+    from experiments.demo import open_vocabulary_scores
+    from vlap import tasks
+    from vlap.evaluation import named_class
+
+    model, processor = build(backbones, "llama")
+    model.eval()
+    concepts = ["circle", "square", "star", "circle"]
+    rows = datasets.Dataset.from_dict(
+        {
+            "image": [shape_image(colour, shape) for colour, shape in zip(["red", "blue", "green", "white"], concepts)],
+            "captions": [[f"a {c}", f"one {c}"] for c in concepts],
+            "concept": concepts,
+            "path": [f"{c}.png" for c in concepts],
+        }
+    )
+    names = ["circle", "square", "star"]
+    with torch.no_grad():
+        states = model.get_vision_hidden_states(processor(images=list(rows["image"]))["pixel_values"])
+    scores = open_vocabulary_scores(model, processor, rows, names, "validation", states)["scores"]
+    captions = tasks.caption(model, processor, vision_hidden_states=states, max_new_tokens=12)
+    named = [named_class(caption, names) == names.index(c) for caption, c in zip(captions, concepts)]
+    assert scores["validation: caption_names_class"] == pytest.approx(sum(named) / 4)
+    ranked = tasks.classify(model, processor, labels=names, vision_hidden_states=states)
+    assert scores["validation: classification_code"] == pytest.approx(
+        sum(r[0][0] == c for r, c in zip(ranked, concepts)) / 4
+    )
+    assert {"validation: image_to_text_R@1_code", "validation: text_to_image_R@5", "validation: CIDEr"} <= set(scores)

@@ -270,14 +270,17 @@ def open_vocabulary_scores(model, processor, rows, names: list[str], name: str, 
 def open_vocabulary(args, out: Path, start: float) -> None:
     """The open-vocabulary run: VLAP and caption-only trained with train.py on the clip-art training split, evaluated
     on held-out drawings of seen concepts (`--eval-split`), on held-out concepts and on Tux Paint photographs."""
-    from experiments.open_vocabulary import open_vocabulary_dataset
+    from experiments.open_vocabulary import as_phrase, open_vocabulary_dataset
 
     banner(f"1. assets and data (cached under {cache_root()})")
     vision, llm = efficientnet_lite0(), smollm2_135m()
     splits = datasets.load_from_disk(str(open_vocabulary_dataset(cache_root())))
     train_data = out / "train"
     if not (train_data / "state.json").exists():
-        splits["train"].select_columns(["image", "captions"]).save_to_disk(str(train_data))
+        rows = splits["train"].select_columns(["image", "captions"])
+        if args.caption_form == "phrase":
+            rows = rows.map(lambda row: {"captions": [as_phrase(c) for c in row["captions"]]})
+        rows.save_to_disk(str(train_data))
     seen = sorted({c for split in ("train", "validation", "test") for c in splits[split]["concept"]})
     sets = {
         args.eval_split: (splits[args.eval_split], seen),
@@ -311,7 +314,12 @@ def open_vocabulary(args, out: Path, start: float) -> None:
         {"VLAP (caption + assignment)": results["vlap"]["scores"], "caption-only": results["caption_only"]["scores"]}
     )
     print(markdown)
-    setup = {"dataset": "open-vocabulary", "eval_split": args.eval_split, "train_images": len(splits["train"])}
+    setup = {
+        "dataset": "open-vocabulary",
+        "eval_split": args.eval_split,
+        "caption_form": args.caption_form,
+        "train_images": len(splits["train"]),
+    }
     finish(out, start, results, markdown, runs, {**setup, **BASE_BUDGET, "max_steps": args.steps, "seed": args.seed})
 
 
@@ -382,6 +390,13 @@ def main(argv=None) -> None:
         action="store_true",
         help="easy-vqa: also train and evaluate the caption-only baseline with the same budget (fashion-mnist always "
         "does)",
+    )
+    parser.add_argument(
+        "--caption-form",
+        choices=["as-written", "phrase"],
+        default="as-written",
+        help="open-vocabulary: train on the captions as people wrote them, or as phrases after the prompt "
+        '("a dog on leash"; experiments.open_vocabulary.as_phrase)',
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

@@ -203,6 +203,15 @@ def clean(records: list[Record]) -> tuple[list[dict], Counter]:
     return rows, counts
 
 
+def as_phrase(caption: str) -> str:
+    """A caption as the continuation of "A picture of": lower case, with "a" before it unless it starts with an
+    article, a number or a quantity word ("Dog on Leash" -> "a dog on leash"; "Two Red Dice" -> "two red dice")."""
+    lowered = " ".join(caption.split()).lower()
+    first = lowered.split(" ", 1)[0]
+    starts = {"a", "an", "the", "some", "two", "three", "four", "five", "many", "several"}
+    return lowered if first in starts or first[:1].isdigit() else f"a {lowered}"
+
+
 def bucket(name: str) -> int:
     """A stable number in [0, 100) for a name (not Python's salted hash)."""
     return int(hashlib.sha256(name.encode()).hexdigest(), 16) % 100

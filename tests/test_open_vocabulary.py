@@ -11,6 +11,7 @@ from PIL import Image
 from experiments.open_vocabulary import (
     COLLECTION_FAMILIES,
     Record,
+    as_phrase,
     assign_splits,
     caption_candidates,
     clean,
@@ -185,3 +186,9 @@ def test_the_open_vocabulary_figures_recount_from_classify_and_caption(backbones
         sum(r[0][0] == c for r, c in zip(ranked, concepts)) / 4
     )
     assert {"validation: image_to_text_R@1_code", "validation: text_to_image_R@5", "validation: CIDEr"} <= set(scores)
+
+
+def test_captions_as_phrases_after_the_prompt():
+    assert as_phrase("Dog on Leash") == "a dog on leash"
+    assert as_phrase("Two Red  Dice") == "two red dice" and as_phrase("An albino peahen") == "an albino peahen"
+    assert as_phrase("3 apples") == "3 apples"

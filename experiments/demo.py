@@ -394,9 +394,9 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--caption-form",
         choices=["as-written", "phrase"],
-        default="as-written",
-        help="open-vocabulary: train on the captions as people wrote them, or as phrases after the prompt "
-        '("a dog on leash"; experiments.open_vocabulary.as_phrase)',
+        default="phrase",
+        help="open-vocabulary: train on captions as phrases after the prompt (default, chosen on validation: "
+        '"a dog on leash"; experiments.open_vocabulary.as_phrase) or as people wrote them',
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

@@ -243,18 +243,18 @@ def is_photo(image, path: Path) -> bool:
 
 
 def readable(rows: list[dict]) -> tuple[list[dict], int]:
-    """The rows whose image file opens and is within PIL's pixel limit (the project's image policy refuses larger
-    ones: some drawings are rendered at 10,000 x 16,000 px), and how many were dropped. Headers only, no decoding."""
-    from PIL import Image
+    """The rows whose image the project's image policy (`open_image`) reads, and how many it refused: truncated or
+    broken files, and images over PIL's pixel limit (some drawings are rendered at 10,562 x 16,000 px). Every image
+    is decoded once here, so the dataset writer never meets a file it cannot read."""
+    from modeling_vlap.processing_vlap import open_image
 
     kept = []
     for row in rows:
         try:
-            with Image.open(row["image"]) as image:
-                if image.width * image.height <= Image.MAX_IMAGE_PIXELS:
-                    kept.append(row)
-        except (OSError, ValueError, Image.DecompressionBombError):
-            pass
+            open_image(row["image"])
+        except ValueError:
+            continue
+        kept.append(row)
     return kept, len(rows) - len(kept)
 
 

@@ -137,10 +137,13 @@ def test_the_dataset_composites_transparency_and_counts_every_rule(tmp_path):
     stamps.mkdir()
     (stamps / "zebra.txt").write_text("A zebra.\nfr.utf8=Un zèbre.\n")
     transparent_png(stamps / "zebra.png")
+    (stamps / "apple.txt").write_text("An apple.\n")
+    transparent_png(stamps / "apple.png")
+    (stamps / "apple.png").write_bytes((stamps / "apple.png").read_bytes()[:60])  # truncated: its header reads
     folder = open_vocabulary_dataset(tmp_path / "out", svgs, pngs, stamps, log=lambda _: None)
     counts = json.loads((folder / "counts.json").read_text())
     assert counts["openclipart"]["files"] == 5 and counts["openclipart"]["dropped: no PNG beside the SVG"] == 1
-    assert counts["tuxpaint"]["files"] == 1
+    assert counts["tuxpaint"]["files"] == 2 and counts["tuxpaint"]["dropped: unreadable or over the pixel limit"] == 1
     loaded = datasets.load_from_disk(str(folder))
     rows = [row for split in loaded.values() for row in split]
     assert sorted(row["concept"] for row in rows) == ["cage", "cage", "dice", "zebra"]

@@ -46,7 +46,7 @@ def breakdown(model, inputs, repeats):
     prefix = model.get_image_prefix(inputs.get("pixel_values"), inputs.get("vision_hidden_states"))
     prefix = prefix.detach().requires_grad_()
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    l_map, vocabulary, tau = model.assignment_prediction, model.vocabulary(), model.config.assignment_temperature
+    l_map, vocabulary = model.assignment_prediction, model.vocabulary()
     paper = model.config.text_representation == "hidden_states"  # its text code needs the LLM's forward
 
     @torch.no_grad()
@@ -62,10 +62,8 @@ def breakdown(model, inputs, repeats):
         l_map.assignments(image_codes.detach())
 
     def image_code_and_loss():
-        codes = l_map.word_codes(prefix.float().mean(dim=1), vocabulary)  # then the swapped prediction, both halves
-        image_predicts_text = -(text_targets * torch.log_softmax(codes / tau, dim=-1)).sum(-1).mean()
-        text_predicts_image = -(l_map.assignments(codes) * torch.log_softmax(text_codes / tau, dim=-1)).sum(-1).mean()
-        ((image_predicts_text + text_predicts_image) / 2).backward()
+        codes = l_map.word_codes(prefix.float().mean(dim=1), vocabulary)
+        l_map.swapped_prediction(codes, text_codes, text_targets).loss.backward()
 
     return interleaved_medians(
         {

@@ -108,7 +108,11 @@ class AssignmentPrediction(nn.Module):
         with torch.no_grad():  # the LLM is frozen: the caption side carries no gradient
             text_codes, token_codes = self.caption_codes(input_ids, attention_mask, vocabulary, text_features)
             text_targets = self.caption_assignments(input_ids, attention_mask, vocabulary, text_codes, token_codes)
-        image_codes = self.word_codes(image_features, vocabulary)
+        return self.swapped_prediction(self.word_codes(image_features, vocabulary), text_codes, text_targets)
+
+    def swapped_prediction(self, image_codes, text_codes, text_targets) -> AssignmentLoss:
+        """`[B, V]` codes and the captions' targets -> L_map: softmax(image code / tau) predicts the captions'
+        assignment, softmax(text code / tau) the images' (their Sinkhorn assignment, computed here)."""
         image_targets = self.assignments(image_codes)
         tau = self.config.assignment_temperature
         image_predicts_text = -(text_targets * F.log_softmax(image_codes / tau, dim=-1)).sum(-1).mean()

@@ -20,6 +20,7 @@ from_pretrained then loads by name. --dry-run stops after the verification and l
 
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -109,6 +110,12 @@ def load_results(paths: list[Path]) -> list[dict]:
             )
         else:
             raise PushError(f"{path}: neither a `vlap eval --out` report nor a `make demo` results.json")
+        scores = results[-1]["scores"]
+        if not isinstance(scores, dict):
+            raise PushError(f"{path}: its scores are not a mapping of metric names to numbers")
+        for metric, value in scores.items():  # what goes into the card must be a measured, finite number
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise PushError(f"{path}: the score {metric}={value!r} is not a finite number")
     return results
 
 
@@ -253,6 +260,7 @@ def validate_card(card) -> None:
 # ------------------------------------------------------------------------------------------- assemble & verify
 def assemble(folder: Path, staging: Path, bridge_only: bool, max_shard_size: str, card_args: dict) -> list[Path]:
     """Write the complete repository into `staging` and return its files."""
+    import modeling_vlap
     from modeling_vlap import VLAPForConditionalGeneration, VLAPProcessor
 
     model = VLAPForConditionalGeneration.from_pretrained(folder)
@@ -263,6 +271,15 @@ def assemble(folder: Path, staging: Path, bridge_only: bool, max_shard_size: str
     for key in ("auto_map", "custom_pipelines"):
         if not config.get(key):
             raise PushError(f"the assembled config.json has no {key}: the model would not load with trust_remote_code")
+    shipped = {path.name: path.read_bytes() for path in Path(modeling_vlap.__file__).parent.glob("*.py")}
+    foreign = [
+        path.name for path in staging.rglob("*.py") if shipped.get(path.name) != path.read_bytes()
+    ]  # the assembled folder may hold this package's remote code, byte for byte, and nothing else that runs
+    if foreign:
+        raise PushError(
+            f"the assembled folder holds code that is not this package's remote code ({', '.join(sorted(foreign))}); "
+            "nothing uploaded"
+        )
     card = render_card(model, **card_args, bridge_only=bridge_only)
     validate_card(card)
     card.save(staging / "README.md")

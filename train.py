@@ -8,13 +8,18 @@ One loop, top to bottom: data -> word prior -> (feature cache) -> optimiser -> r
 """
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import functools
 import json
+import math
 import os
 import re
 import resource
 import shutil
+import tarfile
+import tempfile
 import time
 import typing
 from pathlib import Path
@@ -23,6 +28,7 @@ import datasets
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
@@ -30,6 +36,7 @@ from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration, VLAPProcessor
 from modeling_vlap.modeling_vlap import WORD_STATISTICS
 from vlap.data import (
+    FORMATS,
     CaptionedImages,
     Collator,
     StreamedCaptionedImages,
@@ -41,7 +48,7 @@ from vlap.data import (
 from vlap.diagnostics import assignment_diagnostics, content_word_mask
 from vlap.features import build_feature_cache
 from vlap.langbridge import english_vocabulary, select_vocabulary, string_to_id
-from vlap.lora import apply_lora, merge_lora
+from vlap.lora import apply_lora, merge_lora, parse_lora
 
 
 def option(default, help: str):
@@ -133,6 +140,45 @@ def model_field_help() -> dict[str, str]:
     return {name: text.split(". ")[0].rstrip(".") for name, text in helps.items()}
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader, stricter for a config: a key given twice is an error (not "the last one wins"), and the
+    document may not expand (aliases of aliases) beyond MAX_CONFIG_NODES values ("billion laughs")."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=True) for key, _ in node.value]
+        repeated = sorted({str(key) for key in keys if keys.count(key) > 1})
+        if repeated:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key(s) given twice: {', '.join(repeated)}", node.start_mark
+            )
+        return super().construct_mapping(node, deep)
+
+
+MAX_CONFIG_NODES = 10_000
+
+
+def read_config_file(path: str) -> dict:
+    """The --config YAML file as a mapping, or a one-line SystemExit naming what is wrong with it."""
+    try:
+        values = yaml.load(Path(path).read_text(), Loader=ConfigLoader)
+    except OSError as error:
+        raise SystemExit(f"--config {path}: {error.strerror or error}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise SystemExit(f"--config {path}: not valid YAML ({' '.join(str(error).split())})") from None
+    nodes, stack = 0, [values]
+    while stack:  # counted without expanding: shared aliases are walked once per use, up to the limit
+        value = stack.pop()
+        nodes += 1
+        if nodes > MAX_CONFIG_NODES:
+            raise SystemExit(f"--config {path}: expands to more than {MAX_CONFIG_NODES:,} values (nested aliases)")
+        stack.extend(value.values() if isinstance(value, dict) else value if isinstance(value, list) else ())
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise SystemExit(f"--config {path}: expected a mapping of TrainConfig fields, got a {type(values).__name__}")
+    return values
+
+
 def parse_config(argv=None) -> TrainConfig:
     """--config YAML first, then `--field value` overrides for every TrainConfig field and `--model.field value` for
     every VLAPConfig setting."""
@@ -160,7 +206,7 @@ def parse_config(argv=None) -> TrainConfig:
     args = vars(parser.parse_args(argv))
     values = {}
     if args.get("config"):
-        values = yaml.safe_load(Path(args.pop("config")).read_text()) or {}
+        values = read_config_file(args.pop("config"))
         unknown = set(values) - set(fields) - {"model"}
         method_fields = sorted(unknown & set(MODEL_FIELDS))
         if method_fields:
@@ -189,7 +235,13 @@ def parse_config(argv=None) -> TrainConfig:
         "warmup_epochs": config.warmup_epochs >= 0,
         "weight_decay": config.weight_decay >= 0,
         "checkpointing_steps": config.checkpointing_steps >= 1,
+        "checkpoints_total_limit": config.checkpoints_total_limit >= 0,
         "eval_steps": config.eval_steps >= 0,
+        "num_eval_images": config.num_eval_images >= 0,
+        "max_grad_norm": config.max_grad_norm > 0,
+        "seed": 0 <= config.seed < 2**32,
+        "word_prior_rows": config.word_prior_rows >= 1,
+        "langbridge_vocab_size": config.langbridge_vocab_size >= 1,
     }
     for name, ok in checks.items():
         if not ok:
@@ -197,6 +249,8 @@ def parse_config(argv=None) -> TrainConfig:
     choices = {
         "mixed_precision": ("no", "bf16", "fp16"),
         "langbridge_vocabulary_source": ("english", "captions"),
+        "data_format": FORMATS,
+        "report_to": ("none", "all", *LOGGER_TYPE_TO_CLASS),
     }
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
@@ -207,7 +261,40 @@ def parse_config(argv=None) -> TrainConfig:
             raise SystemExit(f"{name}: {path} does not exist")
     if config.init_bridge and not Path(config.init_bridge).is_dir():
         raise SystemExit(f"init_bridge: {config.init_bridge} is not a saved model folder")
+    if config.lora:
+        try:
+            parse_lora(config.lora)
+        except ValueError as error:
+            raise SystemExit(f"lora: {error}") from None
+    if config.langbridge_vocabulary:
+        read_vocabulary(config.langbridge_vocabulary)
+    check_output_dir(Path(config.output_dir))
     return config
+
+
+def read_vocabulary(path: str) -> list[str]:
+    """`langbridge_vocabulary`: a JSON list of token strings, or a one-line SystemExit."""
+    try:
+        tokens = json.loads(Path(path).read_text())
+    except OSError as error:
+        raise SystemExit(f"langbridge_vocabulary: {path}: {error.strerror or error}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise SystemExit(f"langbridge_vocabulary: {path} is not JSON") from None
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(token, str) for token in tokens):
+        raise SystemExit(f"langbridge_vocabulary: {path} is not a non-empty JSON list of token strings")
+    return tokens
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """output_dir is a folder this process can write (it or its nearest existing parent), checked before anything
+    loads: a file, a read-only place or a kernel file system (/proc, /sys) fails here, not after training."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise SystemExit(f"output_dir: {output_dir} exists and is not a folder")
+    existing = next(path for path in (output_dir.absolute(), *output_dir.absolute().parents) if path.exists())
+    try:  # os.access says yes to root everywhere (even /proc): try to write
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as error:
+        raise SystemExit(f"output_dir: cannot write in {existing} ({error.strerror or error})") from None
 
 
 def _parse(name: str, value, kind):
@@ -224,14 +311,18 @@ def _parse(name: str, value, kind):
             return str(value).lower() in ("1", "true", "yes")
     elif isinstance(value, bool):
         pass  # YAML's true/false is not a number or a text
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise SystemExit(f"{name}={value!r} is not a finite number")
     elif base in (int, float):
         try:
             number = base(value)  # int("2.5") and int(2.5)-style truncation are refused below
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # int(.inf) overflows
             number = None
-        if number is not None and (base is float or float(value) == number):
+        if number is not None and math.isfinite(number) and (base is float or float(value) == number):
             return number
-    elif base is str:
+        if number is not None and not math.isfinite(number):
+            raise SystemExit(f"{name}={value!r} is not a finite number")
+    elif base is str and isinstance(value, (str, int, float)):
         return str(value)
     expected = f"{base.__name__}{' or none' if optional else ''}"
     raise SystemExit(f"{name}={value!r} is not a valid {expected}")
@@ -301,14 +392,43 @@ def find_checkpoint(checkpoints: Path, resume: str | None) -> Path | None:
         checkpoint = Path(resume)
     else:
         complete = complete_checkpoints(checkpoints)
-        checkpoint = complete[-1] if complete else None
-    pickles = sorted(path.name for path in checkpoint.glob("custom_checkpoint_*.pkl")) if checkpoint else []
+        if not complete:
+            raise SystemExit(
+                f"--resume: {checkpoints} holds no complete checkpoint to resume; run without --resume to start "
+                "afresh (with --overwrite-output-dir if the folder holds an unfinished run)"
+            )
+        checkpoint = complete[-1]
+    pickles = sorted(path.name for path in checkpoint.glob("custom_checkpoint_*.pkl"))
     if pickles:
         raise SystemExit(
             f"{checkpoint} holds {', '.join(pickles)}: a pickle that could run code when loaded; "
             "refusing to resume from it"
         )
     return checkpoint
+
+
+@contextlib.contextmanager
+def output_dir_lock(output_dir: Path, is_main_process: bool):
+    """Hold an exclusive lock on output_dir/.lock for the life of the run (the main process): a second run into the
+    same folder, --resume included, stops at once instead of interleaving logs, checkpoints and exports."""
+    if not is_main_process:
+        yield
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / ".lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise SystemExit(f"output_dir: {output_dir} is in use by another training run ({holder})") from None
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()}")
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def claim_output_dir(output_dir: Path, resume: str | None, overwrite: bool) -> None:
@@ -375,7 +495,7 @@ def langbridge_arguments(config: TrainConfig, tokenizer, counts: torch.Tensor, l
     transfer_llms = config.langbridge_transfer_llms or []
     transfer_llms = transfer_llms.split(",") if isinstance(transfer_llms, str) else transfer_llms
     others = [AutoTokenizer.from_pretrained(name.strip()) for name in transfer_llms]
-    given = json.loads(Path(config.langbridge_vocabulary).read_text()) if config.langbridge_vocabulary else None
+    given = read_vocabulary(config.langbridge_vocabulary) if config.langbridge_vocabulary else None
     source = "given" if given else config.langbridge_vocabulary_source
     if source == "english":
         tokens, token_ids, report = english_vocabulary([tokenizer, *others], config.langbridge_vocab_size)
@@ -409,11 +529,21 @@ def load_bridge(model, folder: str) -> None:
         ) from None
 
 
+def read_data(field: str, source: str, config: TrainConfig) -> tuple:
+    """(dataset, the folder its image paths are relative to), loaded and validated (`vlap.data.validate`); what is
+    wrong with it (missing, empty, unreadable, a bad row) is a one-line SystemExit naming `field`."""
+    try:
+        dataset, base_dir = load_source(source, config.data_format)
+        validate(dataset, source, config.image_column, config.caption_column)
+    except (ValueError, OSError, tarfile.TarError, datasets.exceptions.DatasetsError) as error:
+        raise SystemExit(f"{field}: {' '.join(str(error).split())}") from None
+    return dataset, base_dir
+
+
 def load_training_set(config: TrainConfig, processor):
     """(training set, streamed?, caption token counts `[tokenizer length]`): the data, validated before the first
     step, and the counts the word prior is fitted from."""
-    dataset, base_dir = load_source(config.train_data, config.data_format)
-    validate(dataset, config.train_data, config.image_column, config.caption_column)
+    dataset, base_dir = read_data("train_data", config.train_data, config)
     columns = (config.image_column, config.caption_column)
     streamed = isinstance(dataset, datasets.IterableDataset)
     if streamed:
@@ -431,9 +561,8 @@ def validation_loader(config: TrainConfig, collate) -> tuple:
     """(validation set, its loader), or (None, None) without `validation_data`."""
     if not config.validation_data:
         return None, None
-    dataset, base_dir = load_source(config.validation_data, config.data_format)
+    dataset, base_dir = read_data("validation_data", config.validation_data, config)
     columns = (config.image_column, config.caption_column)
-    validate(dataset, config.validation_data, *columns)
     validation_set = CaptionedImages(dataset, *columns, base_dir=base_dir, seed=config.seed)
     return validation_set, torch.utils.data.DataLoader(validation_set, batch_size=config.batch_size, collate_fn=collate)
 
@@ -512,9 +641,19 @@ def resume_progress(accelerator: Accelerator, checkpoint: Path | None, scheduler
     accelerator.print(f"resumed from {checkpoint} at step {progress['step']}")
     metrics_path = output_dir / "metrics.jsonl"
     if accelerator.is_main_process and metrics_path.exists():
-        records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
-        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records if r["step"] <= progress["step"]))
+        records = [parsed_record(line) for line in metrics_path.read_text(errors="replace").splitlines()]
+        kept = [r for r in records if r is not None and r["step"] <= progress["step"]]
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
     return progress
+
+
+def parsed_record(line: str) -> dict | None:
+    """One metrics.jsonl line, or None for a line a kill tore in half (or any line without a step)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
 
 
 def write_metrics(accelerator: Accelerator, output_dir: Path, record: dict) -> None:
@@ -577,6 +716,22 @@ def export(accelerator: Accelerator, model, processor, output_dir: Path) -> Path
     return final
 
 
+def stop_if_not_finite(accelerator: Accelerator, loss: float, trainable: list, step: int, checkpoints: Path) -> None:
+    """A non-finite loss or trained weight (a diverged run: learning rate, clipping, data) stops training at the step
+    it appears, on every process, before it is logged as normal, checkpointed or exported."""
+    weights_finite = all(bool(torch.isfinite(p).all()) for p in trainable)
+    flags = torch.tensor([not math.isfinite(loss), not weights_finite], dtype=torch.float32, device=accelerator.device)
+    loss_bad, weights_bad = accelerator.reduce(flags, "sum").tolist()
+    if loss_bad or weights_bad:
+        what = " and ".join(name for name, bad in (("the loss", loss_bad), ("the trained weights", weights_bad)) if bad)
+        complete = complete_checkpoints(checkpoints)
+        last = f"; the last good checkpoint is {complete[-1]}" if complete else ""
+        raise SystemExit(
+            f"step {step}: {what} became NaN or infinite (check learning_rate, max_grad_norm and the data); "
+            f"training stopped, nothing exported{last}"
+        )
+
+
 def main(argv=None) -> Path:
     config = parse_config(argv)
     output_dir = Path(config.output_dir)
@@ -587,6 +742,12 @@ def main(argv=None) -> Path:
         project_dir=str(output_dir),
         cpu=config.cpu,
     )
+    with output_dir_lock(output_dir, accelerator.is_main_process):
+        return run(config, accelerator, output_dir)
+
+
+def run(config: TrainConfig, accelerator: Accelerator, output_dir: Path) -> Path:
+    """data -> word prior -> (feature cache) -> optimiser -> resume -> steps -> export, in output_dir (locked)."""
     set_seed(config.seed)
     checkpoints = output_dir / "checkpoints"
     checkpoint = find_checkpoint(checkpoints, config.resume)
@@ -681,6 +842,7 @@ def main(argv=None) -> Path:
                     f"{config.max_bad_fraction} of {seen}: {where}"
                 )
             logs = step_logs(accelerator, out, scheduler, batch["input_ids"], content_words)
+            stop_if_not_finite(accelerator, logs["loss"], trainable, step, checkpoints)
             images_per_second = (progress["images"] - start_images) / max(time.time() - start_time, 1e-9)
             accelerator.log({**logs, "images_per_second": images_per_second}, step=step)
             write_metrics(accelerator, output_dir, {"step": step, **logs})

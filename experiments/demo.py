@@ -19,10 +19,11 @@ and reports how often each model names them anyway.
 
     python -m experiments.demo --dataset fashion-mnist [--held-out sandal,bag] [--eval-split validation]
 
-`--dataset open-vocabulary` trains both on drawings with captions people wrote (experiments.open_vocabulary) and
-scores held-out drawings of seen concepts (`--eval-split`), held-out concepts and Tux Paint photographs.
+`--dataset open-vocabulary` trains VLAP (and with `--baseline` caption-only) with the demo's budget on drawings with
+captions people wrote (experiments.open_vocabulary) and scores held-out drawings of seen concepts (`--eval-split`),
+held-out concepts and Tux Paint photographs; the models are exported to OUT/vlap/final and OUT/caption_only/final.
 
-    python -m experiments.demo --dataset open-vocabulary [--eval-split validation] [--seeds 0 1 2]
+    python -m experiments.demo --dataset open-vocabulary [--eval-split validation] [--baseline] [--seeds 0 1 2]
 """
 
 import argparse
@@ -66,7 +67,7 @@ from vlap.evaluation import (
 )
 from vlap.inputs import comma_separated
 from vlap.metrics import load_metric
-from vlap.tasks import first_line, load, plot_words, read_words, save_figure
+from vlap.tasks import classify, first_line, load, plot_words, read_words, save_figure
 
 
 def banner(text: str) -> None:
@@ -249,20 +250,24 @@ def open_vocabulary_scores(model, processor, rows, names: list[str], name: str, 
     vision output of its images), among `names`:
     `caption_names_class` (its caption names the image's concept or a longer name holding it),
     `classification_code` / `classification` (zero-shot among `names` in VLAP's word space / by feature cosine) and
-    image<->text R@1/R@5 among the rows' own captions (`_code`: word space); CIDEr, BLEU-4 and METEOR against them."""
+    `classification_code_top5` (the concept among the five best names), image<->text R@1/R@5 among the rows' own
+    captions (`_code`: word space); CIDEr, BLEU-4 and METEOR against them. The examples are every row's caption."""
     labels = [names.index(concept) for concept in rows["concept"]]
     classes = evaluate_classification(
         model, processor, labels=labels, class_names=names, vision_hidden_states=states, batch_size=32
     )
     wanted = ("caption_names_class", "classification", "classification_code")
     scores = {key: value for key, value in classes["scores"].items() if key in wanted}
+    ranked = classify(model, processor, labels=names, vision_hidden_states=states, method="code", batch_size=32)
+    top5 = [[label for label, _ in ranking[:5]] for ranking in ranked]
+    scores["classification_code_top5"] = sum(names[t] in top for t, top in zip(labels, top5)) / len(labels)
     retrieval = evaluate_retrieval(model, processor, references=rows["captions"], vision_hidden_states=states)
     scores.update({k: v for k, v in retrieval["scores"].items() if "@10" not in k})
     captions = load_metric("caption_metrics").compute(predictions=classes["predictions"], references=rows["captions"])
     scores.update({k: captions[k] for k in ("CIDEr", "BLEU-4", "METEOR") if k in captions})
     examples = [
-        {"path": path, "captions": list(truth), "caption": caption}
-        for path, truth, caption in zip(rows["path"][:8], rows["captions"][:8], classes["predictions"][:8])
+        {"path": path, "captions": list(truth), "caption": caption, "top5_code": top}
+        for path, truth, caption, top in zip(rows["path"], rows["captions"], classes["predictions"], top5)
     ]
     return {"scores": {f"{name}: {k}": v for k, v in scores.items()}, "examples": examples}
 
@@ -292,9 +297,10 @@ def open_vocabulary(args, out: Path, start: float) -> None:
         + ", ".join(f"{name} {len(rows)} images among {len(names)} names" for name, (rows, names) in sets.items())
     )
     banner("2. VLAP and the caption-only baseline, same budget (train.py)")
+    methods = (("vlap", VLAP_METHOD), ("caption_only", CAPTION_ONLY))[: 2 if args.baseline else 1]
     runs = {
-        name: train(name, out, train_data, vision, llm, BASE_BUDGET, args, caption_column="captions", model=method)
-        for name, method in (("vlap", VLAP_METHOD), ("caption_only", CAPTION_ONLY))
+        name: train(name, out, train_data, vision, llm, DEMO_BUDGET, args, caption_column="captions", model=method)
+        for name, method in methods
     }
     banner("3. evaluation")
     states = {
@@ -310,17 +316,18 @@ def open_vocabulary(args, out: Path, start: float) -> None:
         results[run] = {"scores": {k: v for part in parts for k, v in part["scores"].items()}}
         results[run]["examples"] = {name: part["examples"] for name, part in zip(sets, parts)}
         print(f"{run}: " + "; ".join(f"{e['caption']!r} ({e['captions'][0]})" for e in parts[-1]["examples"][:4]))
-    markdown = markdown_table(
-        {"VLAP (caption + assignment)": results["vlap"]["scores"], "caption-only": results["caption_only"]["scores"]}
-    )
+    titles = {"vlap": "VLAP (caption + assignment)", "caption_only": "caption-only"}
+    markdown = markdown_table({titles[run]: results[run]["scores"] for run in runs})
     print(markdown)
     setup = {
         "dataset": "open-vocabulary",
         "eval_split": args.eval_split,
         "caption_form": args.caption_form,
         "train_images": len(splits["train"]),
+        "train_config": json.loads((runs["vlap"].parent / "train_config.json").read_text()),
+        "seed": args.seed,
     }
-    finish(out, start, results, markdown, runs, {**setup, **BASE_BUDGET, "max_steps": args.steps, "seed": args.seed})
+    finish(out, start, results, markdown, runs, setup)
 
 
 def finish(out: Path, start: float, results: dict, markdown: str, runs: dict, setup: dict) -> None:
@@ -388,8 +395,8 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--baseline",
         action="store_true",
-        help="easy-vqa: also train and evaluate the caption-only baseline with the same budget (fashion-mnist always "
-        "does)",
+        help="easy-vqa, open-vocabulary: also train and evaluate the caption-only baseline with the same budget "
+        "(fashion-mnist and --seeds always do)",
     )
     parser.add_argument(
         "--caption-form",
@@ -412,6 +419,7 @@ def main(argv=None) -> None:
         parser.error("--held-out needs --dataset fashion-mnist")
     if args.seeds and not (fashion or open_world):
         parser.error("--seeds needs --dataset fashion-mnist or open-vocabulary")
+    args.baseline = args.baseline or bool(args.seeds)  # a seed summary compares VLAP with caption-only
     args.held_out = comma_separated(args.held_out or "")
     if args.held_out:
         from experiments.fashion_mnist import CLASSES
@@ -424,7 +432,7 @@ def main(argv=None) -> None:
     )
     args.train_images = args.train_images or (2000 if fashion else 960)
     args.test_images = args.test_images or (1000 if fashion else 120)
-    args.steps = args.steps or (BASE_BUDGET if fashion or open_world else DEMO_BUDGET)["max_steps"]
+    args.steps = args.steps or (BASE_BUDGET if fashion else DEMO_BUDGET)["max_steps"]
     start = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,7 @@
 """VLAP configuration (remote code: imports only transformers)."""
 
+import math
+
 from transformers import CONFIG_MAPPING, AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
@@ -110,15 +112,19 @@ class VLAPConfig(PreTrainedConfig):
             "prior_temperature": self.prior_temperature,
         }
         for name, value in positive.items():
-            if value <= 0:
-                raise ValueError(f"VLAPConfig.{name} must be > 0, got {value}")
+            if not 0 < value < math.inf:  # NaN fails too
+                raise ValueError(f"VLAPConfig.{name} must be a finite number > 0, got {value}")
         bos = self.prefix_bos_token_id
         if bos is not None and (isinstance(bos, bool) or not isinstance(bos, int) or bos < 0):
             raise ValueError(f"VLAPConfig.prefix_bos_token_id must be a token id or None, got {bos!r}")
-        if self.assignment_loss_weight < 0:
-            raise ValueError(f"VLAPConfig.assignment_loss_weight must be >= 0, got {self.assignment_loss_weight}")
-        if self.word_marginal_weight is not None and self.word_marginal_weight < 0:
-            raise ValueError(f"VLAPConfig.word_marginal_weight must be >= 0 or None, got {self.word_marginal_weight}")
+        if not 0 <= self.assignment_loss_weight < math.inf:
+            raise ValueError(
+                f"VLAPConfig.assignment_loss_weight must be a finite number >= 0, got {self.assignment_loss_weight}"
+            )
+        if self.word_marginal_weight is not None and not 0 <= self.word_marginal_weight < math.inf:
+            raise ValueError(
+                f"VLAPConfig.word_marginal_weight must be a finite number >= 0 or None, got {self.word_marginal_weight}"
+            )
         if self.text_representation not in ("hidden_states", "word_embeddings", "word_assignments"):
             raise ValueError(
                 "VLAPConfig.text_representation must be 'hidden_states', 'word_embeddings' or 'word_assignments', "

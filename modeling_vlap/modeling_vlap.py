@@ -288,16 +288,38 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         if not isinstance(config, VLAPConfig):
             config = VLAPConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         if not config.bridge_only:
-            try:
-                return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            wants_info = kwargs.pop("output_loading_info", False)
+            allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
+            try:  # mismatches are collected (and refused below, by name) rather than raised as a bare RuntimeError
+                model, info = super().from_pretrained(
+                    pretrained_model_name_or_path,
+                    *model_args,
+                    output_loading_info=True,
+                    ignore_mismatched_sizes=True,
+                    **kwargs,
+                )
             except (
                 Exception
             ) as error:  # safetensors' own error type (matched by name: remote code imports transformers only)
-                if type(error).__name__ != "SafetensorError":
-                    raise
-                raise OSError(
-                    f"{pretrained_model_name_or_path}: a weights file is truncated or not safetensors ({error})"
-                ) from None
+                if type(error).__name__ == "SafetensorError":
+                    raise OSError(
+                        f"{pretrained_model_name_or_path}: a weights file is truncated or not safetensors ({error})"
+                    ) from None
+                raise
+            mismatched = [] if allow_mismatch else sorted(info.get("mismatched_keys", ()), key=lambda m: m[0])
+            if mismatched:
+                key, saved, expected = mismatched[0]
+                raise ValueError(
+                    f"{pretrained_model_name_or_path}: its weights do not fit its config.json ({key}: saved "
+                    f"{list(saved)}, the config asks for {list(expected)}; {len(mismatched)} tensor(s) differ)"
+                )
+            untrained = sorted(key for key in info["missing_keys"] if is_bridge_key(key))
+            if untrained:  # transformers would fill them with random values: a model that runs and says nothing
+                raise ValueError(
+                    f"{pretrained_model_name_or_path}: the weights lack the trained tensors {', '.join(untrained)}; "
+                    "refusing to load a random bridge"
+                )
+            return (model, info) if wants_info else model
 
         backbone_kwargs = {k: kwargs[k] for k in ("cache_dir", "token", "local_files_only", "dtype") if k in kwargs}
         vision, text = (config.backbones or {}).get("vision"), (config.backbones or {}).get("text")
@@ -436,6 +458,9 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        empty = (attention_mask.sum(dim=1) == 0).nonzero().flatten().tolist()
+        if empty:  # its mean would be 0 / 0, normalised to a zero feature that matches nothing and everything
+            raise ValueError(f"text {empty[0]} has no tokens (its attention_mask is all zero)")
         if self.config.text_representation != "hidden_states":
             return self.assignment_prediction.sif_text_features(input_ids, attention_mask, self.vocabulary())
         if self.is_encoder_decoder_llm:
@@ -497,8 +522,11 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         Sinkhorn plan itself needs a batch (for one image it collapses to the word prior).
         Returns `(weights, token_ids)`, each `[B, top_k]`; decode ids with the processor's tokenizer.
         """
+        vocabulary = self.vocabulary()
+        if not 1 <= top_k <= vocabulary.weight.shape[0]:
+            raise ValueError(f"top_k={top_k}: give 1 to {vocabulary.weight.shape[0]:,} (the LLM's vocabulary)")
         features = self.get_image_features(pixel_values, vision_hidden_states)
-        log_probabilities = self.assignment_prediction.predicted_log_assignments(features, self.vocabulary())
+        log_probabilities = self.assignment_prediction.predicted_log_assignments(features, vocabulary)
         return log_probabilities.exp().topk(top_k, dim=-1)
 
     # ------------------------------------------------------------------------------------------ LLM input assembly
@@ -651,9 +679,8 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         embeds, mask = self.prefix_and_prompt_embeds(prefix, prompt_input_ids, prompt_attention_mask)
         side = "right" if self.is_encoder_decoder_llm else "left"
         mask, embeds = pack_padding(mask, embeds, padding_side=side)
-        self._check_positions(
-            mask.shape[1] + (generation_config.max_new_tokens or 0), prefix.shape[1], "prompt + new tokens"
-        )
+        requested = max(mask.shape[1] + (generation_config.max_new_tokens or 0), kwargs.get("max_length") or 0)
+        self._check_positions(requested, prefix.shape[1], "prompt + new tokens")
         return self.language_model.generate(
             inputs_embeds=embeds, attention_mask=mask, generation_config=generation_config, **model_kwargs
         )

@@ -8,6 +8,8 @@ with two steps adapted: a VLAP processor takes the prompt as `prompt` (its `text
 returns only the new tokens.
 """
 
+from string import Formatter
+
 from transformers import GenerationConfig, Pipeline
 from transformers.pipelines.image_text_to_text import Chat, ImageTextToTextPipeline
 from transformers.pipelines.zero_shot_image_classification import ZeroShotImageClassificationPipeline
@@ -43,6 +45,11 @@ class VLAPImageToTextPipeline(Pipeline):
             {"generate_kwargs": {**(generate_kwargs or {}), **generation_params}},
             {},
         )
+
+    def __call__(self, images, **kwargs):
+        if isinstance(images, (list, tuple)) and not images:
+            raise ValueError("no images: give an image or a non-empty list of them")
+        return super().__call__(images, **kwargs)
 
     def preprocess(self, image, prompt=None, timeout=None):
         return self.processor(images=[_fetched(image, timeout)], prompt=prompt, return_tensors="pt")
@@ -88,6 +95,27 @@ class VLAPImageTextToTextPipeline(ImageTextToTextPipeline):
         }
 
 
+def template_fields(template: str, what: str) -> list[tuple[str, str]]:
+    """The (field name, whole field) pairs of a str.format template. Format specs and conversions are refused: a
+    template fills in words, and "{question:>999999999}" would ask for gigabytes."""
+    try:
+        parsed = [(field, spec, conversion) for _, field, spec, conversion in Formatter().parse(template)]
+    except ValueError as error:
+        raise ValueError(f"the {what} {template!r} is not a valid template ({error})") from None
+    fields = [(field, spec, conversion) for field, spec, conversion in parsed if field is not None]
+    if any(spec or conversion for _, spec, conversion in fields):
+        raise ValueError(f"the {what} {template!r}: fields take no format spec or conversion ({{name}} only)")
+    return [(field, "{" + field + "}") for field, _, _ in fields]
+
+
+def label_texts(template: str, labels) -> list[str]:
+    """The text scored for each zero-shot label: `template` with its one `{}` filled (a template without one would
+    score the same text for every label)."""
+    if [field for field, _ in template_fields(template, "label template")] != [""]:
+        raise ValueError(f"the label template {template!r} needs exactly one {{}} for the label")
+    return [template.format(label) for label in labels]
+
+
 class VLAPZeroShotImageClassificationPipeline(ZeroShotImageClassificationPipeline):
     """`pipe(image, candidate_labels=[...], hypothesis_template="a {}")`: the standard zero-shot interface and output,
     with the label texts tokenised by the VLAP processor as captions are in training (after the prompt), not by the
@@ -101,7 +129,7 @@ class VLAPZeroShotImageClassificationPipeline(ZeroShotImageClassificationPipelin
 
     def preprocess(self, image, candidate_labels=None, hypothesis_template=LABEL_TEMPLATE, timeout=None, **kwargs):
         inputs = self.processor(images=[_fetched(image, timeout)], return_tensors="pt")
-        texts = self.processor(text=[hypothesis_template.format(label) for label in candidate_labels])
+        texts = self.processor(text=label_texts(hypothesis_template, candidate_labels))
         return {
             "pixel_values": inputs["pixel_values"].to(self.dtype),
             "candidate_labels": candidate_labels,

@@ -1,14 +1,19 @@
-"""VLAP processor: the vision model's image processor + the LLM's tokenizer (remote code: transformers only)."""
+"""VLAP processor: the vision image processor + the LLM's tokenizer (remote code: torch and transformers only)."""
 
 import os
+import stat
 from collections.abc import Sequence
 
+import torch
 from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
 from transformers.image_utils import load_image
 from transformers.utils import is_vision_available
 
 if is_vision_available():
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+MAX_ASPECT_RATIO = 100  # a 100,000 x 1 strip would be resized to 22 million x 224 pixels (~15 GB) for CLIP
 
 
 def to_rgb(image: "Image.Image") -> "Image.Image":
@@ -16,10 +21,23 @@ def to_rgb(image: "Image.Image") -> "Image.Image":
 
     Transparency (RGBA, LA, PA, P or L with a transparent colour) is composited onto white; 16- and 32-bit integer
     images (I;16 PNGs, I) are scaled to 8 bits by their bit depth, not clipped (PIL's own convert("RGB") turns every
-    value above 255 white); other modes (L, 1, CMYK, YCbCr, ...) are converted by PIL.
+    value above 255 white); float images (F: float TIFFs) in [0, 1] are scaled by 255; other modes (L, 1, CMYK,
+    YCbCr, ...) are converted by PIL. An empty image or one more than MAX_ASPECT_RATIO times longer than wide (or
+    wider than long), which the vision processor's resize would blow up, is a ValueError.
     """
+    width, height = image.size
+    if min(width, height) == 0:
+        raise ValueError(f"the image is empty ({width}x{height} pixels)")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ValueError(
+            f"the image is {width}x{height} pixels: an aspect ratio beyond {MAX_ASPECT_RATIO}:1, which resizing for "
+            "the vision model would blow up; crop it first"
+        )
     if image.mode == "RGB":
         return image
+    if image.mode == "F":
+        scale = 255 if image.getextrema()[1] <= 1 else 1
+        image = image.point(lambda value: value * scale + 0.5).convert("L")  # rounded, as numpy floats are
     if image.mode.startswith("I;16") or image.mode == "I":
         bits = 16 if image.mode.startswith("I;16") or image.getextrema()[1] < 65536 else 32
         image = image.convert("I").point(lambda value: value * (1 / 2 ** (bits - 8))).convert("L")
@@ -32,12 +50,22 @@ def to_rgb(image: "Image.Image") -> "Image.Image":
 
 
 def open_image(source, name: str | None = None) -> "Image.Image":
-    """An image file (path or binary file object) -> RGB PIL image (`to_rgb`), decoded now.
+    """An image file (path or binary file object) -> RGB PIL image (`to_rgb`), decoded now, turned upright by its
+    EXIF orientation (as a phone photo is shown).
 
-    Unreadable or truncated files, and images over PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS, twice
-    which PIL refuses outright), are a ValueError naming `name` (default: the path) and the cause.
+    A path must be a regular file (symlinks followed): a folder, FIFO or device is refused before it is opened (a
+    FIFO would block the read forever). Unreadable or truncated files, and images over PIL's decompression-bomb
+    limit (Image.MAX_IMAGE_PIXELS, twice which PIL refuses outright), are a ValueError naming `name` (default: the
+    path) and the cause.
     """
     name = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "image")
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            mode = os.stat(source).st_mode
+        except OSError as error:
+            raise ValueError(f"{name}: not a readable image ({error.strerror or error})") from None
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"{name}: not a regular file (a folder, FIFO or device is not an image)")
     limit = Image.MAX_IMAGE_PIXELS
     too_big = f"{name}: over the limit of {limit or 0:,} pixels (PIL.Image.MAX_IMAGE_PIXELS; a decompression bomb?)"
     try:
@@ -45,7 +73,9 @@ def open_image(source, name: str | None = None) -> "Image.Image":
             if limit is not None and opened.width * opened.height > limit:
                 raise ValueError(f"{too_big[:-1]}: {opened.width}x{opened.height})")
             opened.load()
-            return to_rgb(opened)
+            return to_rgb(ImageOps.exif_transpose(opened))
+    except ValueError as error:
+        raise ValueError(str(error) if str(error).startswith(name) else f"{name}: {error}") from None
     except Image.DecompressionBombError:  # PIL refuses twice the limit while opening
         raise ValueError(too_big) from None
     except (OSError, UnidentifiedImageError, SyntaxError) as error:
@@ -61,19 +91,46 @@ def fetch_image(url: str, timeout: float | None = None) -> "Image.Image":
         raise ValueError(f"{url}: could not fetch the image ({type(error).__name__}: {cause})") from None
 
 
+def array_to_image(array, name: str) -> "Image.Image":
+    """A numpy array (H, W) or (H, W, C) with C in 1, 3, 4, or a torch tensor (C, H, W) as torchvision holds images
+    -> PIL image. uint8 values are taken as they are; float values must lie in [0, 1] (scaled by 255)."""
+    if isinstance(array, torch.Tensor):
+        if array.ndim != 3 or array.shape[0] not in (1, 3, 4):
+            raise ValueError(f"{name}: a tensor image must be (C, H, W) with C 1, 3 or 4, got {tuple(array.shape)}")
+        array = array.detach().cpu().permute(1, 2, 0).numpy()
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+        raise ValueError(f"{name}: an array image must be (H, W) or (H, W, C) with C 1, 3 or 4, got {array.shape}")
+    if array.dtype.kind == "f":
+        if array.size and not ((array >= 0) & (array <= 1)).all():  # NaN fails too
+            raise ValueError(f"{name}: a float image must hold values in [0, 1]")
+        array = (array * 255).round().astype("uint8")
+    elif array.dtype != "uint8":
+        raise ValueError(f"{name}: an array image must be uint8 or float in [0, 1], got {array.dtype}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"{name}: the image is empty ({array.shape[1]}x{array.shape[0]} pixels)")
+    return Image.fromarray(array)
+
+
 def _load_image(item, index: int) -> "Image.Image":
-    """A PIL image, a path or http(s) URL of one, or a uint8 numpy array -> RGB PIL image; else a ValueError."""
+    """A PIL image, a path or http(s) URL of one, a numpy array or a torch tensor (`array_to_image`) -> RGB PIL
+    image (`to_rgb`); else a ValueError naming the item."""
+    name = f"images[{index}]"
     if isinstance(item, str) and item.startswith(("http://", "https://")):
         return to_rgb(fetch_image(item))
     if isinstance(item, (str, os.PathLike)):
-        return open_image(item, f"images[{index}] ({os.fspath(item)!r})")
-    if isinstance(item, Image.Image):
-        return to_rgb(item)
-    if type(item).__module__ == "numpy" and getattr(item, "dtype", None) == "uint8" and item.ndim in (2, 3):
-        return to_rgb(Image.fromarray(item))
+        return open_image(item, f"{name} ({os.fspath(item)!r})")
+    try:
+        if isinstance(item, Image.Image):
+            return to_rgb(item)
+        if isinstance(item, torch.Tensor) or type(item).__module__ == "numpy" and hasattr(item, "dtype"):
+            return to_rgb(array_to_image(item, name))
+    except ValueError as error:
+        raise ValueError(str(error) if str(error).startswith(name) else f"{name}: {error}") from None
     raise ValueError(
-        f"images[{index}] is a {type(item).__name__}; expected a PIL image, a path to an image file or a uint8 "
-        "numpy array of shape (H, W) or (H, W, C)"
+        f"{name} is a {type(item).__name__}; expected a PIL image, a path or URL of an image file, a numpy array "
+        "(H, W[, C]) or a torch tensor (C, H, W)"
     )
 
 
@@ -105,13 +162,6 @@ class VLAPProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, **kwargs)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "VLAPProcessor":
-        """As ProcessorMixin's. This class is the folder's own remote code, so loading its parts does not stop to ask
-        whether to trust it (pass trust_remote_code=False to be asked)."""
-        kwargs.setdefault("trust_remote_code", True)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
     def from_vision_text_pretrained(
@@ -252,7 +302,10 @@ class VLAPProcessor(ProcessorMixin):
                     for item in content:
                         if item.get("type") == "image":
                             images.append(item.get("image", item.get("url", item.get("path"))))
-                    content = " ".join(item["text"] for item in content if item.get("type") == "text")
+                    texts = [item.get("text") for item in content if item.get("type") == "text"]
+                    if not all(isinstance(text, str) for text in texts):
+                        raise ValueError('a text item needs its text: {"type": "text", "text": "..."}')
+                    content = " ".join(texts)
                 turns.append({"role": message["role"], "content": content})
             if template:
                 prompt = self.tokenizer.apply_chat_template(

@@ -256,3 +256,44 @@ def test_the_cards_usage_blocks_run_on_a_saved_model(trained, tmp_path):
     labels = [row["label"] for row in ast.literal_eval(lines[4])]
     assert sorted(labels) == ["blue rectangle", "green triangle", "red circle"]
     assert lines[5].startswith("(1, 4, ")  # 4 visual tokens
+
+
+@pytest.mark.parametrize(
+    "scores, reason",
+    [
+        ({"CIDEr": float("nan")}, "CIDEr=nan is not a finite number"),
+        ({"CIDEr": float("inf")}, "CIDEr=inf is not a finite number"),
+        ({"CIDEr": "high"}, "CIDEr='high' is not a finite number"),
+        ({"CIDEr": True}, "CIDEr=True is not a finite number"),
+        ("high", "its scores are not a mapping"),
+    ],
+)
+def test_a_score_that_is_not_a_finite_number_never_reaches_the_card(tmp_path, scores, reason):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({**REPORT, "scores": scores}))  # json writes NaN / Infinity, as Python reads them
+    with pytest.raises(push_to_hub.PushError, match=None) as error:
+        push_to_hub.load_results([path])
+    assert reason in str(error.value)
+
+
+def test_a_tampered_folder_ships_only_this_packages_code_and_runs_none_of_its_own(trained, tmp_path):
+    """A model folder whose .py files were edited (and one added) is assembled from the installed code: the edits
+    never run, and the staged repository holds this package's remote-code files byte for byte."""
+    import shutil
+
+    import modeling_vlap
+
+    folder = tmp_path / "tampered"
+    shutil.copytree(trained / "final", folder)
+    marker = tmp_path / "code-ran"
+    payload = f"\nimport pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+    for module in folder.glob("*.py"):
+        module.write_text(module.read_text() + payload)
+    (folder / "extra_module.py").write_text(payload)
+    card_args = {"repo_id": "tester/t", "training": {}, "results": [], "license": "apache-2.0", "datasets": []}
+    files = push_to_hub.assemble(folder, tmp_path / "stage", False, "5GB", card_args)
+    package = Path(modeling_vlap.__file__).parent
+    staged_code = {path.name: path.read_bytes() for path in files if path.suffix == ".py"}
+    assert set(staged_code) == REMOTE_CODE
+    assert all(staged_code[name] == (package / name).read_bytes() for name in staged_code)
+    assert not marker.exists()

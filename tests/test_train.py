@@ -333,7 +333,7 @@ def test_the_model_section_takes_every_method_setting_and_vlap_config_alone_vali
     flags = ["--model.word-marginal-weight", "null", "--model.prompt", "A photo of", "--model.sinkhorn-iterations", "7"]
     config = train.parse_config(["--config", str(path), *flags])
     assert config.model == {"sinkhorn_iterations": 7, "word_marginal_weight": None, "prompt": "A photo of"}
-    with pytest.raises(SystemExit, match="VLAPConfig.sinkhorn_epsilon must be > 0"):
+    with pytest.raises(SystemExit, match="VLAPConfig.sinkhorn_epsilon must be a finite number > 0"):
         train.parse_config(["--config", str(path), "--model.sinkhorn-epsilon", "0"])
 
 

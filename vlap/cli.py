@@ -1,6 +1,6 @@
 """`vlap`: caption, answer, retrieve, read images as words, visual arithmetic and evaluate, from the command line.
 
-MODEL is a saved VLAP folder or a Hub id (loaded with trust_remote_code). Every command has --help, --device,
+MODEL is a saved VLAP folder or a Hub id, loaded with the installed VLAP code (a folder's .py files are never run).
 --batch-size and --json. Bad input ends with a one-line error on stderr and exit status 1.
 """
 
@@ -15,6 +15,8 @@ from vlap.inputs import (
     add_serve_arguments,
     comma_separated,
     expand_images,
+    fraction,
+    output_file,
     parse_terms,
     positive_int,
     read_lines,
@@ -172,12 +174,13 @@ def cmd_words(args) -> None:
     from vlap.tasks import load, plot_words, read_words, token_words
 
     path = one_image(args.image)
+    plot = output_file(args.plot, [args.image, args.model], args.overwrite, "--plot") if args.plot else None
     _, images, _ = open_images([path])
     model, processor = load(args.model, device=args.device)
     words = read_words(model, processor, images, top_k=args.top_k)[0]
     if args.plot:
         try:
-            plot_words(words, path.name, args.plot)
+            plot_words(words, path.name, plot)
         except ImportError:
             raise InputError("--plot needs matplotlib (pip install matplotlib)") from None
     data = {"image": str(path), "words": [{"word": word, "weight": weight} for word, weight in words]}
@@ -218,6 +221,13 @@ def cmd_eval(args) -> None:
     if not classification and (args.labels or args.held_out or args.plot):
         raise InputError("--labels, --held-out and --plot are for --task classification")
     labels = comma_separated(args.labels) if args.labels else None
+    inputs = [args.data, args.model]
+    out = output_file(args.out, inputs, args.overwrite) if args.out else None
+    if out is not None and out.suffix == ".md":
+        raise InputError(f"--out {args.out}: --out names the JSON report; its table is written beside it as FILE.md")
+    table_path = output_file(str(out.with_suffix(".md")), inputs, args.overwrite) if out is not None else None
+    written = [str(path) for path in (out, table_path) if path is not None]
+    plot = output_file(args.plot, inputs + written, args.overwrite, "--plot") if args.plot else None
     data = load_eval_data(
         args.data,
         args.task,
@@ -257,14 +267,13 @@ def cmd_eval(args) -> None:
     table = markdown_table({args.model: result["scores"]})
     if result.get("unavailable"):
         table += "\n\n" + "\n".join(f"- {metric}: unavailable ({why})" for metric, why in result["unavailable"].items())
-    if args.out:
-        out = Path(args.out)
+    if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(full, indent=2))
-        out.with_suffix(".md").write_text(table + "\n")
-    if args.plot:
+        table_path.write_text(table + "\n")
+    if plot is not None:
         try:
-            plot_confusion(result, args.plot)
+            plot_confusion(result, plot)
         except ImportError:
             raise InputError("--plot needs matplotlib (pip install matplotlib)") from None
     emit(args, report, table)
@@ -360,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("image", metavar="IMAGE")
     sub.add_argument("--top-k", type=positive_int, default=10)
     sub.add_argument("--plot", metavar="PNG", help="also draw the words as a bar chart into this file")
+    sub.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
     sub.add_argument(
         "--per-token",
         action="store_true",
@@ -406,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--plot", metavar="PNG", help="classification: draw the confusion matrices into this file")
     sub.add_argument("--out", metavar="FILE.json", help="also write the report (with predictions) and FILE.md")
+    sub.add_argument("--overwrite", action="store_true", help="replace existing --out / --plot files")
 
     sub = command("serve", cmd_serve, "serve the web demo (Gradio): caption, ask, words, arithmetic, retrieve")
     add_serve_arguments(sub)
@@ -415,7 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--to-llm", required=True, metavar="LLM", help="the new LLM (Hub id or folder, with its tokenizer)"
     )
     sub.add_argument("--out", metavar="DIR", help="where to save (default: MODEL-to-LLM)")
-    sub.add_argument("--min-coverage", type=float, default=0.9, help="refuse below this share of strings found (0.9)")
+    sub.add_argument(
+        "--min-coverage", type=fraction, default=0.9, help="refuse below this share of strings found, 0-1 (0.9)"
+    )
     return parser
 
 

@@ -47,9 +47,14 @@ def load_source(source: str, data_format: str = "auto", split: str = "train"):
     are relative to (json/csv files)."""
     if data_format not in FORMATS:
         raise ValueError(f"data format {data_format!r} is not one of {FORMATS}")
+    if Path(source).exists() and not (Path(source).is_dir() or Path(source).is_file()):
+        raise ValueError(f"{source}: not a regular file or folder (a FIFO, device or socket)")
     data_format = detect_format(source) if data_format == "auto" else data_format
     base_dir = None
     if data_format == "imagefolder":
+        irregular = [path for path in Path(source).rglob("*") if not (path.is_dir() or path.is_file())]
+        if irregular:  # datasets would open a FIFO and wait on it forever
+            raise ValueError(f"{irregular[0]}: not a regular file (a FIFO, device or socket in the image folder)")
         dataset = datasets.load_dataset("imagefolder", data_dir=source, split=split)
     elif data_format in ("json", "csv"):
         try:
@@ -90,8 +95,9 @@ def validate(dataset, source: str, image_column: str, caption_column: str) -> No
 
 
 def caption_list(value) -> list[str]:
-    """A caption cell (string or list of strings) -> its non-empty captions."""
-    values = [value] if isinstance(value, str) else list(value or [])
+    """A caption cell (string or list of strings) -> its non-empty captions (none for anything else: a number,
+    null, a mapping)."""
+    values = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else []
     return [v.strip() for v in values if isinstance(v, str) and v.strip()]
 
 

@@ -13,13 +13,12 @@ of those images (`model.get_vision_hidden_states`), so one vision pass can serve
 import io
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from string import Formatter
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from modeling_vlap.pipeline_vlap import LABEL_TEMPLATE
+from modeling_vlap.pipeline_vlap import LABEL_TEMPLATE, label_texts, template_fields
 
 # Zero-shot VQA layout. The bridge is trained on one layout only (visual prefix, the processor's prompt "A picture of",
 # a caption, the end token), so a question put straight after the prefix meets what training made likely there: the
@@ -34,7 +33,8 @@ PAPER_VQA_TEMPLATE = "Question: {question} Answer:"  # the paper's layout, no de
 
 def load(model_name_or_path: str, device: str = "auto", **config_overrides):
     """A saved VLAP model (local folder or Hub id), in eval mode on `device`, and its processor, through the Auto
-    classes + remote code: the one loader of the CLI, the web demo, the evaluations and the experiments.
+    classes: the one loader of the CLI, the web demo, the evaluations and the experiments. The installed
+    `modeling_vlap` code is used; the .py files a folder holds are never run (`trust_remote_code=False`).
 
     `device="auto"` is CUDA when available, else the CPU. `config_overrides` are VLAPConfig fields applied at load
     (e.g. `text_representation=...` for a caption-only run, whose training never read it).
@@ -42,7 +42,6 @@ def load(model_name_or_path: str, device: str = "auto", **config_overrides):
     Example:
         >>> model, processor = load("outputs/demo/vlap/final")  # doctest: +SKIP
     """
-    import torch
     from transformers import AutoModel, AutoProcessor
 
     path = Path(model_name_or_path)
@@ -50,11 +49,32 @@ def load(model_name_or_path: str, device: str = "auto", **config_overrides):
         raise ValueError(f"{model_name_or_path}: the folder has no config.json (not a saved VLAP model)")
     if not path.exists() and (model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1):
         raise ValueError(f"{model_name_or_path}: no such folder (and not a Hub id of the form user/name)")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModel.from_pretrained(model_name_or_path, trust_remote_code=True, **config_overrides)
-    processor = AutoProcessor.from_pretrained(model_name_or_path, trust_remote_code=True)
+    device = resolve_device(device)
+    model = AutoModel.from_pretrained(model_name_or_path, trust_remote_code=False, **config_overrides)
+    processor = AutoProcessor.from_pretrained(model_name_or_path, trust_remote_code=False)
     return model.to(device).eval(), processor
+
+
+def resolve_device(device: str):
+    """ "auto" (CUDA when available, else the CPU) or a torch device string, checked against this machine before any
+    model loads: a ValueError for a name torch does not know or a device that is not there."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r}: not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available on this machine (use cpu)")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine (use cpu)")
+    if resolved.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r}: use cpu, cuda or mps")
+    return resolved
 
 
 def first_line(text: str) -> str:
@@ -127,7 +147,8 @@ def vqa_prompts(model, processor, images, questions, vision_hidden_states, templ
     count = _count(images, vision_hidden_states)
     if len(questions) != count:
         raise ValueError(f"got {count} images but {len(questions)} questions")
-    unknown = {field for _, field, _, _ in Formatter().parse(template) if field} - {"question", "caption", "prompt"}
+    fields = template_fields(template, "VQA template")
+    unknown = {field for field, _ in fields} - {"question", "caption", "prompt"}
     if "{question}" not in template or unknown:
         raise ValueError(
             f"the VQA template {template!r} needs a {{question}} field and may also use {{caption}} and "
@@ -265,9 +286,7 @@ def classify(
     labels = list(labels)
     if len(labels) < 2 or len(set(labels)) != len(labels):
         raise ValueError(f"give at least two distinct labels, got {labels}")
-    if "{}" not in template:
-        raise ValueError(f"the label template {template!r} has no {{}} for the label")
-    texts = [template.format(label) for label in labels]
+    texts = label_texts(template, labels)
     image = image_features(model, processor, images, vision_hidden_states=vision_hidden_states, batch_size=batch_size)
     logits = image_text_scores(model, processor, image, texts, method)
     if method == "feature":

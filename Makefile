@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-fashion serve test test-slow bench clean
+.PHONY: demo demo-fashion demo-open-vocabulary serve test test-slow bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ serve: $(STAMP)
 
 demo-fashion: $(STAMP)
 	$(PY) -m experiments.demo --dataset fashion-mnist
+
+# Drawings and photos with captions people wrote (Debian's openclipart, tuxpaint-stamps): VLAP and caption-only.
+demo-open-vocabulary: $(STAMP)
+	$(PY) -m experiments.demo --dataset open-vocabulary --baseline
 
 clean:
 	rm -rf $(VENV)

@@ -10,6 +10,7 @@ One loop, top to bottom: data -> word prior -> (feature cache) -> optimiser -> r
 import argparse
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import functools
 import json
@@ -743,7 +744,15 @@ def main(argv=None) -> Path:
         cpu=config.cpu,
     )
     with output_dir_lock(output_dir, accelerator.is_main_process):
-        return run(config, accelerator, output_dir)
+        try:
+            return run(config, accelerator, output_dir)
+        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+            if getattr(error, "errno", None) not in (errno.ENOSPC, errno.EDQUOT) and "No space left" not in str(error):
+                raise
+            raise SystemExit(
+                f"{getattr(error, 'filename', None) or output_dir}: no space left on the device while writing the run; "
+                "free some, then --resume continues from the last complete checkpoint"
+            ) from None
 
 
 def run(config: TrainConfig, accelerator: Accelerator, output_dir: Path) -> Path:

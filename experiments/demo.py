@@ -275,7 +275,7 @@ def open_vocabulary_scores(model, processor, rows, names: list[str], name: str, 
 def open_vocabulary(args, out: Path, start: float) -> None:
     """The open-vocabulary run: VLAP and caption-only trained with train.py on the clip-art training split, evaluated
     on held-out drawings of seen concepts (`--eval-split`), on held-out concepts and on Tux Paint photographs."""
-    from experiments.open_vocabulary import as_phrase, open_vocabulary_dataset
+    from experiments.open_vocabulary import as_phrase, gallery, open_vocabulary_dataset
 
     banner(f"1. assets and data (cached under {cache_root()})")
     vision, llm = efficientnet_lite0(), smollm2_135m()
@@ -328,6 +328,7 @@ def open_vocabulary(args, out: Path, start: float) -> None:
         "seed": args.seed,
     }
     finish(out, start, results, markdown, runs, setup)
+    print(f"wrote {gallery(out, out / 'gallery.png')}")
 
 
 def finish(out: Path, start: float, results: dict, markdown: str, runs: dict, setup: dict) -> None:

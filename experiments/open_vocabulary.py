@@ -336,9 +336,38 @@ def open_vocabulary_dataset(
     return folder
 
 
+def gallery(run: Path, png: Path, per_set: int = 6) -> Path:
+    """A PNG a person can look at: for the first `per_set` images of each evaluated set of a
+    `python -m experiments.demo --dataset open-vocabulary --baseline` run (its results.json), the image, its true
+    caption, VLAP's caption and the caption-only baseline's."""
+    import json
+
+    import matplotlib.pyplot as plt
+
+    from modeling_vlap.processing_vlap import open_image
+    from vlap.tasks import save_figure
+
+    results = json.loads((run / "results.json").read_text())
+    models = [name for name in ("vlap", "caption_only") if name in results]
+    rows = [
+        (name, index, [results[model]["examples"][name][index] for model in models])
+        for name in results[models[0]]["examples"]
+        for index in range(min(per_set, len(results[models[0]]["examples"][name])))
+    ]
+    columns = per_set
+    figure, axes = plt.subplots(len(rows) // columns, columns, figsize=(3.0 * columns, 3.3 * len(rows) // columns))
+    for axis, (name, _, examples) in zip(axes.flat, rows):
+        axis.imshow(open_image(examples[0]["path"]))
+        axis.set_axis_off()
+        said = "\n".join(f"{model.replace('_', '-')}: {ex['caption'][:34]}" for model, ex in zip(models, examples))
+        axis.set_title(f"[{name}] {examples[0]['captions'][0][:34]}\n{said}", fontsize=7, loc="left")
+    save_figure(figure, png)
+    return png
+
+
 def main(argv=None) -> None:
     """`python -m experiments.open_vocabulary [--root DIR]`: build the dataset (once) and print what each rule kept
-    and dropped."""
+    and dropped. `--gallery RUN PNG` draws `gallery` of an experiments.demo run instead."""
     import argparse
     import json
 
@@ -346,7 +375,10 @@ def main(argv=None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=None, help="where the dataset is written (default: the asset cache)")
+    parser.add_argument("--gallery", nargs=2, metavar=("RUN", "PNG"), help="draw the gallery of a demo run")
     args = parser.parse_args(argv)
+    if args.gallery:
+        return print(gallery(Path(args.gallery[0]), Path(args.gallery[1])))
     folder = open_vocabulary_dataset(Path(args.root) if args.root else cache_root(), log=lambda _: None)
     print(f"{folder}\n" + json.dumps(json.loads((folder / "counts.json").read_text()), indent=2))
 

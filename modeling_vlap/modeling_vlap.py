@@ -423,6 +423,8 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         if vision_hidden_states is None:
             if pixel_values is None:
                 raise ValueError("pass pixel_values (images) or precomputed vision_hidden_states")
+            if len(pixel_values) == 0:
+                raise ValueError("pixel_values holds no images (a batch of 0)")
             vision_hidden_states = self.get_vision_hidden_states(pixel_values)
         return self._visual_tokens(vision_hidden_states).to(next(self.bridge.parameters()).dtype)
 

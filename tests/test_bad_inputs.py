@@ -865,3 +865,32 @@ def test_pipelines_round3(world):
     zero_shot = pipeline("zero-shot-image-classification", model=folder, trust_remote_code=True)
     with pytest.raises(ValueError, match="needs exactly one {} for the label"):
         zero_shot(image, candidate_labels=["cat", "dog"], hypothesis_template="a photo")
+
+
+@pytest.mark.timeout(300)
+def test_train_disk_full_at_export_is_one_line_and_resumable(tiny_run, tmp_path, monkeypatch):
+    """A full disk while exporting: one line naming the cause; the checkpoints stay, and --resume then exports."""
+    import errno
+
+    from modeling_vlap import VLAPForConditionalGeneration
+
+    config = tiny_run()
+    saving = VLAPForConditionalGeneration.save_pretrained
+
+    def full_disk(self, directory, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(directory))
+
+    monkeypatch.setattr(VLAPForConditionalGeneration, "save_pretrained", full_disk)
+    train_refused(config, "no space left on the device while writing the run; free some, then --resume")
+    assert (tmp_path / "run" / "checkpoints" / "step-4" / "progress.json").exists()
+    assert not (tmp_path / "run" / "final").exists()
+    monkeypatch.setattr(VLAPForConditionalGeneration, "save_pretrained", saving)
+    train.main(["--config", str(config), "--resume"])
+    assert (tmp_path / "run" / "final" / "model.safetensors").exists()
+
+
+def test_model_refuses_a_batch_of_no_images(world):
+    model = world["model"]
+    for call in (model.generate, model.get_image_features, model.get_image_prefix):
+        with pytest.raises(ValueError, match="holds no images"):
+            call(pixel_values=torch.zeros(0, 3, 32, 32))

@@ -64,13 +64,35 @@ def test_vqa_normalisation():
 
 
 def test_vqa_accuracy_counts_matching_human_answers():
+    """Leave-one-out, worked by hand: with 2 of 10 answers "2", leaving out one of them leaves 1 match (1/3), leaving
+    out one of the eight others leaves 2 (2/3): (2 x 1/3 + 8 x 2/3) / 10 = 0.6."""
     metric = load_metric("vqa_accuracy")
     ten = ["2"] * 2 + ["3"] * 8
     result = metric.compute(
         predictions=["two", "3", "cat", "The circle."],
-        references=[ten, ten, ["dog"] * 10, ["circle"]],  # 2 of 10 -> 2/3; 8 -> 1; 0 -> 0; single answer -> exact
+        references=[ten, ten, ["dog"] * 10, ["circle"]],  # 0.6; 8 of 10 -> 1; 0 -> 0; single answer -> exact
     )
-    assert result["vqa_accuracy"] == pytest.approx((2 / 3 + 1 + 0 + 1) / 4)
+    assert result["vqa_accuracy"] == pytest.approx((0.6 + 1 + 0 + 1) / 4)
+
+
+@pytest.mark.parametrize(
+    "prediction, references, expected",
+    [
+        # 3 of 10: a matching answer left out leaves 2 (2/3), another leaves 3 (1): (3 x 2/3 + 7 x 1) / 10
+        ("blue", ["blue"] * 3 + ["navy"] * 7, 0.9),
+        ("blue", ["blue"] * 4 + ["navy"] * 6, 1.0),  # 4 of 10: at least 3 others match whichever is left out
+        ("blue", ["blue"] * 1 + ["navy"] * 9, 0.1 * 0 + 0.9 * (1 / 3)),
+        ("1.5", ["1.5"] * 2 + ["2"] * 8, (2 * (1 / 3) + 8 * (2 / 3)) / 10),  # "1.5" keeps its point
+        ("don't", ["don't"] * 10, 1.0),  # the apostrophe stays
+        ("cant", ["can't"] * 10, 1.0),  # an apostrophe-less contraction restored
+        ("Two dogs.", ["2 dogs"] * 10, 1.0),  # case, number word, final full stop
+        # the official quirk: a human answer's "!" becomes a space and is not stripped again ("yes " != "yes")
+        ("yes", ["yes!", "yes"] + ["no"] * 8, (1 / 3 + 0 + 8 * (1 / 3)) / 10),
+    ],
+)
+def test_vqa_accuracy_is_the_official_evaluation(prediction, references, expected):
+    question_accuracy = metric_functions("vqa_accuracy").question_accuracy
+    assert question_accuracy(prediction, references) == pytest.approx(expected)
 
 
 def test_retrieval_recall_on_a_constructed_similarity_matrix():

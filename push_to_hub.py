@@ -172,7 +172,7 @@ def render_card(
         language=["en"],
         license=license,
         library_name="transformers",
-        pipeline_tag="image-to-text",
+        pipeline_tag="image-text-to-text",  # what the LLaVA family carries, and the Hub's widgets and filters key on
         tags=[
             "vlap",
             "vision-language",
@@ -252,7 +252,7 @@ def validate_card(card) -> None:
     ModelCardData(**metadata)
     if "model-index" in metadata:
         model_index_to_eval_results(metadata["model-index"])
-    for key, expected in (("library_name", "transformers"), ("pipeline_tag", "image-to-text")):
+    for key, expected in (("library_name", "transformers"), ("pipeline_tag", "image-text-to-text")):
         if metadata.get(key) != expected:
             raise PushError(f"model card metadata: {key} should be {expected!r}, got {metadata.get(key)!r}")
 

@@ -367,6 +367,10 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
             Path(save_directory).mkdir(parents=True, exist_ok=True)
             target = Path(save_directory) / f"{vision_module.split('.')[0]}.py"
             shutil.copyfile(inspect.getsourcefile(type(self.vision_model.config)), target)
+        card = Path(save_directory) / "README.md"
+        if not card.exists():  # a card the Hub's filters and widgets read; push_to_hub.py writes the full one
+            Path(save_directory).mkdir(parents=True, exist_ok=True)
+            card.write_text(self._model_card())
         if not bridge_only:
             return super().save_pretrained(save_directory, *args, **kwargs)
         names = [(self.config.backbones or {}).get(side, {}).get("name_or_path") for side in ("vision", "text")]
@@ -381,6 +385,23 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
             return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
         finally:
             self.config.bridge_only = False
+
+    def _model_card(self) -> str:
+        """A minimal model card (README.md): the metadata the Hub keys on (the LLaVA family's `image-text-to-text`
+        pipeline tag) and how to load the folder."""
+        backbones = self.config.backbones or {}
+        names = [(backbones.get(side) or {}).get("name_or_path") for side in ("vision", "text")]
+        hub_ids = [name for name in names if name and not Path(name).exists() and name.count("/") == 1]
+        base = "".join(f"- {name}\n" for name in hub_ids)
+        described = " and ".join(f"`{name}`" for name in names if name) or "its two backbones"
+        return (
+            "---\nlibrary_name: transformers\npipeline_tag: image-text-to-text\ntags:\n- vlap\n- vision-language\n"
+            f"- custom_code\n{'base_model:' + chr(10) + base if base else ''}---\n\n"
+            f"# VLAP\n\nA VLAP bridge (ICLR 2024): one linear layer from the frozen vision model into the frozen LLM's "
+            f"word-embedding space, between {described}.\n\n```python\nfrom transformers import pipeline\n\n"
+            'captioner = pipeline("image-to-text", model="THIS_FOLDER", trust_remote_code=True)\n'
+            'captioner("photo.jpg")  # [{"generated_text": ...}]\n```\n'
+        )
 
     def train(self, mode: bool = True):
         """Only the bridge trains: the frozen backbones stay in eval mode (no dropout, no BatchNorm updates)."""

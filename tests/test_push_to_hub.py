@@ -207,7 +207,7 @@ def test_card_renders_and_validates(trained, tmp_path, with_results):
     )
     push_to_hub.validate_card(card)
     metadata = card_metadata(card)
-    assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "image-to-text"
+    assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "image-text-to-text"
     assert metadata["base_model"] == ["openai/clip-vit-base-patch32"]  # the local LLM folder is not a Hub id
     assert metadata["datasets"] == ["user/shape-captions"]
     assert "tester/card" in card.text and "trust_remote_code=True" in card.text and "park2024bridging" in card.text
@@ -297,3 +297,19 @@ def test_a_tampered_folder_ships_only_this_packages_code_and_runs_none_of_its_ow
     assert set(staged_code) == REMOTE_CODE
     assert all(staged_code[name] == (package / name).read_bytes() for name in staged_code)
     assert not marker.exists()
+
+
+def test_save_pretrained_writes_a_card_the_hub_reads_and_keeps_an_existing_one(trained, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from modeling_vlap import VLAPForConditionalGeneration
+
+    model = VLAPForConditionalGeneration.from_pretrained(trained / "final")
+    model.save_pretrained(tmp_path / "saved")
+    metadata = ModelCard.load(tmp_path / "saved" / "README.md").data.to_dict()
+    assert metadata["pipeline_tag"] == "image-text-to-text" and metadata["library_name"] == "transformers"
+    assert "custom_code" in metadata["tags"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "README.md").write_text("# my own card\n")
+    model.save_pretrained(tmp_path / "mine", bridge_only=True)
+    assert (tmp_path / "mine" / "README.md").read_text() == "# my own card\n"

@@ -98,6 +98,7 @@ class TrainConfig:
     warmup_steps: int | None = option(None, "linear warmup in steps (overrides warmup_epochs)")
     max_grad_norm: float = option(1.0, "gradient clipping")
     mixed_precision: str = option("no", "no | bf16 | fp16 (the word codes stay float32)")
+    gradient_checkpointing: bool = option(False, "recompute the frozen LLM's layers in backward (less memory, slower)")
     seed: int = option(42, "seeds the bridge's initialisation, the data order and the captions drawn")
     # Checkpoints, evaluation, logging
     output_dir: str = option("outputs/vlap", "checkpoints/, final/ (the exported model), metrics.jsonl")
@@ -582,6 +583,8 @@ def build_model(config: TrainConfig, processor, counts: torch.Tensor, log) -> VL
     log(f"VLAP: {trainable:,} trainable parameters (the bridge) of {total:,}")
     rows = model.word_prior.numel()  # embedding rows, usually padded beyond the tokenizer's length
     model.fit_word_prior(torch.nn.functional.pad(counts[:rows], (0, max(rows - counts.numel(), 0))))
+    if config.gradient_checkpointing:
+        model.activation_checkpointing_enable()
     if config.lora:
         model = apply_lora(model, config.lora)
         log(f"LoRA {config.lora}: {model.num_parameters(only_trainable=True):,} trainable parameters")

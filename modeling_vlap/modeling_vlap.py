@@ -5,6 +5,7 @@ Remote code: imports only torch, transformers and its sibling modules.
 """
 
 import copy
+import functools
 import inspect
 import math
 import shutil
@@ -26,6 +27,7 @@ from transformers import (
 )
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import load_state_dict
 from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput, cached_file, logging
@@ -168,7 +170,7 @@ class VLAPPreTrainedModel(PreTrainedModel):
     base_model_prefix = "vlap"
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True  # through the frozen LLM: see `_set_gradient_checkpointing`
     _supports_sdpa = True
 
 
@@ -386,6 +388,18 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         finally:
             self.config.bridge_only = False
 
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, every_n_layers=1):
+        """What `gradient_checkpointing_enable()` / `activation_checkpointing_enable()` set: the frozen LLM's layers
+        recompute their forward in the backward pass. transformers' layers checkpoint only in training mode, which
+        would switch the frozen LLM's dropout on; each layer's forward is wrapped instead (eval mode kept), and
+        checkpointed whenever gradients are being recorded (to the prefix, hence the bridge)."""
+        layers = [m for m in self.language_model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        for index, layer in enumerate(layers):
+            layer.__dict__.pop("forward", None)  # back to the class's forward
+            if enable and index % every_n_layers == 0:
+                layer.forward = functools.partial(_recomputed, layer.forward, gradient_checkpointing_func)
+        self.language_model.gradient_checkpointing = enable  # what `is_gradient_checkpointing` reads
+
     def _model_card(self) -> str:
         """A minimal model card (README.md): the metadata the Hub keys on (the LLaVA family's `image-text-to-text`
         pipeline tag) and how to load the folder."""
@@ -586,7 +600,10 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         labels = input_ids.masked_fill(attention_mask == 0, -100)
         if self.is_encoder_decoder_llm:
             mask, embeds = pack_padding(mask, embeds, padding_side="right")
-            return self.language_model(inputs_embeds=embeds, attention_mask=mask, labels=labels).logits, labels
+            return (
+                self.language_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, use_cache=False).logits,
+                labels,
+            )
         caption_embeds = self.language_model.get_input_embeddings()(input_ids)
         context_labels = torch.full(mask.shape, -100, dtype=labels.dtype, device=labels.device)
         mask, embeds, labels = pack_padding(
@@ -600,7 +617,9 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         # the earliest caption token to the end.
         first = int((labels != -100).float().argmax(dim=1).min())
         keep = torch.arange(max(first - 1, 0), labels.shape[1] - 1, device=labels.device)
-        logits = self.language_model(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=keep).logits
+        logits = self.language_model(
+            inputs_embeds=embeds, attention_mask=mask, logits_to_keep=keep, use_cache=False
+        ).logits
         return logits, labels[:, keep + 1]
 
     @torch.no_grad()
@@ -707,6 +726,13 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         return self.language_model.generate(
             inputs_embeds=embeds, attention_mask=mask, generation_config=generation_config, **model_kwargs
         )
+
+
+def _recomputed(forward, checkpoint, *args, **kwargs):
+    """One LLM layer's forward, checkpointed (kept inputs, recomputed in backward) when gradients are recorded."""
+    if not torch.is_grad_enabled():
+        return forward(*args, **kwargs)
+    return checkpoint(forward, *args, **kwargs)
 
 
 @dataclass

@@ -623,3 +623,35 @@ def test_a_model_saved_before_l_map_became_one_module_loads_and_saves_the_same(t
     before, after = load_file(folder / "model.safetensors"), load_file(tmp_path / "again" / "model.safetensors")
     assert set(after) == set(before)  # the same key names on disk ("word_prior", not "assignment_prediction....")
     assert all(torch.equal(after[key], before[key]) for key in before)
+
+
+@pytest.mark.parametrize("llm", ["llama", "opt", "t5"])
+def test_gradient_checkpointing_recomputes_the_frozen_llm_with_the_same_loss_and_gradient(backbones, llm):
+    """`gradient_checkpointing_enable()` (the transformers call): every LLM layer runs again in the backward pass
+    (counted on a submodule each layer calls), the loss and the bridge's gradient are those without it, and the
+    frozen LLM stays in eval mode (no dropout switched on: OPT's layers apply dropout when training)."""
+    model, processor = build(backbones, llm)
+    model.train()
+    batch = {**processor(images=images(2)), **processor(text=["a red circle", "a blue square"])}
+    layers = [m for m in model.language_model.modules() if type(m).__name__.endswith(("DecoderLayer", "Block"))]
+    calls = []
+    first_linear = [next(m for m in layer.modules() if isinstance(m, torch.nn.Linear)) for layer in layers]
+    hooks = [linear.register_forward_hook(lambda *_: calls.append(1)) for linear in first_linear]
+
+    def loss_and_gradient():
+        model.zero_grad()
+        calls.clear()
+        loss = model(**batch).loss
+        loss.backward()
+        return loss.detach(), model.bridge.weight.grad.clone(), len(calls)
+
+    plain_loss, plain_grad, plain_calls = loss_and_gradient()
+    model.gradient_checkpointing_enable()
+    assert model.is_gradient_checkpointing and not model.language_model.training
+    loss, grad, checkpointed_calls = loss_and_gradient()
+    assert checkpointed_calls == 2 * plain_calls > 0  # each layer's first projection again in the backward pass
+    assert torch.allclose(loss, plain_loss, atol=1e-6) and torch.allclose(grad, plain_grad, atol=1e-6)
+    model.gradient_checkpointing_disable()
+    assert loss_and_gradient()[2] == plain_calls and not model.is_gradient_checkpointing
+    for hook in hooks:
+        hook.remove()

@@ -713,6 +713,12 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         Generation parameters come from `generation_config` (default: this model's), updated by `kwargs`.
         A decoder-only LLM sees each row left-padded: [pad ...; prefix; prompt], never padding in between.
         """
+        if "input_ids" in kwargs:  # LlavaProcessor's convention, where `text` is the prompt
+            raise ValueError(
+                "generate() got input_ids: the VLAP processor's text= holds training captions; give the question as "
+                'the prompt, processor(images=..., prompt="..."), or use pipeline("image-text-to-text")'
+                "(images=..., text=...)"
+            )
         generation_config = copy.deepcopy(
             generation_config if generation_config is not None else self.generation_config
         )

@@ -838,6 +838,10 @@ def test_model_inputs_round3(world):
     cases = [
         (lambda: processor(images=[image, image], prompt=["a", "b", "c"]), "2 images but 3 prompts"),
         (lambda: model.generate(**processor(images=[image]), max_length=10_000), "exceed the LLM's 128 positions"),
+        (  # LlavaProcessor's convention: text= as the prompt
+            lambda: model.generate(**processor(images=[image], text="What colour is the shape?")),
+            'give the question as the prompt, processor(images=..., prompt="...")',
+        ),
         (
             lambda: model.get_text_features(torch.tensor([[5, 6]]), torch.zeros(1, 2, dtype=torch.long)),
             "text 0 has no tokens",

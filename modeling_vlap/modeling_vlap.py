@@ -98,6 +98,35 @@ def saved_key(key: str) -> str:
     return key.removeprefix("assignment_prediction.") if key.endswith(WORD_STATISTICS) else key
 
 
+# from_pretrained options about how weights are loaded; a bridge-only folder passes them on to its backbones' loads.
+LOADING_OPTIONS = (
+    "dtype",
+    "attn_implementation",
+    "device_map",
+    "max_memory",
+    "offload_folder",
+    "offload_state_dict",
+    "quantization_config",
+    "low_cpu_mem_usage",
+)
+
+
+def split_loading_options(options: dict) -> tuple[dict, dict]:
+    """A VLAP model's loading options as (vision model's, LLM's): a device_map naming VLAP's modules
+    ("language_model.model.layers.0": 1) is split by prefix; quantization goes to the LLM only."""
+    vision, text = dict(options), dict(options)
+    vision.pop("quantization_config", None)
+    device_map = options.get("device_map")
+    if isinstance(device_map, dict):
+        for side, prefix in ((vision, "vision_model"), (text, "language_model")):
+            side["device_map"] = {
+                key.removeprefix(prefix).removeprefix("."): device
+                for key, device in device_map.items()
+                if key == prefix or key.startswith(prefix + ".")
+            } or {"": device_map.get("", "cpu")}
+    return vision, text
+
+
 def is_bridge_key(key: str) -> bool:
     """What a bridge-only checkpoint holds: the bridge (linear or LangBridge) and the word statistics."""
     return key.startswith("bridge.") or saved_key(key) in WORD_STATISTICS
@@ -119,8 +148,8 @@ def _load_saved_word_statistics(module, state_dict, prefix, *_) -> None:
 class LinearBridge(nn.Linear):
     """VLAP's bridge: one linear layer from each visual token into the LLM's input word-embedding space."""
 
-    def forward(self, visual_tokens: torch.Tensor, input_embeddings: nn.Module) -> torch.Tensor:
-        """`[B, K, H_v]` (and the LLM's input-embedding module, unused: the bridge interface) -> `[B, K, D]`."""
+    def forward(self, visual_tokens: torch.Tensor, word_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """`[B, K, H_v]` (and the bridge interface's word rows, unused) -> `[B, K, D]`."""
         return super().forward(visual_tokens)
 
 
@@ -145,24 +174,29 @@ class LangBridge(nn.Module):
 
     @property
     def present(self) -> torch.Tensor:
-        """`[N]` bool: the subset words this LLM has (-1 ids, after a transfer, are masked out)."""
-        return torch.tensor(self.token_ids, device=self.to_words.weight.device) >= 0
+        """`[N]` bool on the CPU: the subset words this LLM has (-1 ids, after a transfer, are masked out)."""
+        return torch.tensor(self.token_ids) >= 0
 
     def coefficients(self, visual_tokens: torch.Tensor) -> torch.Tensor:
         """`[B, K, H_v]` -> `[B, K, N]`: a distribution over the subset words (softmax mode) or raw coefficients."""
         logits = self.to_words(self.mlp(visual_tokens))
+        present = self.present.to(logits.device)  # where the logits are: weights may be offloaded (meta)
         if self.softmax:
-            return torch.softmax(logits.masked_fill(~self.present, float("-inf")), dim=-1)
-        return logits * self.present
+            return torch.softmax(logits.masked_fill(~present, float("-inf")), dim=-1)
+        return logits * present
 
-    def forward(self, visual_tokens: torch.Tensor, input_embeddings: nn.Module) -> torch.Tensor:
-        """`[B, K, H_v]` and the LLM's input-embedding module -> `[B, K, D]` prefix.
+    def word_ids(self, device) -> torch.Tensor:
+        """`[N]` the subset's ids in this LLM (a word it lacks reads row 0, masked out by `present`)."""
+        return torch.tensor(self.token_ids, device=device).clamp(min=0)
 
-        The words go through the embedding module itself, so LLMs that scale their embeddings (Gemma: sqrt(D)) get
-        the prefix in the same space as their prompt tokens.
+    def forward(self, visual_tokens: torch.Tensor, word_rows: torch.Tensor) -> torch.Tensor:
+        """`[B, K, H_v]` and `[N, D]` the LLM's input embeddings of `word_ids` -> `[B, K, D]` prefix.
+
+        The rows are what the LLM's embedding module returns for the words (a tensor, not the module: offloading
+        hooks move tensors), so LLMs that scale their embeddings (Gemma: sqrt(D)) get the prefix in the same space
+        as their prompt tokens.
         """
-        ids = torch.tensor(self.token_ids, device=visual_tokens.device).clamp(min=0)
-        return self.coefficients(visual_tokens) @ input_embeddings(ids).to(visual_tokens.dtype)
+        return self.coefficients(visual_tokens) @ word_rows.to(visual_tokens.device, visual_tokens.dtype)
 
 
 class VLAPPreTrainedModel(PreTrainedModel):
@@ -253,7 +287,9 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         side is an encoder-decoder (T5) or any causal LM. `config_kwargs` set VLAPConfig fields.
         """
         vision_kwargs, text_kwargs = dict(vision_kwargs or {}), dict(text_kwargs or {})
-        vision_config = AutoConfig.from_pretrained(vision_model_name_or_path, **vision_kwargs)
+        vision_hub = {k: v for k, v in vision_kwargs.items() if k not in LOADING_OPTIONS}  # for configs, tokenizers
+        text_hub = {k: v for k, v in text_kwargs.items() if k not in LOADING_OPTIONS}
+        vision_config = AutoConfig.from_pretrained(vision_model_name_or_path, **vision_hub)
         tower_config = getattr(vision_config, "vision_config", None)
         verbosity = logging.get_verbosity()
         if tower_config is not None:  # a dual encoder (CLIP, SigLIP): keep its vision tower, quietly skip the rest
@@ -263,7 +299,7 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
             vision_model = AutoModel.from_pretrained(vision_model_name_or_path, config=vision_config, **vision_kwargs)
         finally:
             logging.set_verbosity(verbosity)
-        text_config = AutoConfig.from_pretrained(text_model_name_or_path, **text_kwargs)
+        text_config = AutoConfig.from_pretrained(text_model_name_or_path, **text_hub)
         language_model = language_model_class(text_config).from_pretrained(text_model_name_or_path, **text_kwargs)
         backbones = {
             "vision": {"name_or_path": str(vision_model_name_or_path), "revision": vision_kwargs.get("revision")},
@@ -272,14 +308,22 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         config_kwargs.setdefault("backbones", backbones)
         if "prefix_bos_token_id" not in config_kwargs and not text_config.is_encoder_decoder:
             config_kwargs["prefix_bos_token_id"] = leading_bos_token_id(
-                AutoTokenizer.from_pretrained(text_model_name_or_path, **text_kwargs)
+                AutoTokenizer.from_pretrained(text_model_name_or_path, **text_hub)
             )
         # Sub-configs as dicts: VLAPConfig must not reset attributes (attention implementation) of the live models.
         config = VLAPConfig(
             vision_config=vision_model.config.to_dict(), text_config=language_model.config.to_dict(), **config_kwargs
         )
         model = cls(config, vision_model=vision_model, language_model=language_model)
-        return model.to(language_model.dtype)
+        if "device_map" not in text_kwargs and "quantization_config" not in text_kwargs:
+            return model.to(language_model.dtype)
+        # Dispatched or quantised backbones stay where their loader put them: only the new modules move, to the
+        # device (and float dtype) of the LLM's input embeddings, where the prefix they make is read.
+        embeddings = language_model.get_input_embeddings().weight
+        dtype = embeddings.dtype if embeddings.is_floating_point() else torch.float32
+        model.bridge.to(embeddings.device, dtype)
+        model.assignment_prediction.to(embeddings.device, dtype)
+        return model
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -323,7 +367,9 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
                 )
             return (model, info) if wants_info else model
 
-        backbone_kwargs = {k: kwargs[k] for k in ("cache_dir", "token", "local_files_only", "dtype") if k in kwargs}
+        backbone_kwargs = {k: kwargs[k] for k in ("cache_dir", "token", "local_files_only") if k in kwargs}
+        options = {k: kwargs[k] for k in LOADING_OPTIONS if k in kwargs}  # what the full folder's load would honour
+        vision_options, text_options = split_loading_options(options)
         vision, text = (config.backbones or {}).get("vision"), (config.backbones or {}).get("text")
         if not (vision and vision.get("name_or_path") and text and text.get("name_or_path")):
             raise ValueError(
@@ -334,8 +380,16 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         model = cls.from_vision_text_pretrained(
             vision["name_or_path"],
             text["name_or_path"],
-            vision_kwargs={**backbone_kwargs, **({"revision": vision["revision"]} if vision.get("revision") else {})},
-            text_kwargs={**backbone_kwargs, **({"revision": text["revision"]} if text.get("revision") else {})},
+            vision_kwargs={
+                **backbone_kwargs,
+                **vision_options,
+                **({"revision": vision["revision"]} if vision.get("revision") else {}),
+            },
+            text_kwargs={
+                **backbone_kwargs,
+                **text_options,
+                **({"revision": text["revision"]} if text.get("revision") else {}),
+            },
             **fields,
         )
         weights = cached_file(pretrained_model_name_or_path, SAFE_WEIGHTS_NAME, **hub_kwargs)
@@ -466,7 +520,9 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
     def get_image_prefix(self, pixel_values=None, vision_hidden_states=None) -> torch.Tensor:
         """Mapped visual tokens, the LLM prefix: `[B, K, D]` in the LLM's input-embedding space."""
         tokens = self._bridge_inputs(pixel_values, vision_hidden_states)
-        return self.bridge(tokens, self.language_model.get_input_embeddings()).to(self.word_embeddings.dtype)
+        embeddings = self.language_model.get_input_embeddings()
+        rows = embeddings(self.bridge.word_ids(tokens.device)) if isinstance(self.bridge, LangBridge) else None
+        return self.bridge(tokens, rows).to(embeddings.weight.dtype)
 
     def get_word_coefficients(self, pixel_values=None, vision_hidden_states=None) -> torch.Tensor:
         """LangBridge: `[B, K, N]` what each visual token says, its coefficients over `config.langbridge_tokens`

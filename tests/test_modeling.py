@@ -655,3 +655,52 @@ def test_gradient_checkpointing_recomputes_the_frozen_llm_with_the_same_loss_and
     assert loss_and_gradient()[2] == plain_calls and not model.is_gradient_checkpointing
     for hook in hooks:
         hook.remove()
+
+
+def test_bridge_only_folders_honour_the_loading_options_of_full_folders(backbones, tmp_path):
+    """dtype, attn_implementation and device_map reach the backbone loads of a bridge-only folder: the loaded
+    dtypes and attention implementations equal the full folder's, and both generate the same ids."""
+    model, processor = build(backbones, "llama")
+    with torch.no_grad():
+        model.bridge.weight.normal_(std=0.5)
+    model.save_pretrained(tmp_path / "full")
+    model.save_pretrained(tmp_path / "bridge", bridge_only=True)
+    inputs = processor(images=images(2))
+
+    def described(folder, **options):
+        loaded = VLAPForConditionalGeneration.from_pretrained(tmp_path / folder, **options)
+        return {
+            "dtypes": {name: next(getattr(loaded, name).parameters()).dtype for name in ("bridge", "vision_model")}
+            | {"language_model": loaded.language_model.dtype},
+            "attention": (
+                loaded.vision_model.config._attn_implementation,
+                loaded.language_model.config._attn_implementation,
+            ),
+            "ids": loaded.generate(**inputs, max_new_tokens=4, do_sample=False).tolist(),
+        }
+
+    for options in ({"dtype": torch.bfloat16}, {"attn_implementation": "eager"}, {"device_map": "cpu"}):
+        full, bridge_only = described("full", **options), described("bridge", **options)
+        assert bridge_only == full, options
+    assert described("bridge", dtype=torch.bfloat16)["dtypes"]["language_model"] == torch.bfloat16
+    assert described("bridge", attn_implementation="eager")["attention"] == ("eager", "eager")
+
+
+@pytest.mark.parametrize("bridge", ["linear", "langbridge"])
+def test_offloaded_model_generates_the_ids_of_one_device(backbones, tmp_path, bridge):
+    """device_map with almost no memory (weights offloaded to disk, streamed in by accelerate's hooks): the same
+    greedy ids as the model on one device. The bridge gets the LLM's word rows as a tensor, never its module."""
+    from tiny import langbridge
+
+    model, processor = langbridge(backbones) if bridge == "langbridge" else build(backbones, "llama")
+    with torch.no_grad():
+        for parameter in model.bridge.parameters():
+            parameter.normal_(std=0.5)
+    model.save_pretrained(tmp_path / "model")
+    inputs = processor(images=images(2))
+    expected = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    offloaded = VLAPForConditionalGeneration.from_pretrained(
+        tmp_path / "model", device_map="auto", max_memory={"cpu": "60KB"}, offload_folder=str(tmp_path / "offload")
+    )
+    assert any(parameter.device.type == "meta" for parameter in offloaded.parameters())  # really offloaded
+    assert torch.equal(offloaded.generate(**inputs, max_new_tokens=4, do_sample=False), expected)

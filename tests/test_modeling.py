@@ -704,3 +704,13 @@ def test_offloaded_model_generates_the_ids_of_one_device(backbones, tmp_path, br
     )
     assert any(parameter.device.type == "meta" for parameter in offloaded.parameters())  # really offloaded
     assert torch.equal(offloaded.generate(**inputs, max_new_tokens=4, do_sample=False), expected)
+
+
+def test_image_features_compile_as_one_graph(backbones):
+    """torch.compile(fullgraph=True) captures the image-feature forward whole (Dynamo's eager backend: the capture,
+    without code generation); the training forward's breaks are listed by bench/compile_breaks.py."""
+    model, processor = build(backbones, "llama")
+    pixel_values = processor(images=images(2))["pixel_values"]
+    torch._dynamo.reset()
+    compiled = torch.compile(model.get_image_features, fullgraph=True, backend="eager")
+    assert torch.allclose(compiled(pixel_values=pixel_values), model.get_image_features(pixel_values), atol=1e-6)

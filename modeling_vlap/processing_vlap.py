@@ -1,5 +1,7 @@
 """VLAP processor: the vision image processor + the LLM's tokenizer (remote code: torch and transformers only)."""
 
+import base64
+import io
 import os
 import stat
 from collections.abc import Sequence
@@ -114,11 +116,17 @@ def array_to_image(array, name: str) -> "Image.Image":
 
 
 def _load_image(item, index: int) -> "Image.Image":
-    """A PIL image, a path or http(s) URL of one, a numpy array or a torch tensor (`array_to_image`) -> RGB PIL
-    image (`to_rgb`); else a ValueError naming the item."""
+    """A PIL image, a path, http(s) URL or base64 data URI of one, a numpy array or a torch tensor
+    (`array_to_image`) -> RGB PIL image (`to_rgb`); else a ValueError naming the item."""
     name = f"images[{index}]"
     if isinstance(item, str) and item.startswith(("http://", "https://")):
         return to_rgb(fetch_image(item))
+    if isinstance(item, str) and item.startswith("data:image/"):  # a base64 data URI, as browsers and chat APIs send
+        try:
+            data = base64.b64decode(item.split(",", 1)[1], validate=True)
+        except (IndexError, ValueError):
+            raise ValueError(f"{name}: a data URI needs base64 image bytes after 'data:image/...;base64,'") from None
+        return open_image(io.BytesIO(data), name)
     if isinstance(item, (str, os.PathLike)):
         return open_image(item, f"{name} ({os.fspath(item)!r})")
     try:

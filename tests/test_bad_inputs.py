@@ -898,3 +898,18 @@ def test_model_refuses_a_batch_of_no_images(world):
     for call in (model.generate, model.get_image_features, model.get_image_prefix):
         with pytest.raises(ValueError, match="holds no images"):
             call(pixel_values=torch.zeros(0, 3, 32, 32))
+
+
+def test_base64_data_uri_images(world):
+    """A data URI decodes to the image it holds; one without base64 bytes is an error naming the item."""
+    import base64
+    import io
+
+    processor = world["processor"]
+    image = Image.open(world["root"] / "images" / "a.png")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    assert torch.equal(processor(images=[uri])["pixel_values"], processor(images=[image])["pixel_values"])
+    with pytest.raises(ValueError, match=r"images\[0\]: a data URI needs base64 image bytes"):
+        processor(images=["data:image/png;base64,@@not base64@@"])

@@ -361,7 +361,7 @@ def gallery(run: Path, png: Path, per_set: int = 6) -> Path:
         axis.set_axis_off()
         said = "\n".join(f"{model.replace('_', '-')}: {ex['caption'][:34]}" for model, ex in zip(models, examples))
         axis.set_title(f"[{name}] {examples[0]['captions'][0][:34]}\n{said}", fontsize=7, loc="left")
-    save_figure(figure, png)
+    save_figure(figure, png, dpi=80)
     return png
 
 

@@ -320,10 +320,10 @@ def _parse(name: str, value, kind):
             number = base(value)  # int("2.5") and int(2.5)-style truncation are refused below
         except (TypeError, ValueError, OverflowError):  # int(.inf) overflows
             number = None
-        if number is not None and math.isfinite(number) and (base is float or float(value) == number):
-            return number
-        if number is not None and not math.isfinite(number):
+        if number is not None and not math.isfinite(number):  # float("nan") from a flag
             raise SystemExit(f"{name}={value!r} is not a finite number")
+        if number is not None and (base is float or float(value) == number):
+            return number
     elif base is str and isinstance(value, (str, int, float)):
         return str(value)
     expected = f"{base.__name__}{' or none' if optional else ''}"
@@ -723,9 +723,10 @@ def export(accelerator: Accelerator, model, processor, output_dir: Path) -> Path
 def stop_if_not_finite(accelerator: Accelerator, loss: float, trainable: list, step: int, checkpoints: Path) -> None:
     """A non-finite loss or trained weight (a diverged run: learning rate, clipping, data) stops training at the step
     it appears, on every process, before it is logged as normal, checkpointed or exported."""
-    weights_finite = all(bool(torch.isfinite(p).all()) for p in trainable)
-    flags = torch.tensor([not math.isfinite(loss), not weights_finite], dtype=torch.float32, device=accelerator.device)
-    loss_bad, weights_bad = accelerator.reduce(flags, "sum").tolist()
+    # Checked on the device, one bool per tensor, so the step syncs once (the reduce), not once per trained tensor.
+    weights_bad = torch.stack([~torch.isfinite(p).all() for p in trainable]).any().to(accelerator.device)
+    loss_bad = torch.tensor(not math.isfinite(loss), device=accelerator.device)
+    loss_bad, weights_bad = accelerator.reduce(torch.stack([loss_bad, weights_bad]).float(), "sum").tolist()
     if loss_bad or weights_bad:
         what = " and ".join(name for name, bad in (("the loss", loss_bad), ("the trained weights", weights_bad)) if bad)
         complete = complete_checkpoints(checkpoints)

@@ -350,13 +350,12 @@ def gallery(run: Path, png: Path, per_set: int = 6) -> Path:
     results = json.loads((run / "results.json").read_text())
     models = [name for name in ("vlap", "caption_only") if name in results]
     rows = [
-        (name, index, [results[model]["examples"][name][index] for model in models])
+        (name, [results[model]["examples"][name][index] for model in models])
         for name in results[models[0]]["examples"]
         for index in range(min(per_set, len(results[models[0]]["examples"][name])))
     ]
-    columns = per_set
-    figure, axes = plt.subplots(len(rows) // columns, columns, figsize=(3.0 * columns, 3.3 * len(rows) // columns))
-    for axis, (name, _, examples) in zip(axes.flat, rows):
+    figure, axes = plt.subplots(len(rows) // per_set, per_set, figsize=(3.0 * per_set, 3.3 * len(rows) // per_set))
+    for axis, (name, examples) in zip(axes.flat, rows):
         axis.imshow(open_image(examples[0]["path"]))
         axis.set_axis_off()
         said = "\n".join(f"{model.replace('_', '-')}: {ex['caption'][:34]}" for model, ex in zip(models, examples))

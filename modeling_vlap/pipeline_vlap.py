@@ -95,23 +95,23 @@ class VLAPImageTextToTextPipeline(ImageTextToTextPipeline):
         }
 
 
-def template_fields(template: str, what: str) -> list[tuple[str, str]]:
-    """The (field name, whole field) pairs of a str.format template. Format specs and conversions are refused: a
-    template fills in words, and "{question:>999999999}" would ask for gigabytes."""
+def template_fields(template: str, what: str) -> list[str]:
+    """The field names of a str.format template ("" for `{}`). Format specs and conversions are refused: a template
+    fills in words, and "{question:>999999999}" would ask for gigabytes."""
     try:
-        parsed = [(field, spec, conversion) for _, field, spec, conversion in Formatter().parse(template)]
+        fields = [(field, spec, conversion) for _, field, spec, conversion in Formatter().parse(template)]
     except ValueError as error:
         raise ValueError(f"the {what} {template!r} is not a valid template ({error})") from None
-    fields = [(field, spec, conversion) for field, spec, conversion in parsed if field is not None]
+    fields = [(field, spec, conversion) for field, spec, conversion in fields if field is not None]
     if any(spec or conversion for _, spec, conversion in fields):
         raise ValueError(f"the {what} {template!r}: fields take no format spec or conversion ({{name}} only)")
-    return [(field, "{" + field + "}") for field, _, _ in fields]
+    return [field for field, _, _ in fields]
 
 
 def label_texts(template: str, labels) -> list[str]:
     """The text scored for each zero-shot label: `template` with its one `{}` filled (a template without one would
     score the same text for every label)."""
-    if [field for field, _ in template_fields(template, "label template")] != [""]:
+    if template_fields(template, "label template") != [""]:
         raise ValueError(f"the label template {template!r} needs exactly one {{}} for the label")
     return [template.format(label) for label in labels]
 

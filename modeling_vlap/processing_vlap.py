@@ -51,6 +51,11 @@ def to_rgb(image: "Image.Image") -> "Image.Image":
     return image.convert("RGB")
 
 
+def named(error: ValueError, name: str) -> ValueError:
+    """`error` with its message starting with `name` (the file or the images[i] it is about), once."""
+    return ValueError(str(error) if str(error).startswith(name) else f"{name}: {error}")
+
+
 def open_image(source, name: str | None = None) -> "Image.Image":
     """An image file (path or binary file object) -> RGB PIL image (`to_rgb`), decoded now, turned upright by its
     EXIF orientation (as a phone photo is shown).
@@ -77,7 +82,7 @@ def open_image(source, name: str | None = None) -> "Image.Image":
             opened.load()
             return to_rgb(ImageOps.exif_transpose(opened))
     except ValueError as error:
-        raise ValueError(str(error) if str(error).startswith(name) else f"{name}: {error}") from None
+        raise named(error, name) from None
     except Image.DecompressionBombError:  # PIL refuses twice the limit while opening
         raise ValueError(too_big) from None
     except (OSError, UnidentifiedImageError, SyntaxError) as error:
@@ -135,7 +140,7 @@ def _load_image(item, index: int) -> "Image.Image":
         if isinstance(item, torch.Tensor) or type(item).__module__ == "numpy" and hasattr(item, "dtype"):
             return to_rgb(array_to_image(item, name))
     except ValueError as error:
-        raise ValueError(str(error) if str(error).startswith(name) else f"{name}: {error}") from None
+        raise named(error, name) from None
     raise ValueError(
         f"{name} is a {type(item).__name__}; expected a PIL image, a path or URL of an image file, a numpy array "
         "(H, W[, C]) or a torch tensor (C, H, W)"

@@ -178,7 +178,7 @@ def cmd_words(args) -> None:
     _, images, _ = open_images([path])
     model, processor = load(args.model, device=args.device)
     words = read_words(model, processor, images, top_k=args.top_k)[0]
-    if args.plot:
+    if plot is not None:
         try:
             plot_words(words, path.name, plot)
         except ImportError:

@@ -147,8 +147,7 @@ def vqa_prompts(model, processor, images, questions, vision_hidden_states, templ
     count = _count(images, vision_hidden_states)
     if len(questions) != count:
         raise ValueError(f"got {count} images but {len(questions)} questions")
-    fields = template_fields(template, "VQA template")
-    unknown = {field for field, _ in fields} - {"question", "caption", "prompt"}
+    unknown = set(template_fields(template, "VQA template")) - {"question", "caption", "prompt"}
     if "{question}" not in template or unknown:
         raise ValueError(
             f"the VQA template {template!r} needs a {{question}} field and may also use {{caption}} and "

@@ -55,4 +55,5 @@ bench: $(STAMP)
 	$(PY) -m bench.train_step --real --bf16 --json bench/results/train_step_bf16.json
 	$(PY) -m bench.generate --real --json bench/results/generate.json
 	$(PY) -m bench.feature_cache --json bench/results/feature_cache.json
+	$(PY) -m bench.gradient_checkpointing --json bench/results/gradient_checkpointing.json
 	$(PY) -m bench.langbridge_transfer --json bench/results/langbridge_transfer.json --plot docs/langbridge_transfer.png

@@ -30,7 +30,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import DistributedType, gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
@@ -737,16 +737,37 @@ def stop_if_not_finite(accelerator: Accelerator, loss: float, trainable: list, s
         )
 
 
+def make_accelerator(config: TrainConfig, output_dir: Path) -> Accelerator:
+    """The Accelerator of the launch; an FSDP launch that accelerate would not shard (no GPU; `cpu: true`) stops with
+    one line instead of training unsharded or failing deep inside accelerate."""
+    fsdp_requested = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    try:
+        accelerator = Accelerator(
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            mixed_precision=config.mixed_precision,
+            log_with=None if config.report_to == "none" else config.report_to,
+            project_dir=str(output_dir),
+            cpu=config.cpu,
+        )
+    except RuntimeError as error:
+        if not fsdp_requested:
+            raise
+        raise SystemExit(f"FSDP was requested but accelerate refuses it on this machine: {error} {NO_FSDP}") from None
+    if fsdp_requested and accelerator.distributed_type != DistributedType.FSDP:
+        raise SystemExit(f"FSDP was requested but accelerate set up {accelerator.distributed_type.value}. {NO_FSDP}")
+    return accelerator
+
+
+NO_FSDP = (
+    "FSDP shards over GPUs (accelerate refuses it on CPU, and `cpu: true` turns it off); on CPU, launch without "
+    "--use_fsdp / an FSDP config: `accelerate launch --num_processes N train.py` splits the batch instead."
+)
+
+
 def main(argv=None) -> Path:
     config = parse_config(argv)
     output_dir = Path(config.output_dir)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        mixed_precision=config.mixed_precision,
-        log_with=None if config.report_to == "none" else config.report_to,
-        project_dir=str(output_dir),
-        cpu=config.cpu,
-    )
+    accelerator = make_accelerator(config, output_dir)
     with output_dir_lock(output_dir, accelerator.is_main_process):
         try:
             return run(config, accelerator, output_dir)

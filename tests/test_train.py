@@ -111,6 +111,56 @@ def test_two_processes_match_one_with_the_same_global_batch(backbones, caption_f
 
 
 @pytest.mark.slow
+def test_an_fsdp_launch_without_a_gpu_stops_with_accelerates_refusal(backbones, caption_folder, tmp_path):
+    output = tmp_path / "fsdp"
+    launcher = (
+        *(sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--num_processes", "2"),
+        *("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"),
+    )
+    config = write_config(tmp_path / "fsdp.yaml", backbones, caption_folder, output, max_steps=2)
+    result = run_train(config, launcher=launcher, check=False)
+    assert result.returncode != 0
+    # accelerate's own words (FullyShardedDataParallelPlugin without a GPU), then what to launch instead.
+    assert "FSDP was requested but accelerate refuses it on this machine: There are currently no available devices" in (
+        result.stderr
+    )
+    assert "accelerate launch --num_processes N train.py" in result.stderr
+    assert 'train.py", line' not in result.stderr  # no traceback from the processes (the launcher reports their exit)
+    assert not output.exists()
+
+
+@pytest.mark.slow
+def test_the_bridge_trains_with_the_frozen_llm_sharded_by_fsdp(backbones, tmp_path):
+    """torch FSDP2 on 2 CPU processes (gloo), every LLM layer and the model sharded (tests/fsdp_bridge.py): the same
+    losses and bridge as one unsharded process, and its bridge-only export loads in a fresh process."""
+    script = REPO / "tests" / "fsdp_bridge.py"
+    root = backbones["clip"].parent
+    one, two = tmp_path / "one", tmp_path / "two"
+    for command, out in (
+        ([sys.executable, str(script)], one),
+        ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)], two),
+    ):
+        result = subprocess.run([*command, str(root), str(out)], cwd=REPO, env=ENV, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+    one_run, two_run = (json.loads((out / "losses.json").read_text()) for out in (one, two))
+    assert one_run["sharded_parameters"] == []
+    sharded = two_run["sharded_parameters"]
+    assert "bridge.weight" in sharded and "language_model.model.decoder.embed_tokens.weight" in sharded
+    assert "language_model.model.decoder.layers.1.fc1.weight" in sharded
+    for a, b in zip(one_run["losses"], two_run["losses"], strict=True):
+        assert b == pytest.approx(a, rel=1e-6)
+    exported = [load_file(out / "final" / "model.safetensors") for out in (one, two)]
+    assert sorted(exported[1]) == ["bridge.bias", "bridge.weight", "word_frequency", "word_prior"]
+    for name, tensor in exported[0].items():
+        assert (tensor - exported[1][name]).abs().max() <= 1e-6, name
+    image = tmp_path / "shape.png"
+    shape_image("green", "circle").save(image)
+    settings = {"max_new_tokens": 4, "do_sample": False}
+    loaded = [load_in_fresh_process(out / "final", image, settings)[0] for out in (one, two)]
+    assert loaded[0]["ids"] == loaded[1]["ids"]
+
+
+@pytest.mark.slow
 def test_training_from_the_feature_cache_matches_training_from_images(backbones, caption_folder, tmp_path):
     from_images = tmp_path / "images"
     run_train(write_config(tmp_path / "i.yaml", backbones, caption_folder, from_images, max_steps=4))

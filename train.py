@@ -48,7 +48,7 @@ from vlap.data import (
 )
 from vlap.diagnostics import assignment_diagnostics, content_word_mask
 from vlap.features import build_feature_cache
-from vlap.langbridge import english_vocabulary, select_vocabulary, string_to_id
+from vlap.langbridge import caption_words, english_vocabulary, select_vocabulary, string_to_id
 from vlap.lora import apply_lora, merge_lora, parse_lora
 
 
@@ -76,14 +76,16 @@ class TrainConfig:
     max_bad_fraction: float = option(0.01, "unreadable images skipped, up to this fraction of the dataset")
     word_prior_rows: int = option(100_000, "rows read to fit the word prior from a streamed dataset")
     cache_features: str | None = option(None, "a folder: run the frozen vision model once per image, train from it")
-    # LangBridge (model.bridge_type: langbridge): its vocabulary, built from the data and the LLMs
-    langbridge_vocab_size: int = option(19_200, "N words, each one token of this LLM and of every transfer LLM")
+    # LangBridge (model.bridge_type: langbridge) and word bridge (words): the vocabulary, built from the data and LLMs
+    langbridge_vocab_size: int = option(
+        19_200, "N words, each one token of this LLM and of every transfer LLM (word bridge: caption words)"
+    )
     langbridge_vocabulary_source: str = option("english", "english (wordfreq's most frequent words) | captions")
     langbridge_transfer_llms: str | None = option(
         None, "comma-separated tokenizers (Hub ids / folders) to stay transferable to"
     )
     langbridge_vocabulary: str | None = option(
-        None, "a JSON list of token strings (overrides langbridge_vocabulary_source)"
+        None, "a JSON list of token strings (word bridge: of words), overriding langbridge_vocabulary_source"
     )
     init_bridge: str | None = option(None, "a saved model folder: start from its bridge (fine-tune a moved LangBridge)")
     lora: str | None = option(None, "r,alpha,targets (e.g. 8,16,q_proj|v_proj): LoRA on the LLM; off by default")
@@ -349,8 +351,11 @@ def model_settings(model: dict) -> dict:
 def method(settings: dict) -> VLAPConfig:
     """The VLAPConfig that the `model:` settings describe (VLAPConfig's defaults for the rest). A LangBridge's
     vocabulary is built later, from the data and the LLMs: a one-word placeholder stands in for it here."""
-    vocabulary = {"langbridge_tokens": ["?"], "langbridge_token_ids": [0]}
-    return VLAPConfig(**settings, **(vocabulary if settings.get("bridge_type") == "langbridge" else {}))
+    placeholders = {
+        "langbridge": {"langbridge_tokens": ["?"], "langbridge_token_ids": [0]},
+        "words": {"word_bridge_words": ["?"]},
+    }
+    return VLAPConfig(**settings, **placeholders.get(settings.get("bridge_type"), {}))
 
 
 class EpochShuffle(torch.utils.data.Sampler):
@@ -476,14 +481,28 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def langbridge_arguments(config: TrainConfig, tokenizer, counts: torch.Tensor, log) -> dict:
-    """VLAPConfig fields of the bridge that train.py derives: none for a linear one; for a LangBridge its vocabulary
-    (the --init-bridge model's strings, a given JSON list, the most frequent English words or caption tokens, each one
-    token of this LLM and of every transfer LLM) as strings and this LLM's ids, and with --init-bridge its
-    architecture."""
-    if method(config.model).bridge_type != "langbridge":
-        return {}
+def bridge_arguments(config: TrainConfig, tokenizer, counts: torch.Tensor, captions: list[str], log) -> dict:
+    """VLAPConfig fields of the bridge that train.py derives: none for a linear one; for a word bridge its words (the
+    --init-bridge model's, a given JSON list, or the most frequent content words of the training `captions`); for a
+    LangBridge its vocabulary (the --init-bridge model's strings, a given JSON list, the most frequent English words or
+    caption tokens, each one token of this LLM and of every transfer LLM) as strings and this LLM's ids, and with
+    --init-bridge its architecture."""
+    bridge_type = method(config.model).bridge_type
     start = VLAPConfig.from_pretrained(config.init_bridge) if config.init_bridge else None
+    if bridge_type == "words":
+        if start is not None:
+            words, source = start.word_bridge_words, config.init_bridge
+        elif config.langbridge_vocabulary:
+            words, source = read_vocabulary(config.langbridge_vocabulary), config.langbridge_vocabulary
+        else:
+            try:
+                words, source = caption_words(captions, config.langbridge_vocab_size), "the training captions"
+            except ValueError as error:
+                raise SystemExit(f"train_data: {error}") from None
+        log(f"word bridge: {len(words)} words ({source})")
+        return {"word_bridge_words": words}
+    if bridge_type != "langbridge":
+        return {}
     if start is not None:  # continue a (moved) bridge: its strings re-indexed into this LLM, its architecture
         ids_of = string_to_id(tokenizer)
         log(f"LangBridge vocabulary: the {len(start.langbridge_tokens)} words of {config.init_bridge}")
@@ -543,8 +562,8 @@ def read_data(field: str, source: str, config: TrainConfig) -> tuple:
 
 
 def load_training_set(config: TrainConfig, processor):
-    """(training set, streamed?, caption token counts `[tokenizer length]`): the data, validated before the first
-    step, and the counts the word prior is fitted from."""
+    """(training set, streamed?, caption token counts `[tokenizer length]`, captions): the data, validated before the
+    first step, the counts the word prior is fitted from and the captions they count (a word bridge's words)."""
     dataset, base_dir = read_data("train_data", config.train_data, config)
     columns = (config.image_column, config.caption_column)
     streamed = isinstance(dataset, datasets.IterableDataset)
@@ -556,7 +575,7 @@ def load_training_set(config: TrainConfig, processor):
         prior_rows = dataset[config.caption_column]
     captions = [caption for cell in prior_rows for caption in caption_list(cell)]
     counts = caption_token_counts(captions, processor, len(processor.tokenizer), config.max_caption_length)
-    return train_set, streamed, counts
+    return train_set, streamed, counts, captions
 
 
 def validation_loader(config: TrainConfig, collate) -> tuple:
@@ -569,14 +588,16 @@ def validation_loader(config: TrainConfig, collate) -> tuple:
     return validation_set, torch.utils.data.DataLoader(validation_set, batch_size=config.batch_size, collate_fn=collate)
 
 
-def build_model(config: TrainConfig, processor, counts: torch.Tensor, log) -> VLAPForConditionalGeneration:
+def build_model(config: TrainConfig, processor, counts: torch.Tensor, captions, log) -> VLAPForConditionalGeneration:
     """Frozen backbones + a fresh bridge (or the bridge of --init-bridge), its word prior fitted to `counts`, LoRA
     on the LLM when asked."""
-    model = VLAPForConditionalGeneration.from_vision_text_pretrained(
-        config.vision_model,
-        config.text_model,
-        **{**config.model, **langbridge_arguments(config, processor.tokenizer, counts, log)},
-    )
+    settings = {**config.model, **bridge_arguments(config, processor.tokenizer, counts, captions, log)}
+    try:
+        model = VLAPForConditionalGeneration.from_vision_text_pretrained(
+            config.vision_model, config.text_model, **settings
+        )
+    except ValueError as error:  # the bridge does not fit these backbones (e.g. a word bridge on T5's tokenizer)
+        raise SystemExit(f"model: {' '.join(str(error).split())}") from None
     if config.init_bridge:
         load_bridge(model, config.init_bridge)
     trainable, total = model.num_parameters(only_trainable=True), model.num_parameters()
@@ -792,8 +813,8 @@ def run(config: TrainConfig, accelerator: Accelerator, output_dir: Path) -> Path
     processor = VLAPProcessor.from_vision_text_pretrained(
         config.vision_model, config.text_model, prompt=method(config.model).prompt
     )
-    train_set, streamed, counts = load_training_set(config, processor)
-    model = build_model(config, processor, counts, accelerator.print).to(accelerator.device)
+    train_set, streamed, counts, captions = load_training_set(config, processor)
+    model = build_model(config, processor, counts, captions, accelerator.print).to(accelerator.device)
     if config.cache_features:
         cache_vision_features(config, model, processor, train_set, streamed, accelerator)
     collate = Collator(processor, config.max_caption_length)

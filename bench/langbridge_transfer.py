@@ -19,6 +19,7 @@ The JSON holds, per figure, the median over the seeds run and their count ("seed
 """
 
 import argparse
+import itertools
 import json
 import shutil
 import statistics
@@ -29,21 +30,27 @@ from types import SimpleNamespace
 
 from experiments.assets import efficientnet_lite0, gemma3_270m, smollm2_135m, vision_states
 from experiments.demo import banner, train
+from experiments.easy_vqa import TEMPLATES
 from experiments.runs import BASE_BUDGET, VLAP_METHOD
-from experiments.shape_world import split_train
-from experiments.shapes import COLOURS, SHAPES, caption_is_right, named
+from experiments.shape_world import questions_of, split_train, vqa_by_type
+from experiments.shapes import COLOURS, SHAPES, caption_is_right, named, question_type
+from modeling_vlap.configuration_vlap import WORD_BRIDGE_LAYOUT
+from modeling_vlap.processing_vlap import word_bridge_ids
+from vlap.evaluation import answer_without_image
 from vlap.langbridge import english_vocabulary, transfer
-from vlap.tasks import caption, load, save_figure, token_words
+from vlap.tasks import VQA_TEMPLATE, answer, caption, load, save_figure, token_words
 
 FRACTIONS = (0.05, 0.1, 0.25)
-STAGES = ("source", "moved", "finetune", "direct", "reverse", "control")
+STAGES = ("source", "moved", "finetune", "direct", "reverse", "control", "words")  # the default: all of them
+CHOICE_STAGES = ("word_choices", "word_source")
 
 
-def colour_shape_accuracy(folder: Path, states, colours, shapes) -> tuple[float, dict]:
+def colour_shape_accuracy(folder: Path, states, colours, shapes, **overrides) -> tuple[float, dict]:
     """Share of captions naming the image's colour and shape (and no other), and what explains it: the shares naming
     the right colour, the right shape, the first captions, and the top words each visual token of the first image
-    says (the LangBridge read-out)."""
-    model, processor = load(str(folder))
+    says (the LangBridge read-out; a word bridge: the words of the first four images). `overrides`: VLAPConfig
+    fields set at load."""
+    model, processor = load(str(folder), **overrides)
     captions = caption(model, processor, vision_hidden_states=states, max_new_tokens=12, batch_size=32, progress=True)
     right = [caption_is_right(text, colour, shape) for text, colour, shape in zip(captions, colours, shapes)]
     colour_right = [named(text, COLOURS) == [colour] for text, colour in zip(captions, colours)]
@@ -52,11 +59,14 @@ def colour_shape_accuracy(folder: Path, states, colours, shapes) -> tuple[float,
         "colour": sum(colour_right) / len(right),
         "shape": sum(shape_right) / len(right),
         "examples": captions[:4],
-        "first_image_words": [
+    }
+    if model.config.bridge_type == "words":
+        detail["words"] = model.get_image_words(vision_hidden_states=states[:4].to(model.device))
+    else:
+        detail["first_image_words"] = [
             [word for word, _ in said]
             for said in token_words(model, processor, vision_hidden_states=states[:1], top_k=3)[0]
-        ],
-    }
+        ]
     return sum(right) / len(right), detail
 
 
@@ -92,8 +102,12 @@ def run_seed(seed: int, args, out: Path, models: dict, pool_folder: Path, evalua
         detail = details[name]
         print(
             f"seed {seed}, {name}: colour+shape {figures[name]:.3f} (colour {detail['colour']:.3f}, shape "
-            f"{detail['shape']:.3f}); e.g. {detail['examples'][:2]}; the first image's visual tokens say "
-            f"{detail['first_image_words']}",
+            f"{detail['shape']:.3f}); e.g. {detail['examples'][:2]}; "
+            + (
+                f"the first images' words: {detail['words']}"
+                if "words" in detail
+                else f"the first image's visual tokens say {detail['first_image_words']}"
+            ),
             flush=True,
         )
 
@@ -151,6 +165,115 @@ def run_seed(seed: int, args, out: Path, models: dict, pool_folder: Path, evalua
     return {"colour_shape": figures, "train_seconds": seconds, "detail": details}
 
 
+WORD_BRIDGE_PROMPT = "Caption:"
+WORD_VQA_TEMPLATE = "Question: {question}\nAnswer:"  # after the image's words: no caption in between
+# Layouts tried on validation (`--stages word_choices`): the default's examples (objects, a colour), two of them, or
+# two coloured shapes (easy-vqa's own world).
+WORD_LAYOUTS = {
+    "default": WORD_BRIDGE_LAYOUT,
+    "two_examples": "Words: dog, grass.\nCaption: a dog on the grass.\n\nWords: cup, table.\nCaption: a cup on a "
+    "table.\n\nWords:{words}.\n",
+    "shapes": "Words: purple, star.\nCaption: a purple star.\n\nWords: orange, square.\nCaption: an orange "
+    "square.\n\nWords:{words}.\n",
+}
+WORD_CHOICES = {"layout": list(WORD_LAYOUTS), "threshold": [0.3, 0.5, 0.7], "top_k": [3, 5]}
+
+
+def layout_fields(folder: Path, layout: str) -> dict:
+    """VLAPConfig overrides that make the saved word bridge at `folder` read `layout` (tokenised for its LLM)."""
+    from transformers import AutoTokenizer
+
+    ids = word_bridge_ids(AutoTokenizer.from_pretrained(str(folder)), [], layout)
+    return {"word_bridge_layout": layout, "word_bridge_layout_ids": ids["word_bridge_layout_ids"]}
+
+
+def word_vqa(folder: Path, rows, states, questions) -> dict:
+    """Per question type, VQA through the word bridge at `folder` (the question right after the image's words) and
+    describe-then-answer (its caption, then the question: `tasks.VQA_TEMPLATE`), beside the same LLM reading in the
+    same layout the image's true caption ("a red circle") and its true words ("red, circle") in the words' place."""
+    model, processor = load(str(folder))
+    texts = [question for _, question, _ in questions]
+    types = [question_type(q) for q in texts]
+    picked_rows = [row for row, _, _ in questions]
+    picked = states[picked_rows]
+    through_words = answer(model, processor, questions=texts, vision_hidden_states=picked, template=WORD_VQA_TEMPLATE)
+    described = answer(model, processor, questions=texts, vision_hidden_states=picked, template=VQA_TEMPLATE)
+    layout = model.config.word_bridge_layout.replace("{words}", " {caption}") + WORD_VQA_TEMPLATE
+    truths = {
+        "true_caption": [TEMPLATES[0].format(colour=rows["colour"][r], shape=rows["shape"][r]) for r in picked_rows],
+        "true_words": [f"{rows['colour'][r]}, {rows['shape'][r]}" for r in picked_rows],
+    }
+    scores = {
+        "words": vqa_by_type(through_words, questions, types),
+        "describe_then_answer": vqa_by_type(described, questions, types),
+    }
+    for name, descriptions in truths.items():
+        read = answer_without_image(model, processor, texts, descriptions, template=layout, max_new_tokens=4)
+        scores[name] = vqa_by_type(read, questions, types)
+    return scores
+
+
+def run_word_bridge(seed: int, args, out: Path, models: dict, pool_folder: Path, evaluation: tuple, vqa_set) -> dict:
+    """The word bridge (docs/langbridge.md): trained with SmolLM2's tokenisation of the captions, read by SmolLM2
+    (source), moved to Gemma 3 without training (moved); trained with Gemma 3's and moved to SmolLM2 (reverse); VQA
+    through the words on the source. `--stages word_choices` instead scores the source under every choice of layout,
+    threshold and top-k, `--stages word_source` the source alone (both to choose, on validation)."""
+    import datasets
+
+    budget = {
+        "learning_rate": args.word_learning_rate,
+        "model": {"bridge_type": "words", "assignment_loss_weight": 0.0, "prompt": WORD_BRIDGE_PROMPT},
+    }
+    plan = SimpleNamespace(steps=args.steps, seed=seed)
+    data = training_rows(datasets.load_from_disk(str(pool_folder)), args.train_images, out)
+    figures, details, seconds = {}, {}, {}
+
+    def measure(name: str, folder: Path, **overrides) -> None:
+        figures[name], details[name] = colour_shape_accuracy(folder, *evaluation, **overrides)
+        detail = details[name]
+        print(
+            f"seed {seed}, {name}: colour+shape {figures[name]:.3f} (colour {detail['colour']:.3f}, shape "
+            f"{detail['shape']:.3f}); e.g. {detail['examples'][:2]}; the first images' words: {detail['words']}",
+            flush=True,
+        )
+
+    def timed_train(name: str, llm: Path) -> Path:
+        start = time.time()
+        folder = train(f"seed{seed}-{name}", out, data, models["vision"], llm, BASE_BUDGET, plan, **budget)
+        seconds[name] = round(time.time() - start, 1)
+        return folder
+
+    banner(f"seed {seed}: word bridge trained with SmolLM2-135M's tokens (source)")
+    source = timed_train("words-smollm2", models["smollm2"])
+    if "word_choices" in args.stages:
+        for layout, threshold, top_k in itertools.product(*WORD_CHOICES.values()):
+            fields = layout_fields(source, WORD_LAYOUTS[layout])
+            name = f"words_{layout}_threshold{threshold}_top{top_k}"
+            measure(name, source, word_bridge_threshold=threshold, word_bridge_top_k=top_k, **fields)
+        return {"colour_shape": figures, "train_seconds": seconds, "detail": details}
+    measure("words_source", source)
+    if "words" not in args.stages:  # word_source: the source alone (to choose the learning rate)
+        return {"colour_shape": figures, "train_seconds": seconds, "detail": details}
+    moved = out / f"seed{seed}-words-smollm2-to-gemma3"
+    shutil.rmtree(moved, ignore_errors=True)
+    transfer(str(source), str(models["gemma3"]), moved)
+    measure("words_moved", moved)
+    banner(f"seed {seed}: word bridge trained with Gemma 3 270M's tokens, moved to SmolLM2 (reverse)")
+    direct = timed_train("words-gemma3", models["gemma3"])
+    measure("words_direct", direct)
+    reverse = out / f"seed{seed}-words-gemma3-to-smollm2"
+    shutil.rmtree(reverse, ignore_errors=True)
+    transfer(str(direct), str(models["smollm2"]), reverse)
+    measure("words_reverse", reverse)
+    result = {"colour_shape": figures, "train_seconds": seconds, "detail": details}
+    if vqa_set is not None:
+        rows, questions = vqa_set
+        folders = {"source": source, "moved": moved}
+        result["vqa"] = {name: word_vqa(folder, rows, evaluation[0], questions) for name, folder in folders.items()}
+        print(f"seed {seed}, VQA through the words: {json.dumps(result['vqa'])}", flush=True)
+    return result
+
+
 def summary(per_seed: dict, vocabulary: dict, args, seconds: float) -> dict:
     """The issue's keys: medians over the seeds run (colour+shape caption accuracy), with every seed's values."""
 
@@ -170,11 +293,16 @@ def summary(per_seed: dict, vocabulary: dict, args, seconds: float) -> dict:
         "target_finetune_colour_shape": {str(f): median(f"finetune_{f}") for f in FRACTIONS},
         "reverse_zero_train_colour_shape": median("reverse"),
         "target_scratch_colour_shape": {str(f): median(f"scratch_{f}") for f in FRACTIONS},
+        "word_bridge_source_colour_shape": median("words_source"),
+        "word_bridge_moved_colour_shape": median("words_moved"),
+        "word_bridge_direct_colour_shape": median("words_direct"),
+        "word_bridge_reverse_colour_shape": median("words_reverse"),
         "per_seed": per_seed,
         "setup": {
             "steps": args.steps,
             "batch_size": BASE_BUDGET["batch_size"],
             "learning_rate": args.learning_rate,
+            "word_learning_rate": args.word_learning_rate,
             "coefficients": args.coefficients,
             "gelu_before_words": args.gelu_before_words,
             "assignment_loss_weight": args.assignment_loss_weight,
@@ -232,8 +360,10 @@ def main(argv=None) -> None:
         "--stages",
         type=lambda text: text.split(","),
         default=list(STAGES),
-        help="comma-separated, of " + ",".join(STAGES),
+        help="comma-separated, of " + ",".join(STAGES + CHOICE_STAGES),
     )
+    parser.add_argument("--word-learning-rate", type=float, default=1e-2, help="the word bridge's")
+    parser.add_argument("--vqa-questions", type=int, default=300, help="VQA through the word bridge (0: none)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None, help="PNG of the transfer curve")
     args = parser.parse_args(argv)
@@ -257,7 +387,17 @@ def main(argv=None) -> None:
     *_, vocabulary = english_vocabulary(
         [AutoTokenizer.from_pretrained(str(models[n])) for n in ("smollm2", "gemma3")], 19_200
     )
-    per_seed = {str(seed): run_seed(seed, args, out, models, pool_folder, evaluation) for seed in args.seeds}
+    questions = questions_of(rows, args.vqa_questions) if args.vqa_questions else None
+    vqa_set = (rows, questions) if questions else None
+    per_seed = {}
+    for seed in args.seeds:
+        per_seed[str(seed)] = run_seed(seed, args, out, models, pool_folder, evaluation)
+        if {"words", *CHOICE_STAGES} & set(args.stages):
+            words = run_word_bridge(seed, args, out, models, pool_folder, evaluation, vqa_set)
+            per_seed[str(seed)]["colour_shape"].update(words.pop("colour_shape"))
+            per_seed[str(seed)]["train_seconds"].update(words.pop("train_seconds"))
+            per_seed[str(seed)]["detail"].update(words.pop("detail"))
+            per_seed[str(seed)].update(words)
     result = summary(per_seed, vocabulary, args, time.time() - start)
     print(json.dumps({k: v for k, v in result.items() if k != "per_seed"}, indent=2))
     if args.json:

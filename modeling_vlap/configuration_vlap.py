@@ -29,6 +29,14 @@ CUSTOM_PIPELINES = {
 }
 
 
+# What an LLM reads for an image through a word bridge (before the prompt): examples of words and a caption, then the
+# image's words. Chosen on validation (docs/langbridge.md, "The word bridge").
+WORD_BRIDGE_LAYOUT = (
+    "Words: dog, grass.\nCaption: a dog on the grass.\n\nWords: red, car.\nCaption: a red car.\n\n"
+    "Words: cup, table.\nCaption: a cup on a table.\n\nWords:{words}.\n"
+)
+
+
 class VLAPConfig(PreTrainedConfig):
     r"""
     Configuration of a VLAP model: a frozen vision model and a frozen LLM joined by one trainable linear bridge.
@@ -58,8 +66,11 @@ class VLAPConfig(PreTrainedConfig):
             "revision": ...}, "text": {...}}` (Hub ids or local folders); recorded by `from_vision_text_pretrained`.
         bridge_only (`bool`): the checkpoint holds only the bridge and word prior; `from_pretrained` then loads the
             backbones from `backbones` (a shared VLAP model is a few MB).
-        bridge_type (`str`): "linear" (VLAP: one linear layer into the embedding space) or "langbridge" (an MLP giving
-            coefficients over a vocabulary subset, whose word embeddings it combines; transferable across LLMs).
+        bridge_type (`str`): "linear" (VLAP: one linear layer into the embedding space), "langbridge" (an MLP giving
+            coefficients over a vocabulary subset, whose word embeddings it combines; transferable across LLMs) or
+            "words" (a word bridge: one linear layer from the mean visual token to a probability per word, trained
+            with a bag-of-words loss; the LLM reads the image's most probable words as text, so any LLM can read
+            them without training).
         langbridge_hidden_size (`int`, *optional*): width of the LangBridge MLP (default: the LLM's embedding width).
         langbridge_tokens (`list[str]`): the vocabulary subset as token strings (as each spells inside a text).
         langbridge_token_ids (`list[int]`): their ids in this LLM; -1 marks a string this LLM lacks (after a transfer),
@@ -68,6 +79,17 @@ class VLAPConfig(PreTrainedConfig):
             validation) or "softmax" (a distribution over the subset, as the paper describes).
         langbridge_activation_before_words (`bool`): a GELU between the MLP and the word layer; the released code
             (and the default) has none: Linear -> GELU -> Linear -> word layer.
+        word_bridge_words (`list[str]`): bridge_type "words": the words the bridge can say (plain strings).
+        word_bridge_word_ids (`list[list[int]]`): each word's ids in this LLM, as the LLM reads it after a space.
+        word_bridge_layout (`str`): the text the LLM reads for an image, its words joined by "," in place of
+            `{words}`, followed by the prompt ("Caption:", or a question).
+        word_bridge_layout_ids (`list[list[int]]`): this LLM's ids of the layout before `{words}`, of the separator
+            "," and of the layout after `{words}` (set with `word_bridge_word_ids` by `from_vision_text_pretrained` and
+            `vlap transfer`, from the LLM's tokenizer).
+        word_bridge_stop_ids (`list[int]`): the LLM's tokens holding a line break, where a caption ends (generation
+            stops there: the layout writes one caption per line).
+        word_bridge_top_k (`int`), word_bridge_threshold (`float`): the words of an image are its at most `top_k`
+            words of probability >= `threshold`, most probable first (at least the most probable one).
         prefix_bos_token_id (`int`, *optional*): the BOS token a decoder-only LLM reads before the visual prefix, for
             LLMs whose tokenizer starts every text with one (Gemma, Llama); None: the prefix comes first (GPT-2-style
             BPE such as SmolLM2, T5). Set by `from_vision_text_pretrained` from the LLM's tokenizer.
@@ -99,6 +121,13 @@ class VLAPConfig(PreTrainedConfig):
     langbridge_token_ids: list | None = None
     langbridge_coefficients: str = "linear"
     langbridge_activation_before_words: bool = False
+    word_bridge_words: list | None = None
+    word_bridge_word_ids: list | None = None
+    word_bridge_layout: str = WORD_BRIDGE_LAYOUT
+    word_bridge_layout_ids: list | None = None
+    word_bridge_stop_ids: list | None = None
+    word_bridge_top_k: int = 5
+    word_bridge_threshold: float = 0.5
     prefix_bos_token_id: int | None = None
 
     def __post_init__(self, **kwargs):
@@ -130,8 +159,10 @@ class VLAPConfig(PreTrainedConfig):
                 "VLAPConfig.text_representation must be 'hidden_states', 'word_embeddings' or 'word_assignments', "
                 f"got {self.text_representation!r}"
             )
-        if self.bridge_type not in ("linear", "langbridge"):
-            raise ValueError(f"VLAPConfig.bridge_type must be 'linear' or 'langbridge', got {self.bridge_type!r}")
+        if self.bridge_type not in ("linear", "langbridge", "words"):
+            raise ValueError(
+                f"VLAPConfig.bridge_type must be 'linear', 'langbridge' or 'words', got {self.bridge_type!r}"
+            )
         if self.langbridge_coefficients not in ("softmax", "linear"):
             raise ValueError(
                 "VLAPConfig.langbridge_coefficients must be 'softmax' or 'linear', "
@@ -144,8 +175,32 @@ class VLAPConfig(PreTrainedConfig):
                     "a LangBridge needs langbridge_tokens (the vocabulary subset) and langbridge_token_ids of the same "
                     f"length, got {len(tokens)} strings and {len(ids)} ids"
                 )
+        if self.bridge_type == "words":
+            self._check_word_bridge()
         if self.num_visual_tokens is not None and self.num_visual_tokens < 1:
             raise ValueError(f"VLAPConfig.num_visual_tokens must be >= 1 or None, got {self.num_visual_tokens}")
+
+    def _check_word_bridge(self) -> None:
+        words, ids = self.word_bridge_words or [], self.word_bridge_word_ids
+        if not words or any(not isinstance(word, str) or not word.strip() for word in words):
+            raise ValueError("a word bridge needs word_bridge_words, a non-empty list of words")
+        if self.word_bridge_layout.count("{words}") != 1:
+            raise ValueError(
+                f"VLAPConfig.word_bridge_layout must hold {{words}} exactly once, got {self.word_bridge_layout!r}"
+            )
+        if ids is not None and (len(ids) != len(words) or not all(ids)):
+            raise ValueError(f"word_bridge_word_ids must give ids for each of the {len(words)} words")
+        if self.word_bridge_layout_ids is not None and len(self.word_bridge_layout_ids) != 3:
+            raise ValueError("word_bridge_layout_ids must be [before, separator, after] id lists")
+        if isinstance(self.word_bridge_top_k, bool) or not self.word_bridge_top_k >= 1:
+            raise ValueError(f"VLAPConfig.word_bridge_top_k must be >= 1, got {self.word_bridge_top_k}")
+        if not 0 <= self.word_bridge_threshold <= 1:  # NaN fails too
+            raise ValueError(f"VLAPConfig.word_bridge_threshold must be in [0, 1], got {self.word_bridge_threshold}")
+        if self.assignment_loss_weight != 0:
+            raise ValueError(
+                "a word bridge trains on its bag-of-words loss alone (it has no prefix for L_map): set "
+                "assignment_loss_weight to 0"
+            )
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "VLAPConfig":

@@ -35,7 +35,7 @@ from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput, cached_file, logg
 from .assignment_prediction import WORD_STATISTICS, AssignmentPrediction, Vocabulary
 from .configuration_vlap import HUB_KWARGS, VISION_MODULES, VLAPConfig
 from .pipeline_vlap import VLAPImageToTextPipeline  # noqa: F401  (imported so save_pretrained ships the pipeline file)
-from .processing_vlap import leading_bos_token_id
+from .processing_vlap import leading_bos_token_id, word_bridge_ids
 
 
 @dataclass
@@ -50,6 +50,7 @@ class VLAPOutput(ModelOutput):
         logits: `[B, T, V]` LLM logits at the caption positions (T5: the decoder's; decoder-only: the positions that
             predict a caption token, from the one before the caption's first token; the visual prefix and prompt are
             never projected onto the vocabulary).
+        word_loss, word_logits: a word bridge's bag-of-words loss (its `loss`) and `[B, N]` logits over its words.
         image_codes, text_codes: `[B, V]` cosine similarities of the pooled image / caption to every word embedding.
         image_targets, text_targets: `[B, V]` their assignments over words (the swapped-prediction targets).
     """
@@ -64,6 +65,8 @@ class VLAPOutput(ModelOutput):
     text_codes: torch.FloatTensor | None = None
     image_targets: torch.FloatTensor | None = None
     text_targets: torch.FloatTensor | None = None
+    word_loss: torch.FloatTensor | None = None
+    word_logits: torch.FloatTensor | None = None
 
 
 def pack_padding(attention_mask: torch.Tensor, *tensors: torch.Tensor, padding_side: str):
@@ -199,6 +202,62 @@ class LangBridge(nn.Module):
         return self.coefficients(visual_tokens) @ word_rows.to(visual_tokens.device, visual_tokens.dtype)
 
 
+NO_WORD_BRIDGE_FEATURES = (
+    "a word bridge gives the LLM words as text, not mapped visual tokens: it has no image prefix or image features "
+    "(retrieval, zero-shot classification); read its words with get_image_words / image_to_words"
+)
+
+
+class WordBridge(nn.Module):
+    """A word bridge: the image as words that the LLM reads as text.
+
+    One linear layer from the mean visual token to a logit per word of `config.word_bridge_words`, trained with a
+    bag-of-words loss (is the word in the caption). An image's words are its at most `word_bridge_top_k` most
+    probable words of probability >= `word_bridge_threshold` (at least the most probable one), in that order; the LLM
+    reads them written into `word_bridge_layout` ("... Words: red, circle.\n") before the prompt. Being strings, they
+    carry to any LLM: moving the bridge re-tokenises them and the layout (`vlap transfer`), its weights unchanged.
+    """
+
+    def __init__(self, config: VLAPConfig):
+        super().__init__()
+        self.to_words = nn.Linear(config.vision_hidden_size, len(config.word_bridge_words))
+        # From the config, not the state dict: a transfer changes the ids, never the weights.
+        self.word_ids = [list(ids) for ids in config.word_bridge_word_ids]
+        self.before, self.separator, self.after = (list(ids) for ids in config.word_bridge_layout_ids)
+        self.top_k, self.threshold = config.word_bridge_top_k, config.word_bridge_threshold
+
+    def logits(self, visual_tokens: torch.Tensor) -> torch.Tensor:
+        """`[B, K, H_v]` -> `[B, N]` one logit per word, from the mean visual token."""
+        return self.to_words(visual_tokens.mean(dim=1))
+
+    def choose(self, logits: torch.Tensor) -> list[list[int]]:
+        """`[B, N]` logits -> each image's words (indices into the word list), most probable first."""
+        top = torch.sigmoid(logits.float()).topk(min(self.top_k, logits.shape[1]), dim=-1)
+        return [
+            [index for rank, (p, index) in enumerate(zip(ps, indices)) if rank == 0 or p >= self.threshold]
+            for ps, indices in zip(top.values.tolist(), top.indices.tolist())
+        ]
+
+    def layout_ids(self, chosen: list[list[int]]) -> list[list[int]]:
+        """Each image's layout as this LLM's ids: before, the words joined by the separator, after."""
+        return [
+            self.before
+            + [i for rank, word in enumerate(words) for i in (self.separator if rank else []) + self.word_ids[word]]
+            + self.after
+            for words in chosen
+        ]
+
+    def targets(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """`[B, T]` captions -> `[B, N]` 1.0 where the word's ids occur in the caption (contiguously), else 0."""
+        longest = max(len(ids) for ids in self.word_ids)
+        table = torch.tensor([ids + [-1] * (longest - len(ids)) for ids in self.word_ids], device=input_ids.device)
+        ids = F.pad(input_ids.masked_fill(attention_mask == 0, -2), (0, longest - 1), value=-2)
+        windows = ids.unfold(1, longest, 1)  # [B, T, L]: the caption's runs of L tokens
+        # [B, T, N, L]: each run against each word (-1 pads a shorter word: any token there matches)
+        matches = (windows[:, :, None, :] == table) | (table == -1)
+        return matches.all(dim=-1).any(dim=1).float()
+
+
 class VLAPPreTrainedModel(PreTrainedModel):
     config_class = VLAPConfig
     base_model_prefix = "vlap"
@@ -260,6 +319,13 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
                     f"LLM's {embeddings.num_embeddings} embeddings"
                 )
             self.bridge = LangBridge(config)
+        elif config.bridge_type == "words":
+            if config.word_bridge_word_ids is None or config.word_bridge_layout_ids is None:
+                raise ValueError(
+                    "a word bridge needs its words and layout as this LLM's ids (word_bridge_word_ids, "
+                    "word_bridge_layout_ids): build it with from_vision_text_pretrained, which tokenises them"
+                )
+            self.bridge = WordBridge(config)
         else:
             self.bridge = LinearBridge(config.vision_hidden_size, config.projection_dim)
         self.assignment_prediction = AssignmentPrediction(config, embeddings.num_embeddings)  # L_map
@@ -271,6 +337,10 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         self.generation_config = copy.deepcopy(self.language_model.generation_config)
         if self.generation_config.pad_token_id is None:
             self.generation_config.pad_token_id = self.generation_config.eos_token_id
+        if config.bridge_type == "words" and config.word_bridge_stop_ids:  # a caption ends with its line
+            eos = self.generation_config.eos_token_id
+            eos = [] if eos is None else eos if isinstance(eos, list) else [eos]
+            self.generation_config.eos_token_id = eos + [i for i in config.word_bridge_stop_ids if i not in eos]
 
     @classmethod
     def from_vision_text_pretrained(
@@ -309,6 +379,14 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         if "prefix_bos_token_id" not in config_kwargs and not text_config.is_encoder_decoder:
             config_kwargs["prefix_bos_token_id"] = leading_bos_token_id(
                 AutoTokenizer.from_pretrained(text_model_name_or_path, **text_hub)
+            )
+        if config_kwargs.get("bridge_type") == "words" and "word_bridge_word_ids" not in config_kwargs:
+            config_kwargs.update(
+                word_bridge_ids(
+                    AutoTokenizer.from_pretrained(text_model_name_or_path, **text_hub),
+                    config_kwargs.get("word_bridge_words") or [],
+                    config_kwargs.get("word_bridge_layout", VLAPConfig.word_bridge_layout),
+                )
             )
         # Sub-configs as dicts: VLAPConfig must not reset attributes (attention implementation) of the live models.
         config = VLAPConfig(
@@ -519,10 +597,35 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
 
     def get_image_prefix(self, pixel_values=None, vision_hidden_states=None) -> torch.Tensor:
         """Mapped visual tokens, the LLM prefix: `[B, K, D]` in the LLM's input-embedding space."""
+        if isinstance(self.bridge, WordBridge):
+            raise ValueError(NO_WORD_BRIDGE_FEATURES)
         tokens = self._bridge_inputs(pixel_values, vision_hidden_states)
         embeddings = self.language_model.get_input_embeddings()
         rows = embeddings(self.bridge.word_ids(tokens.device)) if isinstance(self.bridge, LangBridge) else None
         return self.bridge(tokens, rows).to(embeddings.weight.dtype)
+
+    def get_image_words(self, pixel_values=None, vision_hidden_states=None) -> list[list[str]]:
+        """Word bridge: each image's words, as the LLM reads them in `config.word_bridge_layout`."""
+        chosen = self.bridge.choose(self._word_logits(pixel_values, vision_hidden_states))
+        return [[self.config.word_bridge_words[index] for index in words] for words in chosen]
+
+    def _word_logits(self, pixel_values=None, vision_hidden_states=None) -> torch.Tensor:
+        if not isinstance(self.bridge, WordBridge):
+            raise ValueError("only a word bridge (bridge_type='words') says its image in words it chooses")
+        return self.bridge.logits(self._bridge_inputs(pixel_values, vision_hidden_states))
+
+    def _llm_context(self, pixel_values=None, vision_hidden_states=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the LLM reads for each image before the prompt, `[B, K, D]` embeddings and `[B, K]` mask: the mapped
+        visual tokens, or a word bridge's layout of the image's words (padded at its end, masked)."""
+        if not isinstance(self.bridge, WordBridge):
+            prefix = self.get_image_prefix(pixel_values, vision_hidden_states)
+            return prefix, torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
+        layouts = self.bridge.layout_ids(self.bridge.choose(self._word_logits(pixel_values, vision_hidden_states)))
+        longest = max(len(ids) for ids in layouts)
+        embeddings = self.language_model.get_input_embeddings()
+        ids = torch.tensor([ids + [0] * (longest - len(ids)) for ids in layouts], device=embeddings.weight.device)
+        mask = torch.tensor([[1] * len(ids) + [0] * (longest - len(ids)) for ids in layouts], device=ids.device)
+        return embeddings(ids), mask
 
     def get_word_coefficients(self, pixel_values=None, vision_hidden_states=None) -> torch.Tensor:
         """LangBridge: `[B, K, N]` what each visual token says, its coefficients over `config.langbridge_tokens`
@@ -613,8 +716,15 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
 
         This is the distribution the swapped prediction trains to match the caption's Sinkhorn assignment; the
         Sinkhorn plan itself needs a batch (for one image it collapses to the word prior).
-        Returns `(weights, token_ids)`, each `[B, top_k]`; decode ids with the processor's tokenizer.
+        Returns `(weights, token_ids)`, each `[B, top_k]`; decode ids with the processor's tokenizer. A word bridge
+        gives its words' probabilities and their indices into `config.word_bridge_words` instead.
         """
+        if isinstance(self.bridge, WordBridge):
+            if not 1 <= top_k <= len(self.config.word_bridge_words):
+                words = len(self.config.word_bridge_words)
+                raise ValueError(f"top_k={top_k}: give 1 to {words:,} (the bridge's words)")
+            logits = self._word_logits(pixel_values, vision_hidden_states)
+            return torch.sigmoid(logits.float()).topk(top_k, dim=-1)
         vocabulary = self.vocabulary()
         if not 1 <= top_k <= vocabulary.weight.shape[0]:
             raise ValueError(f"top_k={top_k}: give 1 to {vocabulary.weight.shape[0]:,} (the LLM's vocabulary)")
@@ -623,15 +733,18 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         return log_probabilities.exp().topk(top_k, dim=-1)
 
     # ------------------------------------------------------------------------------------------ LLM input assembly
-    def prefix_and_prompt_embeds(self, prefix, prompt_input_ids, prompt_attention_mask):
+    def prefix_and_prompt_embeds(self, prefix, prompt_input_ids, prompt_attention_mask, prefix_mask=None):
         """[BOS; prefix; prompt] embeddings and mask, unpacked: `[B, 1 + K + P, D]`, `[B, 1 + K + P]`. The BOS only
         for an LLM that reads every text after one (`config.prefix_bos_token_id`: Gemma without it only repeats its
-        input); `prefix` may be empty (K = 0: the bare LLM in the same layout), `prompt_input_ids` `[B, P]` or None."""
+        input); `prefix` may be empty (K = 0: the bare LLM in the same layout), `prefix_mask` `[B, K]` (default all
+        ones), `prompt_input_ids` `[B, P]` or None."""
+        if prefix_mask is None:
+            prefix_mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
         bos = self.config.prefix_bos_token_id
         if bos is not None:
             ids = torch.full((prefix.shape[0], 1), bos, dtype=torch.long, device=prefix.device)
             prefix = torch.cat([self.language_model.get_input_embeddings()(ids).to(prefix.dtype), prefix], dim=1)
-        prefix_mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
+            prefix_mask = torch.cat([torch.ones_like(ids), prefix_mask.to(ids.device)], dim=1)
         if prompt_input_ids is None or prompt_input_ids.shape[1] == 0:
             return prefix, prefix_mask
         if prompt_attention_mask is None:
@@ -650,9 +763,11 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
                 "shorten the prompt or the caption (processor max_length) or generate fewer tokens"
             )
 
-    def _caption_logits(self, prefix, input_ids, attention_mask, prompt_input_ids=None, prompt_attention_mask=None):
+    def _caption_logits(
+        self, prefix, input_ids, attention_mask, prompt_input_ids=None, prompt_attention_mask=None, prefix_mask=None
+    ):
         """LLM logits at the caption positions and the tokens they predict: `[B, T, V]`, `[B, T]` (-100 elsewhere)."""
-        embeds, mask = self.prefix_and_prompt_embeds(prefix, prompt_input_ids, prompt_attention_mask)
+        embeds, mask = self.prefix_and_prompt_embeds(prefix, prompt_input_ids, prompt_attention_mask, prefix_mask)
         labels = input_ids.masked_fill(attention_mask == 0, -100)
         if self.is_encoder_decoder_llm:
             mask, embeds = pack_padding(mask, embeds, padding_side="right")
@@ -690,10 +805,10 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
     ) -> torch.Tensor:
         """`[B]` log p(caption | image, prompt) summed over the caption's tokens (EOS included): scores candidate
         answers or captions for closed-set VQA and classification by the LLM itself."""
-        prefix = self.get_image_prefix(pixel_values, vision_hidden_states)
+        prefix, prefix_mask = self._llm_context(pixel_values, vision_hidden_states)
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         logits, targets = self._caption_logits(
-            prefix, input_ids, attention_mask, prompt_input_ids, prompt_attention_mask
+            prefix, input_ids, attention_mask, prompt_input_ids, prompt_attention_mask, prefix_mask
         )
         token_log_probs = -F.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none")
         return token_log_probs.sum(dim=1)
@@ -719,6 +834,8 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
         tokens and `pooler_output` `[B, D]` their normalised mean (`get_image_features`). To caption images call
         generate().
         """
+        if isinstance(self.bridge, WordBridge):
+            return self._word_bridge_forward(pixel_values, input_ids, attention_mask, vision_hidden_states)
         if input_ids is None:
             prefix = self.get_image_prefix(pixel_values, vision_hidden_states)
             pooled = F.normalize(prefix.float().mean(dim=1), dim=-1)
@@ -754,6 +871,19 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
             text_targets=l_map.text_targets,
         )
 
+    def _word_bridge_forward(self, pixel_values, input_ids, attention_mask, vision_hidden_states) -> VLAPOutput:
+        """A word bridge's training loss: binary cross-entropy of each word's logit against its presence in the
+        caption, summed over the words, averaged over the batch (no LLM forward)."""
+        if input_ids is None:
+            raise ValueError(NO_WORD_BRIDGE_FEATURES)
+        logits = self._word_logits(pixel_values, vision_hidden_states)
+        if logits.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"got {logits.shape[0]} images but {input_ids.shape[0]} captions")
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        targets = self.bridge.targets(input_ids, attention_mask)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="sum") / logits.shape[0]
+        return VLAPOutput(loss=loss, word_loss=loss, word_logits=logits)
+
     @torch.no_grad()
     def generate(
         self,
@@ -779,8 +909,8 @@ class VLAPForConditionalGeneration(VLAPPreTrainedModel, GenerationMixin):
             generation_config if generation_config is not None else self.generation_config
         )
         model_kwargs = generation_config.update(**kwargs)
-        prefix = self.get_image_prefix(pixel_values, vision_hidden_states)
-        embeds, mask = self.prefix_and_prompt_embeds(prefix, prompt_input_ids, prompt_attention_mask)
+        prefix, prefix_mask = self._llm_context(pixel_values, vision_hidden_states)
+        embeds, mask = self.prefix_and_prompt_embeds(prefix, prompt_input_ids, prompt_attention_mask, prefix_mask)
         side = "right" if self.is_encoder_decoder_llm else "left"
         mask, embeds = pack_padding(mask, embeds, padding_side=side)
         requested = max(mask.shape[1] + (generation_config.max_new_tokens or 0), kwargs.get("max_length") or 0)

@@ -153,6 +153,36 @@ def leading_bos_token_id(tokenizer) -> int | None:
     return bos if bos is not None and ids and ids[0] == bos else None
 
 
+def word_bridge_ids(tokenizer, words: list[str], layout: str) -> dict:
+    """The VLAPConfig fields with which a word bridge writes its layout for this LLM as token ids: each word as read
+    after a space (`word_bridge_word_ids`) and the layout before `{words}`, the separator "," and the layout after
+    (`word_bridge_layout_ids`), and the tokens that end a caption, those holding a line break
+    (`word_bridge_stop_ids`). The model joins them; that equals tokenising the written-out text only for
+    tokenizers that split there (byte-level BPE, Gemma's), which is checked: a SentencePiece tokenizer that adds a
+    "▁" before every piece (T5's) is refused."""
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    before, after = layout.split("{words}")
+    word_ids = [encode(" " + word) for word in words]
+    layout_ids = [encode(before), encode(","), encode(after)]
+    sample = words[:3] or ["red", "circle"]  # the words in place: tokenisers merge across a bare "{words}" slot
+    sample_ids = [encode(" " + word) for word in sample]
+    joined = layout_ids[0] + [i for n, word in enumerate(sample_ids) for i in (layout_ids[1] if n else []) + word]
+    if joined + layout_ids[2] != encode(before + ",".join(" " + word for word in sample) + after):
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ValueError(
+            f"{name}: its tokenizer does not tokenise the word-bridge layout piece by piece (it merges or adds tokens "
+            "where the words are joined in), so the LLM would not read the text it is shown: use an LLM with a "
+            "byte-level BPE or Gemma-style tokenizer"
+        )
+    # The layout puts each caption on its own line: generation ends at the first token holding a line break.
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    stop_ids = [i for i, text in enumerate(texts) if "\n" in text and i not in tokenizer.all_special_ids]
+    return {"word_bridge_word_ids": word_ids, "word_bridge_layout_ids": layout_ids, "word_bridge_stop_ids": stop_ids}
+
+
 class VLAPProcessor(ProcessorMixin):
     r"""
     Turns images, captions and prompts into VLAP model inputs.
@@ -351,4 +381,4 @@ class VLAPProcessor(ProcessorMixin):
         return ["pixel_values", "input_ids", "attention_mask", "prompt_input_ids", "prompt_attention_mask"]
 
 
-__all__ = ["VLAPProcessor"]
+__all__ = ["VLAPProcessor", "word_bridge_ids"]

@@ -200,7 +200,12 @@ TRAIN_CASES = {
     ),
     "unknown bridge": (
         ["--model.bridge-type", "mlp"],
-        "model: VLAPConfig.bridge_type must be 'linear' or 'langbridge'",
+        "model: VLAPConfig.bridge_type must be 'linear', 'langbridge' or 'words'",
+    ),
+    "word bridge with L_map": (
+        ["--model.bridge-type", "words"],
+        "model: a word bridge trains on its bag-of-words loss alone (it has no prefix for L_map): set "
+        "assignment_loss_weight to 0",
     ),
     "bad-row fraction above 1": (["--max-bad-fraction", "2"], "max_bad_fraction=2.0 is out of range"),
     "zero visual tokens": (["--model.num-visual-tokens", "0"], "VLAPConfig.num_visual_tokens must be >= 1 or None"),

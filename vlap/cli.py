@@ -289,7 +289,7 @@ def cmd_transfer(args) -> None:
     emit(
         args,
         report,
-        f"{report['found']} of {report['strings']} LangBridge strings found in {args.to_llm} "
+        f"{report['found']} of {report['strings']} bridge strings found in {args.to_llm} "
         f"({report['coverage']:.1%}); saved {report['out']}",
     )
 
@@ -421,7 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("serve", cmd_serve, "serve the web demo (Gradio): caption, ask, words, arithmetic, retrieve")
     add_serve_arguments(sub)
 
-    sub = command("transfer", cmd_transfer, "move a LangBridge model to another LLM without training (re-index words)")
+    sub = command(
+        "transfer", cmd_transfer, "move a LangBridge or word bridge to another LLM without training (re-index words)"
+    )
     sub.add_argument(
         "--to-llm", required=True, metavar="LLM", help="the new LLM (Hub id or folder, with its tokenizer)"
     )

@@ -1,10 +1,13 @@
-"""LangBridge tooling: choose the vocabulary subset a LangBridge speaks in, and move a trained bridge to another LLM.
+"""LangBridge tooling: choose the vocabulary subset a LangBridge speaks in (or the words a word bridge says), and move a
+trained bridge to another LLM.
 
 Token strings are compared as each token spells inside a text ("Ġred" of a byte-level BPE and "▁red" of a
 SentencePiece model are both " red"), so two LLMs with different tokenizers share every string both can spell as
 one token.
 """
 
+import re
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -63,6 +66,22 @@ def select_vocabulary(
     return [string for _, string in chosen], [i for i, _ in chosen]
 
 
+WORD = re.compile(r"[^\W\d_]+(?:['-][^\W\d_]+)*")  # letters, with inner apostrophes and hyphens ("don't", "t-shirt")
+
+
+def caption_words(captions, size: int) -> list[str]:
+    """A word bridge's words: the `size` most frequent words of `captions` as written (a bridge can only learn to say
+    words its training captions use), function words ("a", "is", "on", ...) left out; most frequent first."""
+    from vlap.diagnostics import FUNCTION_WORDS
+
+    counts = Counter(
+        word for caption in captions for word in WORD.findall(caption) if word.lower() not in FUNCTION_WORDS
+    )
+    if not counts:
+        raise ValueError("the training captions hold no content word: the word bridge would have nothing to say")
+    return [word for word, _ in counts.most_common(size)]
+
+
 def english_vocabulary(tokenizers, size: int, language: str = "en") -> tuple[list[str], list[int], dict]:
     """A general LangBridge vocabulary: the `size` most frequent words of `language` (wordfreq's order, from a mix of
     web, subtitle, news, book and Wikipedia text) that every tokenizer spells as one token, as token strings (" the",
@@ -86,50 +105,61 @@ def english_vocabulary(tokenizers, size: int, language: str = "en") -> tuple[lis
 
 
 def transfer(source: str, to_llm: str, out: str | Path, min_coverage: float = 0.9) -> dict:
-    """Move a trained LangBridge model to another LLM without training and save it to `out`.
+    """Move a trained LangBridge or word-bridge model to another LLM without training and save it to `out`.
 
-    Keeps the vision model and the adapter weights; re-indexes the subset strings into the new LLM's ids (strings it
-    lacks are masked out of the coefficients) and swaps the LLM, its tokenizer and its embedding rows. Refuses when
-    fewer than `min_coverage` of the strings exist in the new LLM. Returns a report (coverage, missing strings).
+    Keeps the vision model and the bridge weights; swaps the LLM and its tokenizer. A LangBridge's subset strings are
+    re-indexed into the new LLM's ids (strings it lacks as one token are masked out of the coefficients); a word
+    bridge's words and layout are re-tokenised (a word is missing when the new tokenizer can only spell it with its
+    unknown token). Refuses when fewer than `min_coverage` of the strings exist in the new LLM. Returns a report
+    (coverage, missing strings).
     """
     from transformers import AutoConfig, AutoTokenizer
 
     from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration, VLAPProcessor
     from modeling_vlap.modeling_vlap import language_model_class
-    from modeling_vlap.processing_vlap import leading_bos_token_id
+    from modeling_vlap.processing_vlap import leading_bos_token_id, word_bridge_ids
 
-    if VLAPConfig.from_pretrained(source).bridge_type != "langbridge":
+    bridge_type = VLAPConfig.from_pretrained(source).bridge_type
+    if bridge_type == "linear":
         raise ValueError(
             f"{source} has a linear VLAP bridge: it maps into one LLM's own embedding space and cannot be moved to "
-            "another LLM by re-indexing words; only a LangBridge model (bridge_type: langbridge) can be transferred"
+            "another LLM by re-indexing words; only a LangBridge or word-bridge model (bridge_type: langbridge, "
+            "words) can be transferred"
         )
     model = VLAPForConditionalGeneration.from_pretrained(source)
     processor = VLAPProcessor.from_pretrained(source)
     tokenizer = AutoTokenizer.from_pretrained(to_llm)
-    ids_of = string_to_id(tokenizer)
-    strings = model.config.langbridge_tokens
-    new_ids = [ids_of.get(string, -1) for string in strings]
-    found = sum(i >= 0 for i in new_ids)
+    if bridge_type == "words":
+        strings = model.config.word_bridge_words
+        indexed = word_bridge_ids(tokenizer, strings, model.config.word_bridge_layout)
+        unknown = tokenizer.unk_token_id
+        missing = [word for word, ids in zip(strings, indexed["word_bridge_word_ids"]) if unknown in ids]
+    else:
+        ids_of = string_to_id(tokenizer)
+        strings = model.config.langbridge_tokens
+        indexed = {"langbridge_token_ids": [ids_of.get(string, -1) for string in strings]}
+        missing = [string for string, i in zip(strings, indexed["langbridge_token_ids"]) if i < 0]
+    found = len(strings) - len(missing)
     coverage = found / len(strings)
-    missing = [string for string, i in zip(strings, new_ids) if i < 0]
     if coverage < min_coverage:
         raise ValueError(
-            f"only {found} of {len(strings)} LangBridge strings ({coverage:.1%}) are single tokens of {to_llm}, below "
-            f"the minimum coverage {min_coverage:.0%} (missing e.g. {missing[:5]}); lower --min-coverage to force it"
+            f"only {found} of {len(strings)} bridge strings ({coverage:.1%}) are words {to_llm} can spell (as one "
+            f"token, for a LangBridge), below the minimum coverage {min_coverage:.0%} (missing e.g. {missing[:5]}); "
+            "lower --min-coverage to force it"
         )
     text_config = AutoConfig.from_pretrained(to_llm)
     language_model = language_model_class(text_config).from_pretrained(to_llm, dtype=model.dtype)
     config_fields = {name: getattr(model.config, name) for name in VLAPConfig.__annotations__}
     config_fields.update(
+        indexed,
         text_config=language_model.config.to_dict(),
         vision_config=model.vision_model.config.to_dict(),
         projection_dim=None,
-        langbridge_token_ids=new_ids,
         prefix_bos_token_id=None if text_config.is_encoder_decoder else leading_bos_token_id(tokenizer),
         bridge_only=False,
         backbones={**(model.config.backbones or {}), "text": {"name_or_path": str(to_llm), "revision": None}},
     )
-    if model.config.langbridge_hidden_size is None:  # the MLP width was the old LLM's; keep it explicitly
+    if bridge_type == "langbridge" and model.config.langbridge_hidden_size is None:  # the old LLM's width: kept
         config_fields["langbridge_hidden_size"] = model.config.projection_dim
     moved = VLAPForConditionalGeneration(
         VLAPConfig(**config_fields), vision_model=model.vision_model, language_model=language_model

@@ -321,11 +321,16 @@ def rank(similarity: torch.Tensor, top_k: int) -> list[list[tuple[int, float]]]:
 
 @torch.no_grad()
 def read_words(model, processor, images=None, *, vision_hidden_states=None, top_k: int = 10, batch_size: int = 16):
-    """Each image as words: the top-k of its assignment over the vocabulary, `[[(word, weight), ...], ...]`."""
+    """Each image as words: the top-k of its assignment over the vocabulary, `[[(word, weight), ...], ...]` (a word
+    bridge: of its words' probabilities)."""
     words = []
     for _, inputs in _batches(model, processor, images, vision_hidden_states, batch_size):
         weights, ids = model.image_to_words(**inputs, top_k=top_k)
-        words += [list(zip(row, w.tolist())) for row, w in zip(processor.decode_words(ids), weights)]
+        if model.config.bridge_type == "words":
+            said = [[model.config.word_bridge_words[i] for i in row] for row in ids.tolist()]
+        else:
+            said = processor.decode_words(ids)
+        words += [list(zip(row, w.tolist())) for row, w in zip(said, weights)]
     return words
 
 

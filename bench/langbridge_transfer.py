@@ -60,8 +60,15 @@ def colour_shape_accuracy(folder: Path, states, colours, shapes, **overrides) ->
         "shape": sum(shape_right) / len(right),
         "examples": captions[:4],
     }
-    if model.config.bridge_type == "words":
-        detail["words"] = model.get_image_words(vision_hidden_states=states[:4].to(model.device))
+    if model.config.bridge_type == "words":  # its words, and how often they already name colour and shape alone
+        said = [
+            word_list
+            for chunk in states.split(64)
+            for word_list in model.get_image_words(vision_hidden_states=chunk.to(model.device))
+        ]
+        detail["words"] = said[:4]
+        right_words = [caption_is_right(" ".join(w), c, s) for w, c, s in zip(said, colours, shapes)]
+        detail["words_name_colour_shape"] = sum(right_words) / len(right_words)
     else:
         detail["first_image_words"] = [
             [word for word, _ in said]
@@ -167,16 +174,21 @@ def run_seed(seed: int, args, out: Path, models: dict, pool_folder: Path, evalua
 
 WORD_BRIDGE_PROMPT = "Caption:"
 WORD_VQA_TEMPLATE = "Question: {question}\nAnswer:"  # after the image's words: no caption in between
-# Layouts tried on validation (`--stages word_choices`): the default's examples (objects, a colour), two of them, or
-# two coloured shapes (easy-vqa's own world).
+# Layouts tried on validation (`--stages word_choices`): examples of objects and a colour (three, two, the colour after
+# the noun once, four with that), or two coloured shapes (easy-vqa's own world).
 WORD_LAYOUTS = {
-    "default": WORD_BRIDGE_LAYOUT,
+    "three_examples": "Words: dog, grass.\nCaption: a dog on the grass.\n\nWords: red, car.\nCaption: a red car.\n\n"
+    "Words: cup, table.\nCaption: a cup on a table.\n\nWords:{words}.\n",
     "two_examples": "Words: dog, grass.\nCaption: a dog on the grass.\n\nWords: cup, table.\nCaption: a cup on a "
     "table.\n\nWords:{words}.\n",
     "shapes": "Words: purple, star.\nCaption: a purple star.\n\nWords: orange, square.\nCaption: an orange "
     "square.\n\nWords:{words}.\n",
+    # the thing before its colour in one example (the bridge lists its surest word first, often the shape)
+    "noun_first": "Words: dog, grass.\nCaption: a dog on the grass.\n\nWords: car, red.\nCaption: a red car.\n\n"
+    "Words: cup, table.\nCaption: a cup on a table.\n\nWords:{words}.\n",
+    "noun_first_four": WORD_BRIDGE_LAYOUT,  # the default
 }
-WORD_CHOICES = {"layout": list(WORD_LAYOUTS), "threshold": [0.3, 0.5, 0.7], "top_k": [3, 5]}
+WORD_CHOICES = {"layout": list(WORD_LAYOUTS), "threshold": [0.3, 0.5, 0.7], "top_k": [3, 5]}  # --word-choices
 
 
 def layout_fields(folder: Path, layout: str) -> dict:
@@ -224,7 +236,7 @@ def run_word_bridge(seed: int, args, out: Path, models: dict, pool_folder: Path,
         "learning_rate": args.word_learning_rate,
         "model": {"bridge_type": "words", "assignment_loss_weight": 0.0, "prompt": WORD_BRIDGE_PROMPT},
     }
-    plan = SimpleNamespace(steps=args.steps, seed=seed)
+    plan = SimpleNamespace(steps=args.word_steps, seed=seed)
     data = training_rows(datasets.load_from_disk(str(pool_folder)), args.train_images, out)
     figures, details, seconds = {}, {}, {}
 
@@ -246,7 +258,7 @@ def run_word_bridge(seed: int, args, out: Path, models: dict, pool_folder: Path,
     banner(f"seed {seed}: word bridge trained with SmolLM2-135M's tokens (source)")
     source = timed_train("words-smollm2", models["smollm2"])
     if "word_choices" in args.stages:
-        for layout, threshold, top_k in itertools.product(*WORD_CHOICES.values()):
+        for layout, threshold, top_k in itertools.product(*args.word_choices.values()):
             fields = layout_fields(source, WORD_LAYOUTS[layout])
             name = f"words_{layout}_threshold{threshold}_top{top_k}"
             measure(name, source, word_bridge_threshold=threshold, word_bridge_top_k=top_k, **fields)
@@ -303,6 +315,7 @@ def summary(per_seed: dict, vocabulary: dict, args, seconds: float) -> dict:
             "batch_size": BASE_BUDGET["batch_size"],
             "learning_rate": args.learning_rate,
             "word_learning_rate": args.word_learning_rate,
+            "word_steps": args.word_steps,
             "coefficients": args.coefficients,
             "gelu_before_words": args.gelu_before_words,
             "assignment_loss_weight": args.assignment_loss_weight,
@@ -363,6 +376,13 @@ def main(argv=None) -> None:
         help="comma-separated, of " + ",".join(STAGES + CHOICE_STAGES),
     )
     parser.add_argument("--word-learning-rate", type=float, default=1e-2, help="the word bridge's")
+    parser.add_argument("--word-steps", type=int, default=1000, help="the word bridge's steps of 16 (no LLM in them)")
+    parser.add_argument(
+        "--word-choices",
+        type=json.loads,
+        default=WORD_CHOICES,
+        help="word_choices stage: a JSON object of the layouts, thresholds and top-k tried (default: %(default)s)",
+    )
     parser.add_argument("--vqa-questions", type=int, default=300, help="VQA through the word bridge (0: none)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None, help="PNG of the transfer curve")

@@ -272,20 +272,29 @@ def open_vocabulary_scores(model, processor, rows, names: list[str], name: str, 
     return {"scores": {f"{name}: {k}": v for k, v in scores.items()}, "examples": examples}
 
 
+def open_vocabulary_training_folder(splits, out: Path, caption_form: str) -> Path:
+    """The open-vocabulary training split as train.py reads it (image, captions), captions as phrases after the
+    prompt ("a dog on leash") or as people wrote them (`caption_form`), saved once under `out`."""
+    from experiments.open_vocabulary import as_phrase
+
+    train_data = out / "train"
+    if not (train_data / "state.json").exists():
+        rows = splits["train"].select_columns(["image", "captions"])
+        if caption_form == "phrase":
+            rows = rows.map(lambda row: {"captions": [as_phrase(c) for c in row["captions"]]})
+        rows.save_to_disk(str(train_data))
+    return train_data
+
+
 def open_vocabulary(args, out: Path, start: float) -> None:
     """The open-vocabulary run: VLAP and caption-only trained with train.py on the clip-art training split, evaluated
     on held-out drawings of seen concepts (`--eval-split`), on held-out concepts and on Tux Paint photographs."""
-    from experiments.open_vocabulary import as_phrase, gallery, open_vocabulary_dataset
+    from experiments.open_vocabulary import gallery, open_vocabulary_dataset
 
     banner(f"1. assets and data (cached under {cache_root()})")
     vision, llm = efficientnet_lite0(), smollm2_135m()
     splits = datasets.load_from_disk(str(open_vocabulary_dataset(cache_root())))
-    train_data = out / "train"
-    if not (train_data / "state.json").exists():
-        rows = splits["train"].select_columns(["image", "captions"])
-        if args.caption_form == "phrase":
-            rows = rows.map(lambda row: {"captions": [as_phrase(c) for c in row["captions"]]})
-        rows.save_to_disk(str(train_data))
+    train_data = open_vocabulary_training_folder(splits, out, args.caption_form)
     seen = sorted({c for split in ("train", "validation", "test") for c in splits[split]["concept"]})
     sets = {
         args.eval_split: (splits[args.eval_split], seen),

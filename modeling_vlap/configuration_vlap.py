@@ -31,9 +31,11 @@ CUSTOM_PIPELINES = {
 
 # What an LLM reads for an image through a word bridge (before the prompt): examples of words and a caption, then the
 # image's words. Chosen on validation (docs/langbridge.md, "The word bridge").
+# Its examples list a thing before its colour too: the bridge lists its surest word first, often the noun.
 WORD_BRIDGE_LAYOUT = (
-    "Words: dog, grass.\nCaption: a dog on the grass.\n\nWords: red, car.\nCaption: a red car.\n\n"
-    "Words: cup, table.\nCaption: a cup on a table.\n\nWords:{words}.\n"
+    "Words: dog, grass.\nCaption: a dog on the grass.\n\nWords: car, red.\nCaption: a red car.\n\n"
+    "Words: ball, small, green.\nCaption: a small green ball.\n\nWords: cup, table.\nCaption: a cup on a table.\n\n"
+    "Words:{words}.\n"
 )
 
 
@@ -126,7 +128,7 @@ class VLAPConfig(PreTrainedConfig):
     word_bridge_layout: str = WORD_BRIDGE_LAYOUT
     word_bridge_layout_ids: list | None = None
     word_bridge_stop_ids: list | None = None
-    word_bridge_top_k: int = 5
+    word_bridge_top_k: int = 3
     word_bridge_threshold: float = 0.5
     prefix_bos_token_id: int | None = None
 

@@ -92,7 +92,7 @@ def test_the_words_are_the_top_k_of_the_word_probabilities_above_the_threshold(w
             expected.append([WORDS[i] for i in kept])
         assert model.get_image_words(pixel_values) == expected
         assert all(words for words in expected)  # at least the most probable word, even above every probability
-    model.bridge.top_k, model.bridge.threshold = 5, 0.5
+    model.bridge.top_k, model.bridge.threshold = model.config.word_bridge_top_k, model.config.word_bridge_threshold
     weights, indices = model.image_to_words(pixel_values, top_k=3)  # the read-out: probabilities, unthresholded
     assert torch.allclose(weights, probabilities.topk(3).values, atol=1e-6)
     assert indices.tolist() == probabilities.topk(3).indices.tolist()

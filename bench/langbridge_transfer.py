@@ -32,8 +32,8 @@ from experiments.assets import efficientnet_lite0, gemma3_270m, smollm2_135m, vi
 from experiments.demo import banner, train
 from experiments.easy_vqa import TEMPLATES
 from experiments.runs import BASE_BUDGET, VLAP_METHOD
-from experiments.shape_world import questions_of, split_train, vqa_by_type
-from experiments.shapes import COLOURS, SHAPES, caption_is_right, named, question_type
+from experiments.shape_world import RENDER_SEED_REPORTED, questions_of, split_train, vqa_by_type
+from experiments.shapes import COLOURS, SHAPES, caption_is_right, named, question_type, render_shapes
 from modeling_vlap.configuration_vlap import WORD_BRIDGE_LAYOUT
 from modeling_vlap.processing_vlap import word_bridge_ids
 from vlap.evaluation import answer_without_image
@@ -42,7 +42,8 @@ from vlap.tasks import VQA_TEMPLATE, answer, caption, load, save_figure, token_w
 
 FRACTIONS = (0.05, 0.1, 0.25)
 STAGES = ("source", "moved", "finetune", "direct", "reverse", "control", "words")  # the default: all of them
-CHOICE_STAGES = ("word_choices", "word_source")
+CHOICE_STAGES = ("word_choices", "word_source", "word_renders")  # not in the default run
+RENDERS_PER_CLASS = 5  # as make demo scores its held-out renders
 
 
 def colour_shape_accuracy(folder: Path, states, colours, shapes, **overrides) -> tuple[float, dict]:
@@ -225,6 +226,19 @@ def word_vqa(folder: Path, rows, states, questions) -> dict:
     return scores
 
 
+def move(folder: Path, llm: Path, out: Path) -> Path:
+    """`vlap transfer` of the bridge at `folder` to `llm` (no training), into a fresh `out`."""
+    shutil.rmtree(out, ignore_errors=True)
+    transfer(str(folder), str(llm), out)
+    return out
+
+
+def held_out_renders() -> tuple:
+    """The demo's held-out renders (`RENDERS_PER_CLASS` of each class, the reported seed): states, colours, shapes."""
+    images, colours, shapes = render_shapes(RENDERS_PER_CLASS, RENDER_SEED_REPORTED)
+    return vision_states(images, f"renders-{RENDER_SEED_REPORTED}-{len(images)}"), colours, shapes
+
+
 def run_word_bridge(seed: int, args, out: Path, models: dict, pool_folder: Path, evaluation: tuple, vqa_set) -> dict:
     """The word bridge (docs/langbridge.md): trained with SmolLM2's tokenisation of the captions, read by SmolLM2
     (source), moved to Gemma 3 without training (moved); trained with Gemma 3's and moved to SmolLM2 (reverse); VQA
@@ -255,6 +269,7 @@ def run_word_bridge(seed: int, args, out: Path, models: dict, pool_folder: Path,
         seconds[name] = round(time.time() - start, 1)
         return folder
 
+    renders = held_out_renders() if "word_renders" in args.stages else None
     banner(f"seed {seed}: word bridge trained with SmolLM2-135M's tokens (source)")
     source = timed_train("words-smollm2", models["smollm2"])
     if "word_choices" in args.stages:
@@ -263,20 +278,21 @@ def run_word_bridge(seed: int, args, out: Path, models: dict, pool_folder: Path,
             name = f"words_{layout}_threshold{threshold}_top{top_k}"
             measure(name, source, word_bridge_threshold=threshold, word_bridge_top_k=top_k, **fields)
         return {"colour_shape": figures, "train_seconds": seconds, "detail": details}
+    if "word_renders" in args.stages:  # renders of the 24 classes, unlike easy-vqa's images (sizes, backgrounds)
+        moved = move(source, models["gemma3"], out / f"seed{seed}-words-smollm2-to-gemma3")
+        for name, folder in (("words_source_renders", source), ("words_moved_renders", moved)):
+            figures[name], details[name] = colour_shape_accuracy(folder, *renders)
+            print(f"seed {seed}, {name}: colour+shape {figures[name]:.3f}; {details[name]['examples'][:2]}")
+        return {"colour_shape": figures, "train_seconds": seconds, "detail": details}
     measure("words_source", source)
     if "words" not in args.stages:  # word_source: the source alone (to choose the learning rate)
         return {"colour_shape": figures, "train_seconds": seconds, "detail": details}
-    moved = out / f"seed{seed}-words-smollm2-to-gemma3"
-    shutil.rmtree(moved, ignore_errors=True)
-    transfer(str(source), str(models["gemma3"]), moved)
+    moved = move(source, models["gemma3"], out / f"seed{seed}-words-smollm2-to-gemma3")
     measure("words_moved", moved)
     banner(f"seed {seed}: word bridge trained with Gemma 3 270M's tokens, moved to SmolLM2 (reverse)")
     direct = timed_train("words-gemma3", models["gemma3"])
     measure("words_direct", direct)
-    reverse = out / f"seed{seed}-words-gemma3-to-smollm2"
-    shutil.rmtree(reverse, ignore_errors=True)
-    transfer(str(direct), str(models["smollm2"]), reverse)
-    measure("words_reverse", reverse)
+    measure("words_reverse", move(direct, models["smollm2"], out / f"seed{seed}-words-gemma3-to-smollm2"))
     result = {"colour_shape": figures, "train_seconds": seconds, "detail": details}
     if vqa_set is not None:
         rows, questions = vqa_set
@@ -309,6 +325,8 @@ def summary(per_seed: dict, vocabulary: dict, args, seconds: float) -> dict:
         "word_bridge_moved_colour_shape": median("words_moved"),
         "word_bridge_direct_colour_shape": median("words_direct"),
         "word_bridge_reverse_colour_shape": median("words_reverse"),
+        "word_bridge_source_renders_colour_shape": median("words_source_renders"),
+        "word_bridge_moved_renders_colour_shape": median("words_moved_renders"),
         "per_seed": per_seed,
         "setup": {
             "steps": args.steps,

@@ -188,6 +188,23 @@ def test_a_word_bridge_refuses_what_it_cannot_do(word_bridge, backbones):
             VLAPConfig(**{**base, "assignment_loss_weight": 0.0, **bad})
 
 
+def test_the_web_demos_words_tab_shows_the_word_probabilities(word_bridge, tmp_path):
+    web = pytest.importorskip("vlap.app", reason="the web demo needs the [app] extra (gradio)")
+    from gradio.data_classes import FileData
+
+    model, processor = word_bridge
+    shape_image("red", "circle").save(tmp_path / "red_circle.png")
+    chart, per_token = web.Demo(model, processor).words(FileData(path=str(tmp_path / "red_circle.png")), top_k=4)
+    pixel_values = processor(images=[str(tmp_path / "red_circle.png")])["pixel_values"]
+    with torch.no_grad():
+        tokens = model.vision_model(pixel_values=pixel_values).last_hidden_state.mean(dim=1)
+        top = torch.sigmoid(model.bridge.to_words(tokens)).topk(4)
+    frame = chart.constructor_args["value"]
+    assert list(frame["word"]) == [WORDS[i] for i in top.indices[0]]
+    assert torch.allclose(torch.tensor(frame["weight"].tolist()), top.values[0], atol=1e-6)
+    assert per_token.empty
+
+
 def test_caption_words_are_the_frequent_content_words():
     captions = ["A red circle", "a red square on a white background", "the t-shirt is red", "don't stop"]
     assert caption_words(captions, 4) == ["red", "circle", "square", "white"]
@@ -247,7 +264,13 @@ FRESH_PROCESS = NO_REPO_IMPORTS + textwrap.dedent(
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     inputs = processor(images=[image])
     captioner = pipeline("image-to-text", model=folder, trust_remote_code=True)
+    chat = pipeline("image-text-to-text", model=folder, trust_remote_code=True)
+    question = "Question: what colour is the shape? Answer:"
     print(json.dumps({
+        "answer": chat(images=image, text=question, max_new_tokens=3, do_sample=False)[0]["generated_text"],
+        "answer_ids": model.generate(
+            **processor(images=[image], prompt=question), max_new_tokens=3, do_sample=False
+        ).tolist(),
         "words": model.get_image_words(inputs["pixel_values"]),
         "ids": model.generate(**inputs, max_new_tokens=5, do_sample=False).tolist(),
         "caption": captioner(image, max_new_tokens=5, do_sample=False)[0]["generated_text"],
@@ -317,3 +340,5 @@ def test_a_trained_word_bridge_moved_to_another_llm_round_trips_in_a_fresh_proce
     assert loaded["words"] == model.get_image_words(inputs["pixel_values"])
     assert loaded["ids"] == model.generate(**inputs, max_new_tokens=5, do_sample=False).tolist()
     assert loaded["caption"].strip() == processor.batch_decode(loaded["ids"], skip_special_tokens=True)[0].strip()
+    answer = processor.batch_decode(loaded["answer_ids"], skip_special_tokens=True)[0].strip()
+    assert answer and answer in loaded["answer"]

@@ -9,9 +9,9 @@ import textwrap
 
 import pytest
 import torch
-from tiny import NO_REPO_IMPORTS, build, run_train, shape_image, write_config
+from tiny import NO_REPO_IMPORTS, build, language_model, run_train, shape_image, write_config
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from modeling_vlap import VLAPConfig, VLAPForConditionalGeneration
 from modeling_vlap.processing_vlap import word_bridge_ids
@@ -49,20 +49,9 @@ def other_llm(tmp_path_factory):
     tokenizer.train_from_iterator(["blue square triangle yellow green background words caption"] * 3, trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>")
     torch.manual_seed(1)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        initializer_range=0.2,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    llm = language_model("llama", tokenizer)
     folder = tmp_path_factory.mktemp("other-llm")
-    LlamaForCausalLM(config).save_pretrained(folder)
+    llm.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

@@ -32,7 +32,7 @@ from experiments.assets import efficientnet_lite0, gemma3_270m, smollm2_135m, vi
 from experiments.demo import banner, train
 from experiments.easy_vqa import TEMPLATES
 from experiments.runs import BASE_BUDGET, VLAP_METHOD
-from experiments.shape_world import RENDER_SEED_REPORTED, questions_of, split_train, vqa_by_type
+from experiments.shape_world import RENDER_SEED_REPORTED, questions_of, split_train, training_set, vqa_by_type
 from experiments.shapes import COLOURS, SHAPES, caption_is_right, named, question_type, render_shapes
 from modeling_vlap.configuration_vlap import WORD_BRIDGE_LAYOUT
 from modeling_vlap.processing_vlap import word_bridge_ids
@@ -251,7 +251,12 @@ def run_word_bridge(seed: int, args, out: Path, models: dict, pool_folder: Path,
         "model": {"bridge_type": "words", "assignment_loss_weight": 0.0, "prompt": WORD_BRIDGE_PROMPT},
     }
     plan = SimpleNamespace(steps=args.word_steps, seed=seed)
-    data = training_rows(datasets.load_from_disk(str(pool_folder)), args.train_images, out)
+    rows = datasets.load_from_disk(str(pool_folder)).select(range(args.train_images))
+    data = (
+        training_set(out, rows, args.word_train_renders)
+        if args.word_train_renders
+        else training_rows(rows, len(rows), out)
+    )
     figures, details, seconds = {}, {}, {}
 
     def measure(name: str, folder: Path, **overrides) -> None:
@@ -334,6 +339,7 @@ def summary(per_seed: dict, vocabulary: dict, args, seconds: float) -> dict:
             "learning_rate": args.learning_rate,
             "word_learning_rate": args.word_learning_rate,
             "word_steps": args.word_steps,
+            "word_train_renders": args.word_train_renders,
             "coefficients": args.coefficients,
             "gelu_before_words": args.gelu_before_words,
             "assignment_loss_weight": args.assignment_loss_weight,
@@ -395,6 +401,12 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--word-learning-rate", type=float, default=1e-2, help="the word bridge's")
     parser.add_argument("--word-steps", type=int, default=1000, help="the word bridge's steps of 16 (no LLM in them)")
+    parser.add_argument(
+        "--word-train-renders",
+        type=int,
+        default=0,
+        help="the word bridge also trains on this many renders of each class (make demo's training set: 60)",
+    )
     parser.add_argument(
         "--word-choices",
         type=json.loads,

@@ -354,7 +354,8 @@ def summary(per_seed: dict, vocabulary: dict, args, seconds: float) -> dict:
 
 
 def plot(result: dict, path: Path) -> None:
-    """Gemma 3 quality against the share of the from-scratch compute: the moved bridge fine-tuned 0-25 %."""
+    """Gemma 3 quality against the share of the from-scratch compute: the moved LangBridge fine-tuned 0-25 %, and the
+    moved word bridge (no fine-tuning)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -363,16 +364,18 @@ def plot(result: dict, path: Path) -> None:
     shares = [0.0, *FRACTIONS]
     moved = [result["target_zero_train_colour_shape"], *result["target_finetune_colour_shape"].values()]
     figure, axis = plt.subplots(figsize=(6, 4))
-    axis.plot(shares, moved, "o-", label="moved from SmolLM2, then fine-tuned")
+    axis.plot(shares, moved, "o-", label="LangBridge moved from SmolLM2, then fine-tuned")
     scratch = result.get("target_scratch_colour_shape") or {}
     if any(value is not None for value in scratch.values()):
-        axis.plot(FRACTIONS, list(scratch.values()), "s--", label="from scratch with the same compute (control)")
+        axis.plot(FRACTIONS, list(scratch.values()), "s--", label="LangBridge from scratch, same compute (control)")
     axis.axhline(
-        result["target_direct_colour_shape"], color="gray", linestyle="--", label="trained from scratch (100 %)"
+        result["target_direct_colour_shape"], color="gray", linestyle="--", label="LangBridge from scratch (100 %)"
     )
+    if result.get("word_bridge_moved_colour_shape") is not None:
+        axis.plot([0.0], [result["word_bridge_moved_colour_shape"]], "*", markersize=14, label="word bridge, moved")
     axis.set_xlabel("fine-tuning compute, share of the from-scratch budget")
     axis.set_ylabel(f"captions naming colour and shape ({result['eval_split']})")
-    axis.set_title(f"LangBridge on Gemma 3 270M, median of {result['seeds']} seed(s)")
+    axis.set_title(f"Bridges moved to Gemma 3 270M, median of {result['seeds']} seed(s)")
     axis.set_ylim(0, 1)
     axis.legend()
     save_figure(figure, path, dpi=120)

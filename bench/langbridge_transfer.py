@@ -78,6 +78,20 @@ def colour_shape_accuracy(folder: Path, states, colours, shapes, **overrides) ->
     return sum(right) / len(right), detail
 
 
+def report(seed: int, name: str, figure: float, detail: dict) -> None:
+    """One line per scored model: its figure, what explains it, and what its bridge says (`colour_shape_accuracy`)."""
+    said = (
+        f"the first images' words: {detail['words']}"
+        if "words" in detail
+        else f"the first image's visual tokens say {detail['first_image_words']}"
+    )
+    print(
+        f"seed {seed}, {name}: colour+shape {figure:.3f} (colour {detail['colour']:.3f}, shape {detail['shape']:.3f}); "
+        f"e.g. {detail['examples'][:2]}; {said}",
+        flush=True,
+    )
+
+
 def training_rows(pool, count: int, out: Path) -> Path:
     """The first `count` images of the training pool as a folder train.py reads."""
     folder = out / f"train-{count}"
@@ -107,17 +121,7 @@ def run_seed(seed: int, args, out: Path, models: dict, pool_folder: Path, evalua
 
     def measure(name: str, folder: Path) -> None:
         figures[name], details[name] = colour_shape_accuracy(folder, *evaluation)
-        detail = details[name]
-        print(
-            f"seed {seed}, {name}: colour+shape {figures[name]:.3f} (colour {detail['colour']:.3f}, shape "
-            f"{detail['shape']:.3f}); e.g. {detail['examples'][:2]}; "
-            + (
-                f"the first images' words: {detail['words']}"
-                if "words" in detail
-                else f"the first image's visual tokens say {detail['first_image_words']}"
-            ),
-            flush=True,
-        )
+        report(seed, name, figures[name], details[name])
 
     def timed_train(name: str, llm: Path, plan, train_data: Path, **overrides) -> Path:
         start = time.time()
@@ -149,9 +153,7 @@ def run_seed(seed: int, args, out: Path, models: dict, pool_folder: Path, evalua
         measure("source", source)
     if "moved" in args.stages or "finetune" in args.stages:
         banner(f"seed {seed}: 2. moved to Gemma 3 270M without training, then fine-tuned")
-        moved = out / f"seed{seed}-source-to-gemma3"
-        shutil.rmtree(moved, ignore_errors=True)  # the source was just retrained
-        transfer(str(source), str(models["gemma3"]), moved)
+        moved = move(source, models["gemma3"], out / f"seed{seed}-source-to-gemma3")
         measure("moved", moved)
         for fraction in FRACTIONS if "finetune" in args.stages else ():
             measure(
@@ -166,10 +168,7 @@ def run_seed(seed: int, args, out: Path, models: dict, pool_folder: Path, evalua
         measure("direct", direct)
         if "reverse" in args.stages:
             banner(f"seed {seed}: 4. the Gemma 3 bridge moved to SmolLM2 without training (reverse)")
-            reverse = out / f"seed{seed}-direct-to-smollm2"
-            shutil.rmtree(reverse, ignore_errors=True)
-            transfer(str(direct), str(models["smollm2"]), reverse)
-            measure("reverse", reverse)
+            measure("reverse", move(direct, models["smollm2"], out / f"seed{seed}-direct-to-smollm2"))
     return {"colour_shape": figures, "train_seconds": seconds, "detail": details}
 
 
@@ -227,7 +226,8 @@ def word_vqa(folder: Path, rows, states, questions) -> dict:
 
 
 def move(folder: Path, llm: Path, out: Path) -> Path:
-    """`vlap transfer` of the bridge at `folder` to `llm` (no training), into a fresh `out`."""
+    """`vlap transfer` of the bridge at `folder` to `llm` (no training), into a fresh `out` (its source may have just
+    been retrained)."""
     shutil.rmtree(out, ignore_errors=True)
     transfer(str(folder), str(llm), out)
     return out
@@ -259,14 +259,9 @@ def run_word_bridge(seed: int, args, out: Path, models: dict, pool_folder: Path,
     )
     figures, details, seconds = {}, {}, {}
 
-    def measure(name: str, folder: Path, **overrides) -> None:
-        figures[name], details[name] = colour_shape_accuracy(folder, *evaluation, **overrides)
-        detail = details[name]
-        print(
-            f"seed {seed}, {name}: colour+shape {figures[name]:.3f} (colour {detail['colour']:.3f}, shape "
-            f"{detail['shape']:.3f}); e.g. {detail['examples'][:2]}; the first images' words: {detail['words']}",
-            flush=True,
-        )
+    def measure(name: str, folder: Path, images: tuple = evaluation, **overrides) -> None:
+        figures[name], details[name] = colour_shape_accuracy(folder, *images, **overrides)
+        report(seed, name, figures[name], details[name])
 
     def timed_train(name: str, llm: Path) -> Path:
         start = time.time()
@@ -286,8 +281,7 @@ def run_word_bridge(seed: int, args, out: Path, models: dict, pool_folder: Path,
     if "word_renders" in args.stages:  # renders of the 24 classes, unlike easy-vqa's images (sizes, backgrounds)
         moved = move(source, models["gemma3"], out / f"seed{seed}-words-smollm2-to-gemma3")
         for name, folder in (("words_source_renders", source), ("words_moved_renders", moved)):
-            figures[name], details[name] = colour_shape_accuracy(folder, *renders)
-            print(f"seed {seed}, {name}: colour+shape {figures[name]:.3f}; {details[name]['examples'][:2]}")
+            measure(name, folder, renders)
         return {"colour_shape": figures, "train_seconds": seconds, "detail": details}
     measure("words_source", source)
     if "words" not in args.stages:  # word_source: the source alone (to choose the learning rate)

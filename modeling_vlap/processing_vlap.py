@@ -168,7 +168,7 @@ def word_bridge_ids(tokenizer, words: list[str], layout: str) -> dict:
     word_ids = [encode(" " + word) for word in words]
     layout_ids = [encode(before), encode(","), encode(after)]
     sample = words[:3] or ["red", "circle"]  # the words in place: tokenisers merge across a bare "{words}" slot
-    sample_ids = [encode(" " + word) for word in sample]
+    sample_ids = word_ids[:3] or [encode(" " + word) for word in sample]
     joined = layout_ids[0] + [i for n, word in enumerate(sample_ids) for i in (layout_ids[1] if n else []) + word]
     if joined + layout_ids[2] != encode(before + ",".join(" " + word for word in sample) + after):
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__

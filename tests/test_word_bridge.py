@@ -1,15 +1,13 @@
 """The word bridge: an image's words chosen by hand-checkable rules, the exact text the LLM reads, the bag-of-words
 loss, moving to another LLM by re-tokenising strings, and a moved folder in a fresh process."""
 
-import json
-import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
-from tiny import NO_REPO_IMPORTS, build, language_model, run_train, shape_image, write_config
+from tiny import NO_REPO_IMPORTS, build, language_model, load_in_fresh_process, run_train, shape_image, write_config
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -309,18 +307,7 @@ def test_a_trained_word_bridge_moved_to_another_llm_round_trips_in_a_fresh_proce
     assert cli.returncode == 0, cli.stderr[-2000:]
     image = tmp_path / "red-circle.png"
     shape_image("red", "circle").save(image)
-    script = tmp_path / "fresh.py"
-    script.write_text(FRESH_PROCESS)
-    run = subprocess.run(
-        [sys.executable, str(script), str(moved), str(image)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""},
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    loaded = json.loads(run.stdout.strip().splitlines()[-1])
+    loaded, _ = load_in_fresh_process(moved, image, {}, script=FRESH_PROCESS)
     model = VLAPForConditionalGeneration.from_pretrained(moved).eval()
     from transformers import AutoProcessor
 

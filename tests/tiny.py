@@ -279,14 +279,17 @@ LOAD_IN_FRESH_PROCESS = NO_REPO_IMPORTS + textwrap.dedent(
 )
 
 
-def load_in_fresh_process(folder: Path, image: Path, settings: dict, python=sys.executable) -> tuple[dict, str]:
-    """Run LOAD_IN_FRESH_PROCESS with `python` (offline, PYTHONPATH cleared, in the image's folder) on a saved model
-    folder: (its outputs, its stderr); a failure shows the stderr."""
-    script = Path(image).parent / "load_in_fresh_process.py"
-    script.write_text(LOAD_IN_FRESH_PROCESS)
+def load_in_fresh_process(
+    folder: Path, image: Path, settings: dict, python=sys.executable, script: str = LOAD_IN_FRESH_PROCESS
+) -> tuple[dict, str]:
+    """Run `script` (LOAD_IN_FRESH_PROCESS: argv folder, image, settings JSON; its last stdout line JSON) with `python`
+    (offline, PYTHONPATH cleared, in the image's folder) on a saved model folder: (its outputs, its stderr); a failure
+    shows the stderr."""
+    path = Path(image).parent / "load_in_fresh_process.py"
+    path.write_text(script)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": ""}
-    command = [str(python), str(script), str(folder), str(image), json.dumps(settings)]
-    result = subprocess.run(command, cwd=script.parent, env=env, capture_output=True, text=True, timeout=600)
+    command = [str(python), str(path), str(folder), str(image), json.dumps(settings)]
+    result = subprocess.run(command, cwd=path.parent, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
 

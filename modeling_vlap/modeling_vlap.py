@@ -247,10 +247,16 @@ class WordBridge(nn.Module):
             for words in chosen
         ]
 
+    @functools.cached_property
+    def word_table(self) -> torch.Tensor:
+        """`[N, L]` each word's ids, -1 after a shorter word's end; built once (from the config), not every step."""
+        longest = max(len(ids) for ids in self.word_ids)
+        return torch.tensor([ids + [-1] * (longest - len(ids)) for ids in self.word_ids])
+
     def targets(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """`[B, T]` captions -> `[B, N]` 1.0 where the word's ids occur in the caption (contiguously), else 0."""
-        longest = max(len(ids) for ids in self.word_ids)
-        table = torch.tensor([ids + [-1] * (longest - len(ids)) for ids in self.word_ids], device=input_ids.device)
+        table = self.word_table.to(input_ids.device)
+        longest = table.shape[1]
         ids = F.pad(input_ids.masked_fill(attention_mask == 0, -2), (0, longest - 1), value=-2)
         windows = ids.unfold(1, longest, 1)  # [B, T, L]: the caption's runs of L tokens
         # [B, T, N, L]: each run against each word (-1 pads a shorter word: any token there matches)
